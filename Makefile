@@ -1,0 +1,77 @@
+# Engram build. `make` builds libraries and programs, `make test` runs every
+# test program, `make asan` the same under AddressSanitizer+UBSan,
+# `make bench` the benchmarks, `make run` the service.
+CC      ?= cc
+OPT     ?= -O2 -g
+WARN    := -std=c11 -Wall -Wextra -Werror
+INC     := -Imemory -Iindex -Iengine -Inet -Itests
+CFLAGS  += $(WARN) $(OPT) -D_GNU_SOURCE -pthread $(INC) $(EXTRA_CFLAGS)
+LDLIBS  := -llmdb -levent -levent_pthreads -lopenblas -lxxhash -lm -pthread
+B       ?= build
+
+MODULES := memory index engine net
+# A module's library holds every .c in its folder; empty modules are skipped.
+define module_rules
+$(1)_SRC := $$(wildcard $(1)/*.c)
+$(1)_OBJ := $$(patsubst %.c,$(B)/%.o,$$($(1)_SRC))
+ifneq ($$($(1)_SRC),)
+LIBS += $(B)/lib/libeg_$(1).a
+$(B)/lib/libeg_$(1).a: $$($(1)_OBJ)
+	@mkdir -p $$(dir $$@)
+	$$(AR) rcs $$@ $$^
+endif
+endef
+$(foreach m,$(MODULES),$(eval $(call module_rules,$(m))))
+# Link order: dependents first.
+LINKLIBS := $(filter %net.a,$(LIBS)) $(filter %engine.a,$(LIBS)) \
+            $(filter %index.a,$(LIBS)) $(filter %memory.a,$(LIBS))
+
+TEST_SRC   := $(wildcard tests/test_*.c)
+TEST_BIN   := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
+TEST_UTIL  := $(B)/tests/testutil.o
+BENCH_SRC  := $(wildcard tools/bench/*.c)
+BENCH_OBJ  := $(patsubst %.c,$(B)/%.o,$(BENCH_SRC))
+PROG_SRC   := $(wildcard tools/*.c)
+PROG_BIN   := $(patsubst tools/%.c,$(B)/bin/%,$(PROG_SRC))
+
+.PHONY: all deps test asan bench run clean fuzz
+all: deps $(LIBS) $(PROG_BIN) $(TEST_BIN)
+
+deps:
+	@sh mk/deps.sh
+
+$(B)/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/tests/%: $(B)/tests/%.o $(TEST_UTIL) $(LIBS)
+	$(CC) $(CFLAGS) $^ -o $@ $(LINKLIBS) $(LDLIBS)
+
+$(B)/bin/engram-bench: $(B)/tools/engram-bench.o $(BENCH_OBJ) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LINKLIBS) $(LDLIBS)
+
+$(B)/bin/%: $(B)/tools/%.o $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LINKLIBS) $(LDLIBS)
+
+.SECONDARY:
+
+test: all
+	@sh tests/run.sh $(B)/tests
+
+asan:
+	@sh mk/deps.sh
+	$(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    EG_TEST_SCALE=asan sh tests/run.sh build-asan/tests
+
+bench: all
+	$(B)/bin/engram-bench all
+
+run: all
+	@echo "engramd (the service) is not built yet: see issue 7. Use 'make test' and 'make bench'."
+
+clean:
+	rm -rf build build-asan
