@@ -1,0 +1,341 @@
+/* read.c: reading blocks (through the cache tier), the tail, token ids and
+ * records; the cold tier's re-encoding. */
+#include "internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+#define TAIL_IDS 0xFFFFFFFFu
+
+/* Copy of the committed header (lineage, counts) for a reader. */
+static int snapshot(eg_msession *s, eg_sess_hdr *h, uint64_t *layer_tokens, uint32_t layer)
+{
+    if (!s) return eg_mem_fail(EG_EINVAL, "NULL session");
+    pthread_mutex_lock(&s->mu);
+    *h = s->state.h;
+    if (layer_tokens && layer < h->cfg.n_layers) *layer_tokens = s->state.layer_tokens[layer];
+    int dropped = s->dropped;
+    pthread_mutex_unlock(&s->mu);
+    if (dropped) return eg_mem_fail(EG_ECLOSED, "session '%s' was dropped", s->name);
+    return 0;
+}
+
+static int check_lh(const eg_sess_hdr *h, uint32_t layer, uint32_t kvh)
+{
+    if (layer >= h->cfg.n_layers || kvh >= h->cfg.n_kv_heads)
+        return eg_mem_fail(EG_ERANGE, "layer %u / kv-head %u out of range (%u layers, %u kv-heads)",
+                           layer, kvh, h->cfg.n_layers, h->cfg.n_kv_heads);
+    return 0;
+}
+
+static int check_seg(eg_msession *s, const eg_sess_hdr *h, uint64_t seg)
+{
+    if (seg >= h->n_sealed)
+        return eg_mem_fail(EG_ERANGE, "session '%s': segment %llu is not sealed (%llu sealed)",
+                           s->name, (unsigned long long)seg, (unsigned long long)h->n_sealed);
+    return 0;
+}
+
+/* Fetch the raw block bytes of (layer, kvh, seg) within txn. */
+static int get_block(eg_store *st, MDB_txn *txn, const eg_sess_hdr *h, uint32_t layer, uint32_t kvh,
+                     uint64_t seg, unsigned char key[24], MDB_val *v)
+{
+    eg_block_key(key, eg_lineage_ns(h, seg), layer, kvh, seg);
+    MDB_val k = {24, key};
+    int rc = mdb_get(txn, st->db_blocks, &k, v);
+    if (rc == MDB_NOTFOUND)
+        return eg_mem_fail(EG_ECORRUPT, "session %llu: block layer %u kv-head %u segment %llu is "
+                           "missing", (unsigned long long)h->id, layer, kvh, (unsigned long long)seg);
+    return rc ? eg_mdb_fail(rc, "block read") : 0;
+}
+
+int eg_read_block(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t seg, float *keys, float *values)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh)) || (rc = check_seg(s, &h, seg)))
+        return rc;
+    eg_store *st = s->st;
+    size_t nk = (size_t)h.cfg.seg_tokens * h.cfg.head_dim_k, nv = (size_t)h.cfg.seg_tokens * h.cfg.head_dim_v;
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(st, &txn))) return rc;
+    unsigned char kb[24];
+    MDB_val v;
+    eg_block_hdr bh;
+    if ((rc = get_block(st, txn, &h, layer, kvh, seg, kb, &v))) goto out;
+    if (st->cache && v.mv_size >= sizeof bh) {
+        memcpy(&bh, v.mv_data, sizeof bh);
+        eg_cache_key ck = {eg_lineage_ns(&h, seg), seg, bh.serial, layer, kvh};
+        if (eg_cache_get(st->cache, &ck, keys, nk, values, nv)) goto out;
+    }
+    if ((rc = eg_block_check(kb, v.mv_data, v.mv_size, &bh))) goto out;
+    if (bh.n_tokens != h.cfg.seg_tokens || bh.dim_k != h.cfg.head_dim_k || bh.dim_v != h.cfg.head_dim_v) {
+        rc = eg_mem_fail(EG_ECORRUPT, "session '%s': block layer %u kv-head %u segment %llu has the "
+                         "wrong shape", s->name, layer, kvh, (unsigned long long)seg);
+        goto out;
+    }
+    if (st->cache) {
+        float *kt = keys, *vt = values, *tmp = NULL;
+        if (!keys || !values) {
+            tmp = malloc((nk + nv) * 4);
+            if (!tmp) { rc = eg_mem_fail(EG_ENOMEM, "read: out of memory"); goto out; }
+            if (!keys) kt = tmp;
+            if (!values) vt = tmp + nk;
+        }
+        rc = eg_block_decode(v.mv_data, &bh, kt, vt);
+        if (!rc) {
+            eg_cache_key ck = {eg_lineage_ns(&h, seg), seg, bh.serial, layer, kvh};
+            eg_cache_put(st->cache, &ck, kt, nk, vt, nv);
+        }
+        free(tmp);
+    } else {
+        rc = eg_block_decode(v.mv_data, &bh, keys, values);
+    }
+    if (rc) rc = eg_mem_fail(rc, "session '%s' layer %u kv-head %u segment %llu: %s", s->name, layer,
+                             kvh, (unsigned long long)seg, eg_mem_last_error());
+out:
+    eg_rtxn_end(st, txn);
+    if (!rc) {
+        pthread_mutex_lock(&st->mu);
+        st->stats.blocks_read++;
+        pthread_mutex_unlock(&st->mu);
+    }
+    return rc;
+}
+
+int eg_read_tail(eg_msession *s, uint32_t layer, uint32_t kvh, float *keys, float *values, uint32_t *out_rows)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
+    if (!out_rows) return eg_mem_fail(EG_EINVAL, "eg_read_tail: out_rows required");
+    uint32_t H = h.cfg.n_kv_heads, dk = h.cfg.head_dim_k, dv = h.cfg.head_dim_v;
+    uint64_t t0 = h.n_sealed * h.cfg.seg_tokens, n = h.n_tokens - t0;
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    size_t want = (size_t)H * (dk + dv) * 4;
+    for (uint64_t i = 0; i < n && !rc; i++) {
+        unsigned char kb[20];
+        eg_be64(kb, h.id);
+        eg_be32(kb + 8, layer);
+        eg_be64(kb + 12, t0 + i);
+        MDB_val k = {20, kb}, v;
+        int r = mdb_get(txn, s->st->db_tail, &k, &v);
+        if (r == 0 && v.mv_size != want) r = MDB_CORRUPTED;
+        if (r) {
+            rc = eg_mem_fail(EG_ECORRUPT, "session '%s': tail row layer %u token %llu missing or "
+                             "damaged", s->name, layer, (unsigned long long)(t0 + i));
+            break;
+        }
+        const char *p = v.mv_data;
+        if (keys) memcpy(keys + i * dk, p + (size_t)kvh * dk * 4, (size_t)dk * 4);
+        if (values) memcpy(values + i * dv, p + ((size_t)H * dk + (size_t)kvh * dv) * 4, (size_t)dv * 4);
+    }
+    eg_rtxn_end(s->st, txn);
+    if (!rc) *out_rows = (uint32_t)n;
+    return rc;
+}
+
+int eg_read_tokens(eg_msession *s, uint64_t first, uint32_t n, uint32_t *ids, uint32_t *tags)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0))) return rc;
+    if (first > h.n_tokens || n > h.n_tokens - first)
+        return eg_mem_fail(EG_ERANGE, "tokens %llu..%llu beyond the session's %llu",
+                           (unsigned long long)first, (unsigned long long)(first + n),
+                           (unsigned long long)h.n_tokens);
+    uint32_t S = h.cfg.seg_tokens;
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    for (uint32_t i = 0; i < n && !rc;) {
+        uint64_t t = first + i, seg = t / S;
+        MDB_val v;
+        unsigned char kb[20];
+        if (seg < h.n_sealed) {
+            eg_be64(kb, eg_lineage_ns(&h, seg));
+            eg_be64(kb + 8, seg);
+            MDB_val k = {16, kb};
+            int r = mdb_get(txn, s->st->db_tokens, &k, &v);
+            if (r || v.mv_size != (size_t)S * 8) {
+                rc = eg_mem_fail(EG_ECORRUPT, "session '%s': token ids of segment %llu missing",
+                                 s->name, (unsigned long long)seg);
+                break;
+            }
+            for (; i < n && (first + i) / S == seg; i++) {
+                size_t o = ((first + i) % S) * 8;
+                if (ids) memcpy(&ids[i], (char *)v.mv_data + o, 4);
+                if (tags) memcpy(&tags[i], (char *)v.mv_data + o + 4, 4);
+            }
+        } else {
+            eg_be64(kb, h.id);
+            eg_be32(kb + 8, TAIL_IDS);
+            eg_be64(kb + 12, t);
+            MDB_val k = {20, kb};
+            int r = mdb_get(txn, s->st->db_tail, &k, &v);
+            if (r || v.mv_size != 8) {
+                rc = eg_mem_fail(EG_ECORRUPT, "session '%s': token id of token %llu missing",
+                                 s->name, (unsigned long long)t);
+                break;
+            }
+            if (ids) memcpy(&ids[i], v.mv_data, 4);
+            if (tags) memcpy(&tags[i], (char *)v.mv_data + 4, 4);
+            i++;
+        }
+    }
+    eg_rtxn_end(s->st, txn);
+    return rc;
+}
+
+/* Checked block bytes of a sealed segment, for codec and bound queries. */
+static int with_block(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t seg,
+                      int (*fn)(const MDB_val *v, const eg_block_hdr *bh, void *ctx), void *ctx)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh)) || (rc = check_seg(s, &h, seg)))
+        return rc;
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    unsigned char kb[24];
+    MDB_val v;
+    eg_block_hdr bh;
+    if (!(rc = get_block(s->st, txn, &h, layer, kvh, seg, kb, &v)) &&
+        !(rc = eg_block_check(kb, v.mv_data, v.mv_size, &bh)))
+        rc = fn(&v, &bh, ctx);
+    eg_rtxn_end(s->st, txn);
+    return rc;
+}
+
+static int codec_of(const MDB_val *v, const eg_block_hdr *bh, void *ctx)
+{
+    (void)v;
+    *(int *)ctx = bh->codec;
+    return 0;
+}
+
+int eg_block_codec(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t seg, int *out)
+{
+    if (!out) return eg_mem_fail(EG_EINVAL, "eg_block_codec: out required");
+    return with_block(s, layer, kvh, seg, codec_of, out);
+}
+
+static int bound_of(const MDB_val *v, const eg_block_hdr *bh, void *ctx)
+{
+    float **b = ctx;
+    const char *p = (const char *)v->mv_data + sizeof *bh;
+    int rc = 0;
+    if (b[0]) rc = eg_codec_error_bound(bh->codec, EG_KIND_K, p, bh->klen, bh->n_tokens, bh->dim_k, b[0]);
+    if (!rc && b[1])
+        rc = eg_codec_error_bound(bh->codec, EG_KIND_V, p + bh->klen, bh->vlen, bh->n_tokens, bh->dim_v, b[1]);
+    return rc;
+}
+
+int eg_read_block_bound(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t seg, float *kb, float *vb)
+{
+    float *b[2] = {kb, vb};
+    return with_block(s, layer, kvh, seg, bound_of, b);
+}
+
+/* ---- records ---------------------------------------------------------- */
+static int copy_record(const void *kb, size_t klen, const MDB_val *v, void **out, size_t *out_len,
+                       const char *what)
+{
+    if (v->mv_size < 8) return eg_mem_fail(EG_ECORRUPT, "%s: record shorter than its checksum", what);
+    uint64_t sum;
+    memcpy(&sum, v->mv_data, 8);
+    size_t n = v->mv_size - 8;
+    const char *p = (const char *)v->mv_data + 8;
+    if (eg_record_sum(kb, klen, p, n) != sum)
+        return eg_mem_fail(EG_ECORRUPT, "%s: record checksum mismatch", what);
+    void *b = malloc(n ? n : 1);
+    if (!b) return eg_mem_fail(EG_ENOMEM, "%s: out of memory", what);
+    memcpy(b, p, n);
+    *out = b;
+    *out_len = n;
+    return 0;
+}
+
+int eg_record_get(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t seg, uint32_t kind,
+                  void **out, size_t *out_len)
+{
+    eg_sess_hdr h;
+    int rc;
+    if (!out || !out_len) return eg_mem_fail(EG_EINVAL, "eg_record_get: outputs required");
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh)) || (rc = check_seg(s, &h, seg)))
+        return rc;
+    unsigned char kb[28];
+    eg_block_key(kb, eg_lineage_ns(&h, seg), layer, kvh, seg);
+    eg_be32(kb + 24, kind);
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    MDB_val k = {28, kb}, v;
+    int r = mdb_get(txn, s->st->db_summaries, &k, &v);
+    if (r == MDB_NOTFOUND)
+        rc = eg_mem_fail(EG_ENOTFOUND, "no record kind %u for layer %u kv-head %u segment %llu", kind,
+                         layer, kvh, (unsigned long long)seg);
+    else if (r) rc = eg_mdb_fail(r, "record read");
+    else rc = copy_record(kb, 28, &v, out, out_len, "segment record");
+    eg_rtxn_end(s->st, txn);
+    return rc;
+}
+
+static void srec_key(unsigned char kb[28], uint64_t sid, uint32_t layer, uint32_t kvh, uint32_t kind,
+                     uint64_t index)
+{
+    eg_be64(kb, sid);
+    eg_be32(kb + 8, layer);
+    eg_be32(kb + 12, kvh);
+    eg_be32(kb + 16, kind);
+    eg_be64(kb + 20, index);
+}
+
+typedef struct { uint32_t layer, kvh, kind; uint64_t index; const void *bytes; size_t len; } srec_arg;
+
+static int apply_srec(eg_store *st, MDB_txn *txn, eg_job *job)
+{
+    srec_arg *a = job->arg;
+    if (job->s->dropped) return eg_mem_fail(EG_ECLOSED, "session was dropped");
+    unsigned char kb[28];
+    srec_key(kb, job->s->work.h.id, a->layer, a->kvh, a->kind, a->index);
+    MDB_val k = {28, kb}, v = {a->len + 8, NULL};
+    int rc = mdb_put(txn, st->db_router, &k, &v, MDB_RESERVE);
+    if (rc) return eg_mdb_fail(rc, "record write");
+    uint64_t sum = eg_record_sum(kb, 28, a->bytes, a->len);
+    memcpy(v.mv_data, &sum, 8);
+    if (a->len) memcpy((char *)v.mv_data + 8, a->bytes, a->len);
+    return 0;
+}
+
+int eg_record_put_session(eg_msession *s, uint32_t layer, uint32_t kvh, uint32_t kind, uint64_t index,
+                          const void *bytes, size_t len)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
+    if (!bytes && len) return eg_mem_fail(EG_EINVAL, "eg_record_put_session: NULL bytes");
+    if (len > EG_RECORD_MAX) return eg_mem_fail(EG_ELIMIT, "record of %zu bytes over limit", len);
+    srec_arg a = {layer, kvh, kind, index, bytes, len};
+    eg_job job = {.apply = apply_srec, .s = s, .arg = &a};
+    return eg_store_write(s->st, &job);
+}
+
+int eg_record_get_session(eg_msession *s, uint32_t layer, uint32_t kvh, uint32_t kind, uint64_t index,
+                          void **out, size_t *out_len)
+{
+    eg_sess_hdr h;
+    int rc;
+    if (!out || !out_len) return eg_mem_fail(EG_EINVAL, "eg_record_get_session: outputs required");
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
+    unsigned char kb[28];
+    srec_key(kb, h.id, layer, kvh, kind, index);
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    MDB_val k = {28, kb}, v;
+    int r = mdb_get(txn, s->st->db_router, &k, &v);
+    if (r == MDB_NOTFOUND) rc = eg_mem_fail(EG_ENOTFOUND, "no session record kind %u index %llu", kind,
+                                            (unsigned long long)index);
+    else if (r) rc = eg_mdb_fail(r, "record read");
+    else rc = copy_record(kb, 28, &v, out, out_len, "session record");
+    eg_rtxn_end(s->st, txn);
+    return rc;
+}
