@@ -219,7 +219,9 @@ int eg_session_truncate(eg_msession *s, uint64_t n_tokens);
  * segment and (layer, kv-head), with the keys as attention will see them
  * (decoded from the stored block). It may emit opaque records through
  * eg_seal_put_record(); they commit with the block or not at all. A non-zero
- * return aborts the whole append with that code. */
+ * return aborts the whole append with that code. The hook runs on the
+ * writer thread inside the transaction: it must not call other store
+ * functions (only eg_seal_put_record), or it deadlocks. */
 typedef struct eg_seal_ctx eg_seal_ctx;
 typedef struct {
     uint64_t session_id;

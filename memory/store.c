@@ -69,6 +69,50 @@ static int open_dbs(eg_store *st)
     return rc ? eg_mdb_fail(rc, "open databases: commit") : 0;
 }
 
+/* Create and open the LMDB environment and its databases. */
+static int env_open(eg_store *st)
+{
+    int rc;
+    if ((rc = mdb_env_create(&st->env))) { st->env = NULL; return eg_mdb_fail(rc, st->path); }
+    mdb_env_set_maxdbs(st->env, 16);
+    mdb_env_set_maxreaders(st->env, 512);
+    mdb_env_set_mapsize(st->env, st->map_bytes);
+    /* NOTLS: read txns are not tied to threads (workers hand them around).
+     * Never WRITEMAP: a full disk must be an error, not SIGBUS. */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
+    if (st->opt.sync_mode == EG_SYNC_NONE) flags |= MDB_NOSYNC;
+    if ((rc = mdb_env_open(st->env, st->path, flags, 0644))) {
+        rc = eg_mdb_fail(rc, st->path);
+        mdb_env_close(st->env);
+        st->env = NULL;
+        return rc;
+    }
+    /* The file may be larger than asked (an earlier run grew it). */
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    st->map_bytes = info.me_mapsize;
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+    if ((rc = open_dbs(st))) {
+        mdb_env_close(st->env);
+        st->env = NULL;
+    }
+    return rc;
+}
+
+/* After LMDB's fatal state (a failed meta-page write) the environment must
+ * be reopened; what was committed before is intact on disk. Called by the
+ * writer with nothing open; takes grow_lock to keep readers out. */
+static int env_recover(eg_store *st)
+{
+    pthread_rwlock_wrlock(&st->grow_lock);
+    mdb_env_close(st->env);
+    st->env = NULL;
+    int rc = env_open(st);
+    pthread_rwlock_unlock(&st->grow_lock);
+    return rc;
+}
+
 int eg_store_open(const char *path, const eg_store_options *opt, eg_store **out)
 {
     if (!path || !*path || !out) return eg_mem_fail(EG_EINVAL, "eg_store_open: path and out required");
@@ -118,25 +162,7 @@ int eg_store_open(const char *path, const eg_store_options *opt, eg_store **out)
     pthread_cond_init(&st->cv, NULL);
 
     st->map_bytes = st->opt.map_bytes ? st->opt.map_bytes : DEFAULT_MAP;
-    if ((rc = mdb_env_create(&st->env))) { rc = eg_mdb_fail(rc, path); goto fail; }
-    mdb_env_set_maxdbs(st->env, 16);
-    mdb_env_set_maxreaders(st->env, 512);
-    mdb_env_set_mapsize(st->env, st->map_bytes);
-    /* NOTLS: read txns are not tied to threads (workers hand them around).
-     * Never WRITEMAP: a full disk must be an error, not SIGBUS. */
-    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
-    if (st->opt.sync_mode == EG_SYNC_NONE) flags |= MDB_NOSYNC;
-    if ((rc = mdb_env_open(st->env, path, flags, 0644))) {
-        rc = eg_mdb_fail(rc, path);
-        goto fail;
-    }
-    /* The file may be larger than asked (an earlier run grew it). */
-    MDB_envinfo info;
-    mdb_env_info(st->env, &info);
-    st->map_bytes = info.me_mapsize;
-    int dead = 0;
-    mdb_reader_check(st->env, &dead);
-    if ((rc = open_dbs(st))) goto fail;
+    if ((rc = env_open(st))) goto fail;
     if (st->opt.cache_bytes && (rc = eg_cache_new(st->opt.cache_bytes, &st->cache))) goto fail;
     st->stats.map_bytes = st->map_bytes;
     *out = st;
@@ -171,11 +197,11 @@ int eg_store_close(eg_store *st)
         s = n;
     }
     int rc = 0;
-    if (st->opt.sync_mode == EG_SYNC_NONE) {
+    if (st->env && st->opt.sync_mode == EG_SYNC_NONE) {
         int r = mdb_env_sync(st->env, 1);
         if (r) rc = eg_mdb_fail(r, "close: sync");
     }
-    mdb_env_close(st->env);
+    if (st->env) mdb_env_close(st->env);
     eg_cache_free(st->cache);
     pthread_mutex_lock(&registry_mu);
     for (size_t i = 0; i < sizeof registry / sizeof *registry; i++)
@@ -191,7 +217,9 @@ int eg_store_close(eg_store *st)
 int eg_store_sync(eg_store *st)
 {
     if (!st) return eg_mem_fail(EG_EINVAL, "eg_store_sync: NULL store");
-    int rc = mdb_env_sync(st->env, 1);
+    pthread_rwlock_rdlock(&st->grow_lock);
+    int rc = st->env ? mdb_env_sync(st->env, 1) : MDB_PANIC;
+    pthread_rwlock_unlock(&st->grow_lock);
     return rc ? eg_mdb_fail(rc, "sync") : 0;
 }
 
@@ -221,7 +249,7 @@ int eg_store_set_seal_hook(eg_store *st, eg_seal_fn fn, void *user)
 int eg_rtxn_begin(eg_store *st, MDB_txn **out)
 {
     pthread_rwlock_rdlock(&st->grow_lock);
-    int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, out);
+    int rc = st->env ? mdb_txn_begin(st->env, NULL, MDB_RDONLY, out) : MDB_PANIC;
     if (rc) {
         pthread_rwlock_unlock(&st->grow_lock);
         return eg_mdb_fail(rc, "begin read transaction");
@@ -278,7 +306,13 @@ static void run_batch(eg_store *st, eg_job *batch)
         MDB_txn *txn = NULL;
         int grow = 0, fatal = 0;
         pthread_rwlock_rdlock(&st->grow_lock);
-        int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+        int rc = st->env ? mdb_txn_begin(st->env, NULL, 0, &txn) : MDB_PANIC;
+        if (rc == MDB_PANIC && attempt < 2) {
+            pthread_rwlock_unlock(&st->grow_lock);
+            if (env_recover(st) == 0) continue;
+            rc = MDB_PANIC;
+            pthread_rwlock_rdlock(&st->grow_lock);
+        }
         if (rc) {
             pthread_rwlock_unlock(&st->grow_lock);
             rc = eg_mdb_fail(rc, "begin write transaction");
