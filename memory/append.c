@@ -172,13 +172,13 @@ static int apply_append(eg_store *st, MDB_txn *txn, eg_job *job)
     const eg_session_config *c = &w->h.cfg;
     uint32_t L = c->n_layers, H = c->n_kv_heads, dk = c->head_dim_k, dv = c->head_dim_v;
     uint32_t S = c->seg_tokens, n = r->n_tokens;
-    if (job->s->dropped) return eg_mem_fail(EG_ECLOSED, "session '%s' was dropped", job->s->name);
+    int rc = eg_sess_alive(st, txn, job->s);
+    if (rc) return rc;
     uint64_t *start = malloc((size_t)L * 8);
     if (!start) return eg_mem_fail(EG_ENOMEM, "append: out of memory");
     memcpy(start, w->layer_tokens, (size_t)L * 8);
     uint64_t old_max = 0;
     for (uint32_t l = 0; l < L; l++) if (start[l] > old_max) old_max = start[l];
-    int rc = 0;
     if (r->layer < 0) {
         for (uint32_t l = 0; l < L; l++)
             if (start[l] != w->h.n_tokens) {

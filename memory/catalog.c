@@ -172,6 +172,19 @@ int eg_sess_save(eg_store *st, MDB_txn *txn, const char *name, const eg_sess_sta
     return 0;
 }
 
+int eg_sess_alive(eg_store *st, MDB_txn *txn, eg_msession *s)
+{
+    MDB_val k = {strlen(s->name), s->name}, v;
+    int rc = mdb_get(txn, st->db_catalog, &k, &v);
+    uint64_t id = 0;
+    if (rc == 0 && v.mv_size >= sizeof(eg_sess_hdr)) memcpy(&id, (char *)v.mv_data + 8, 8);
+    if (rc == MDB_NOTFOUND || (rc == 0 && id != s->work.h.id)) {
+        s->dropped = 1;
+        return eg_mem_fail(EG_ECLOSED, "session '%s' was dropped", s->name);
+    }
+    return rc ? eg_mdb_fail(rc, "catalog read") : 0;
+}
+
 static void fill_info(const char *name, const eg_sess_state *s, eg_session_info *out)
 {
     memset(out, 0, sizeof *out);

@@ -128,6 +128,9 @@ int eg_sess_state_copy(eg_sess_state *dst, const eg_sess_state *src);
 void eg_sess_state_free(eg_sess_state *s);
 int eg_sess_load(eg_store *st, MDB_txn *txn, const char *name, eg_sess_state *out);
 int eg_sess_save(eg_store *st, MDB_txn *txn, const char *name, const eg_sess_state *s);
+/* EG_ECLOSED (and s->dropped set) if s's catalog record is gone or was
+ * replaced by another session of the same name: the job must not write. */
+int eg_sess_alive(eg_store *st, MDB_txn *txn, eg_msession *s);
 /* Namespace owning segment `seg` in lineage, or 0 if none. */
 uint64_t eg_lineage_ns(const eg_sess_hdr *h, uint64_t seg);
 /* Working state of s for the current batch (copied from committed lazily). */

@@ -317,13 +317,14 @@ static int apply_truncate(eg_store *st, MDB_txn *txn, eg_job *job)
     uint64_t t = *(uint64_t *)job->arg;
     eg_sess_state *w = &job->s->work;
     uint64_t sid = w->h.id;
-    if (job->s->dropped) return eg_mem_fail(EG_ECLOSED, "session was dropped");
+    int rc = eg_sess_alive(st, txn, job->s);
+    if (rc) return rc;
     if (t > w->h.n_tokens)
         return eg_mem_fail(EG_ERANGE, "truncate to %llu tokens: the session holds %llu",
                            (unsigned long long)t, (unsigned long long)w->h.n_tokens);
     uint32_t S = w->h.cfg.seg_tokens;
     uint64_t full = t / S;
-    int rc = tail_cut(st, txn, w, t);
+    rc = tail_cut(st, txn, w, t);
     if (!rc && full < w->h.n_sealed) rc = materialize(st, txn, w, sid, full * S, t);
     if (rc) return rc;
     /* Older namespaces: clip or let go. */
@@ -402,11 +403,12 @@ static int apply_age(eg_store *st, MDB_txn *txn, eg_job *job)
     eg_sess_state *w = &job->s->work;
     const eg_session_config *c = &w->h.cfg;
     a->moved = 0;
+    int rc = eg_sess_alive(st, txn, job->s);
+    if (rc) return rc;
     if (c->cold_codec < 0 || w->h.n_sealed <= c->cold_age_segments) return 0;
     uint64_t upto = w->h.n_sealed - c->cold_age_segments;
     uint32_t S = c->seg_tokens, dk = c->head_dim_k, dv = c->head_dim_v;
     float *k = malloc((size_t)S * dk * 4), *v = malloc((size_t)S * dv * 4);
-    int rc = 0;
     if (!k || !v) { rc = eg_mem_fail(EG_ENOMEM, "age: out of memory"); goto out; }
     for (uint64_t seg = 0; seg < upto && !rc; seg++) {
         uint64_t ns = eg_lineage_ns(&w->h, seg);

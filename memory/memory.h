@@ -247,8 +247,10 @@ typedef struct {
      * values: same with head_dim_v. Borrowed. */
     const void *keys;
     const void *values;
-    const uint32_t *token_ids;/* [n_tokens] or NULL (stored as 0) */
-    uint32_t tag;             /* document tag of these tokens */
+    const uint32_t *token_ids;/* [n_tokens] or NULL (stored as 0); with layer-by-
+                               * layer appends, taken from the call that brings
+                               * a token to the session first */
+    uint32_t tag;             /* document tag of these tokens (same rule) */
 } eg_append_req;
 
 /* Append tokens. Returns after the transaction holding them committed

@@ -294,11 +294,12 @@ typedef struct { uint32_t layer, kvh, kind; uint64_t index; const void *bytes; s
 static int apply_srec(eg_store *st, MDB_txn *txn, eg_job *job)
 {
     srec_arg *a = job->arg;
-    if (job->s->dropped) return eg_mem_fail(EG_ECLOSED, "session was dropped");
+    int rc = eg_sess_alive(st, txn, job->s);
+    if (rc) return rc;
     unsigned char kb[28];
     srec_key(kb, job->s->work.h.id, a->layer, a->kvh, a->kind, a->index);
     MDB_val k = {28, kb}, v = {a->len + 8, NULL};
-    int rc = mdb_put(txn, st->db_router, &k, &v, MDB_RESERVE);
+    rc = mdb_put(txn, st->db_router, &k, &v, MDB_RESERVE);
     if (rc) return eg_mdb_fail(rc, "record write");
     uint64_t sum = eg_record_sum(kb, 28, a->bytes, a->len);
     memcpy(v.mv_data, &sum, 8);
