@@ -149,7 +149,7 @@ static int seal_segment(eg_store *st, MDB_txn *txn, eg_sess_state *w, const appe
             uint64_t serial;
             if ((rc = eg_meta_next(st, txn, "next_serial", &serial))) { rc = eg_mdb_fail(rc, "serial"); break; }
             /* The hook sees the keys as attention will: decoded. */
-            rc = eg_block_put(st, txn, ns, l, h, seg, c->codec, S, dk, dv, kt, vt, serial,
+            rc = eg_block_put(st, txn, ns, l, h, seg, c->codec, S, dk, dv, kt, vt, serial, 0, 0,
                               st->hook ? kd : NULL, st->hook ? vd : NULL);
             if (rc || !st->hook) continue;
             eg_seal_view view = {w->h.id, l, h, seg, S, dk, dv, kd, vd, tags};

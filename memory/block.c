@@ -8,6 +8,8 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+_Static_assert(sizeof(eg_block_hdr) == 48, "block header must have no implicit padding");
+
 void eg_block_key(unsigned char k[24], uint64_t ns, uint32_t layer, uint32_t kvh, uint64_t seg)
 {
     eg_be64(k, ns);
@@ -19,7 +21,8 @@ void eg_block_key(unsigned char k[24], uint64_t ns, uint32_t layer, uint32_t kvh
 static uint64_t block_sum(const unsigned char key[24], const eg_block_hdr *h, const void *payload,
                           size_t len)
 {
-    eg_block_hdr z = *h;
+    eg_block_hdr z;
+    memcpy(&z, h, sizeof z);   /* bytes, not members: what is stored is what is hashed */
     z.checksum = 0;
     XXH3_state_t s;
     XXH3_64bits_reset(&s);
@@ -40,15 +43,27 @@ uint64_t eg_record_sum(const void *kb, size_t klen, const void *bytes, size_t le
 
 int eg_block_put(eg_store *st, MDB_txn *txn, uint64_t ns, uint32_t layer, uint32_t kvh,
                  uint64_t seg, int codec, uint32_t n_tokens, uint32_t dk, uint32_t dv,
-                 const float *keys, const float *values, uint64_t serial, float *kd, float *vd)
+                 const float *keys, const float *values, uint64_t serial, float prior_k,
+                 float prior_v, float *kd, float *vd)
 {
     size_t kl, vl;
     int rc;
     if ((rc = eg_codec_size(codec, EG_KIND_K, n_tokens, dk, &kl)) ||
         (rc = eg_codec_size(codec, EG_KIND_V, n_tokens, dv, &vl)))
         return rc;
-    eg_block_hdr h = {EG_BLOCK_MAGIC, (uint8_t)codec, 1, (uint16_t)n_tokens, (uint16_t)dk,
-                      (uint16_t)dv, (uint32_t)kl, (uint32_t)vl, serial, 0};
+    eg_block_hdr h;
+    memset(&h, 0, sizeof h);
+    h.magic = EG_BLOCK_MAGIC;
+    h.codec = (uint8_t)codec;
+    h.version = 1;
+    h.n_tokens = (uint16_t)n_tokens;
+    h.dim_k = (uint16_t)dk;
+    h.dim_v = (uint16_t)dv;
+    h.klen = (uint32_t)kl;
+    h.vlen = (uint32_t)vl;
+    h.serial = serial;
+    h.prior_k = prior_k;
+    h.prior_v = prior_v;
     unsigned char kb[24];
     eg_block_key(kb, ns, layer, kvh, seg);
     MDB_val k = {24, kb}, v = {sizeof h + kl + vl, NULL};
@@ -82,7 +97,8 @@ int eg_block_check(const unsigned char key[24], const void *data, size_t len, eg
     if (hdr->magic != EG_BLOCK_MAGIC || !eg_codec_name(hdr->codec) ||
         eg_codec_size(hdr->codec, EG_KIND_K, hdr->n_tokens, hdr->dim_k, &kl) ||
         eg_codec_size(hdr->codec, EG_KIND_V, hdr->n_tokens, hdr->dim_v, &vl) ||
-        kl != hdr->klen || vl != hdr->vlen || len != sizeof *hdr + kl + vl)
+        kl != hdr->klen || vl != hdr->vlen || len != sizeof *hdr + kl + vl ||
+        !(hdr->prior_k >= 0 && hdr->prior_k < 1e30f) || !(hdr->prior_v >= 0 && hdr->prior_v < 1e30f))
         return eg_mem_fail(EG_ECORRUPT, "block ns %llu layer %u kv-head %u segment %llu: damaged "
                            "header", ns, layer, kvh, seg);
     if (block_sum(key, hdr, (const char *)data + sizeof *hdr, kl + vl) != hdr->checksum)

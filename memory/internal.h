@@ -143,7 +143,9 @@ typedef struct {
     uint16_t n_tokens;
     uint16_t dim_k, dim_v;
     uint32_t klen, vlen;
+    uint32_t pad;         /* zero: the struct has no implicit padding to hash */
     uint64_t serial;
+    float prior_k, prior_v; /* error carried from an earlier encoding (cold tier) */
     uint64_t checksum;    /* XXH3-64 of key bytes, header (checksum 0) and payload */
 } eg_block_hdr;
 #define EG_BLOCK_MAGIC 0x31424745u /* "EGB1" */
@@ -152,7 +154,7 @@ void eg_block_key(unsigned char k[24], uint64_t ns, uint32_t layer, uint32_t kvh
 int eg_block_put(eg_store *st, MDB_txn *txn, uint64_t ns, uint32_t layer, uint32_t kvh,
                  uint64_t seg, int codec, uint32_t n_tokens, uint32_t dk, uint32_t dv,
                  const float *keys, const float *values, uint64_t serial,
-                 float *kd, float *vd);
+                 float prior_k, float prior_v, float *kd, float *vd);
 /* (kd, vd: when not NULL, receive the decoded tiles, as readers will see them.) */
 /* Checksum of an opaque record at key kb. */
 uint64_t eg_record_sum(const void *kb, size_t klen, const void *bytes, size_t len);

@@ -409,7 +409,8 @@ static int apply_age(eg_store *st, MDB_txn *txn, eg_job *job)
     uint64_t upto = w->h.n_sealed - c->cold_age_segments;
     uint32_t S = c->seg_tokens, dk = c->head_dim_k, dv = c->head_dim_v;
     float *k = malloc((size_t)S * dk * 4), *v = malloc((size_t)S * dv * 4);
-    if (!k || !v) { rc = eg_mem_fail(EG_ENOMEM, "age: out of memory"); goto out; }
+    float *bk = malloc((size_t)S * dk * 4), *bv = malloc((size_t)S * dv * 4);
+    if (!k || !v || !bk || !bv) { rc = eg_mem_fail(EG_ENOMEM, "age: out of memory"); goto out; }
     for (uint64_t seg = 0; seg < upto && !rc; seg++) {
         uint64_t ns = eg_lineage_ns(&w->h, seg);
         for (uint32_t l = 0; l < c->n_layers && !rc; l++)
@@ -424,15 +425,24 @@ static int apply_age(eg_store *st, MDB_txn *txn, eg_job *job)
                 if ((rc = eg_block_check(kb, val.mv_data, val.mv_size, &bh))) break;
                 if (bh.codec == (uint8_t)c->cold_codec) continue;
                 if ((rc = eg_block_decode(val.mv_data, &bh, k, v))) break;
+                /* The new block carries the old one's worst error with it. */
+                const char *pl = (const char *)val.mv_data + sizeof bh;
+                if ((rc = eg_codec_error_bound(bh.codec, EG_KIND_K, pl, bh.klen, S, dk, bk)) ||
+                    (rc = eg_codec_error_bound(bh.codec, EG_KIND_V, pl + bh.klen, bh.vlen, S, dv, bv)))
+                    break;
+                float pk = 0, pv = 0;
+                for (size_t i = 0; i < (size_t)S * dk; i++) pk = bk[i] > pk ? bk[i] : pk;
+                for (size_t i = 0; i < (size_t)S * dv; i++) pv = bv[i] > pv ? bv[i] : pv;
+                pk = (pk + bh.prior_k) * (1 + 1e-6f);
+                pv = (pv + bh.prior_v) * (1 + 1e-6f);
                 uint64_t serial;
                 if ((r = eg_meta_next(st, txn, "next_serial", &serial))) { rc = eg_mdb_fail(r, "serial"); break; }
-                rc = eg_block_put(st, txn, ns, l, h, seg, c->cold_codec, S, dk, dv, k, v, serial, NULL, NULL);
+                rc = eg_block_put(st, txn, ns, l, h, seg, c->cold_codec, S, dk, dv, k, v, serial, pk, pv, NULL, NULL);
                 a->moved++;
             }
     }
 out:
-    free(k);
-    free(v);
+    free(k); free(v); free(bk); free(bv);
     return rc;
 }
 

@@ -281,7 +281,10 @@ int eg_read_tokens(eg_msession *s, uint64_t first, uint32_t n, uint32_t *token_i
 int eg_block_codec(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t segment,
                    int *out_codec);
 /* Per-element error bound of a sealed block against the appended values,
- * keys and values like eg_read_block (either may be NULL). */
+ * keys and values like eg_read_block (either may be NULL). A block re-encoded
+ * by the cold tier adds the worst error of its earlier encoding. Rows that a
+ * fork or truncate cut out of a sealed segment are kept decoded: their error
+ * against the original append is that segment's codec error (not tracked). */
 int eg_read_block_bound(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t segment,
                         float *key_bound, float *value_bound);
 

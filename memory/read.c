@@ -224,9 +224,12 @@ static int bound_of(const MDB_val *v, const eg_block_hdr *bh, void *ctx)
     float **b = ctx;
     const char *p = (const char *)v->mv_data + sizeof *bh;
     int rc = 0;
-    if (b[0]) rc = eg_codec_error_bound(bh->codec, EG_KIND_K, p, bh->klen, bh->n_tokens, bh->dim_k, b[0]);
-    if (!rc && b[1])
-        rc = eg_codec_error_bound(bh->codec, EG_KIND_V, p + bh->klen, bh->vlen, bh->n_tokens, bh->dim_v, b[1]);
+    size_t nk = (size_t)bh->n_tokens * bh->dim_k, nv = (size_t)bh->n_tokens * bh->dim_v;
+    if (b[0] && !(rc = eg_codec_error_bound(bh->codec, EG_KIND_K, p, bh->klen, bh->n_tokens, bh->dim_k, b[0])))
+        for (size_t i = 0; i < nk; i++) b[0][i] += bh->prior_k;
+    if (!rc && b[1] &&
+        !(rc = eg_codec_error_bound(bh->codec, EG_KIND_V, p + bh->klen, bh->vlen, bh->n_tokens, bh->dim_v, b[1])))
+        for (size_t i = 0; i < nv; i++) b[1][i] += bh->prior_v;
     return rc;
 }
 
