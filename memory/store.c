@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #define DEFAULT_MAP (8u << 20)
 
@@ -276,6 +278,26 @@ int eg_meta_next(eg_store *st, MDB_txn *txn, const char *counter, uint64_t *out)
     return mdb_put(txn, st->db_meta, &k, &v, 0);
 }
 
+/* LMDB reports a short write (what a full disk or a file size limit gives)
+ * as EIO. Tell the caller which it most likely was. */
+static int commit_failure(eg_store *st, int rc)
+{
+    if (rc != EIO) return eg_mdb_fail(rc, "commit");
+    char p[sizeof st->path + 16];
+    snprintf(p, sizeof p, "%s/data.mdb", st->path);
+    struct stat sb;
+    struct statvfs vfs;
+    struct rlimit rl;
+    if (statvfs(st->path, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < (64u << 20))
+        return eg_mem_fail(EG_ENOSPC, "commit: disk full (%llu bytes free); nothing of this batch "
+                           "was written", (unsigned long long)vfs.f_bavail * vfs.f_frsize);
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && stat(p, &sb) == 0 &&
+        (uint64_t)sb.st_size + (16u << 20) >= (uint64_t)rl.rlim_cur)
+        return eg_mem_fail(EG_ENOSPC, "commit: file size limit reached (%llu bytes); nothing of "
+                           "this batch was written", (unsigned long long)rl.rlim_cur);
+    return eg_mdb_fail(rc, "commit");
+}
+
 /* Grow the map: only with no transaction open in this process, so it takes
  * grow_lock exclusively (the caller holds nothing). */
 static int grow_map(eg_store *st)
@@ -347,7 +369,7 @@ static void run_batch(eg_store *st, eg_job *batch)
             rc = mdb_txn_commit(txn);
             txn = NULL;
             if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) grow = 1;
-            else if (rc) fatal = eg_mdb_fail(rc, "commit");
+            else if (rc) fatal = commit_failure(st, rc);
         } else {
             mdb_txn_abort(txn);
         }
