@@ -142,6 +142,10 @@ static float q8_scale(float amax)
     return s;
 }
 
+/* Round to nearest even for |v| < 2^22 with plain adds, so that the loop
+ * vectorises without SSE4.1 (rintf would be a library call). */
+#define ROUND_MAGIC 12582912.0f   /* 1.5 * 2^23 */
+
 static void q8_encode(const float *x, uint32_t n, uint32_t d, unsigned char *dst)
 {
     size_t ng = cdiv(d, GROUP);
@@ -149,16 +153,29 @@ static void q8_encode(const float *x, uint32_t n, uint32_t d, unsigned char *dst
     int8_t *codes = (int8_t *)(dst + (size_t)n * ng * 4);
     for (uint32_t t = 0; t < n; t++)
         for (size_t g = 0; g < ng; g++) {
-            size_t c0 = g * GROUP, c1 = c0 + GROUP < d ? c0 + GROUP : d;
-            const float *r = x + (size_t)t * d;
+            size_t c0 = g * GROUP, len = c0 + GROUP < d ? GROUP : d - c0;
+            const float *r = x + (size_t)t * d + c0;
+            int8_t *q = codes + (size_t)t * d + c0;
             float amax = 0;
-            for (size_t c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(r[c]));
+            for (size_t c = 0; c < len; c++) amax = fmaxf(amax, fabsf(r[c]));
             float s = q8_scale(amax);
             memcpy(scales + ((size_t)t * ng + g) * 4, &s, 4);
-            double inv = s > 0 ? 1.0 / s : 0;
-            for (size_t c = c0; c < c1; c++) {
-                double q = nearbyint(r[c] * inv);
-                codes[(size_t)t * d + c] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+            if (s == 0) { memset(q, 0, len); continue; }
+            /* |r/s| <= 127; r*inv is within 127 * 2^-23 of the exact quotient,
+             * inside the documented slack of 127 * 2^-20 steps. */
+            if (s < 0x1p-100f) {
+                /* Tiny scales: 1/s would overflow or lose bits; divide. */
+                for (size_t c = 0; c < len; c++) {
+                    float v = (r[c] / s + ROUND_MAGIC) - ROUND_MAGIC;
+                    q[c] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+                }
+                continue;
+            }
+            float inv = 1.0f / s;
+            for (size_t c = 0; c < len; c++) {
+                float v = (r[c] * inv + ROUND_MAGIC) - ROUND_MAGIC;
+                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+                q[c] = (int8_t)v;
             }
         }
 }
@@ -173,10 +190,14 @@ static int q8_decode(const unsigned char *src, uint32_t n, uint32_t d, float *x)
             memcpy(&s, src + ((size_t)t * ng + g) * 4, 4);
             if (!(s >= 0 && s <= FLT_MAX))
                 return eg_mem_fail(EG_ECORRUPT, "q8 tile: scale of row %u group %zu is not finite", t, g);
-            size_t c0 = g * GROUP, c1 = c0 + GROUP < d ? c0 + GROUP : d;
-            const int8_t *q = codes + (size_t)t * d;
-            float *o = x + (size_t)t * d;
-            for (size_t c = c0; c < c1; c++) o[c] = fminf(fmaxf((float)q[c] * s, -FLT_MAX), FLT_MAX);
+            size_t c0 = g * GROUP, len = c0 + GROUP < d ? GROUP : d - c0;
+            const int8_t *q = codes + (size_t)t * d + c0;
+            float *o = x + (size_t)t * d + c0;
+            if (s <= FLT_MAX / 128) {
+                for (size_t c = 0; c < len; c++) o[c] = (float)q[c] * s;
+            } else {   /* scales at the top of the range: keep the product finite */
+                for (size_t c = 0; c < len; c++) o[c] = (float)fmin(fmax((double)q[c] * s, -FLT_MAX), FLT_MAX);
+            }
         }
     return 0;
 }

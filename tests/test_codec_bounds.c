@@ -34,7 +34,7 @@ static void fill(int pat, float *x, uint32_t n, uint32_t d, uint64_t *rs)
 
 /* The bound a codec promises, recomputed from the input: q8 half of
  * amax/127 per row group of 32; q4 half of (max-min)/15 per group; both with
- * the documented 2^-20 relative slack for float rounding. */
+ * the documented float rounding slack (q8: 127 * 2^-20 of the scale). */
 static void reference_bound(int codec, int kind, const float *x, uint32_t n, uint32_t d, double *b)
 {
     size_t e = (size_t)n * d;
@@ -56,7 +56,7 @@ static void reference_bound(int codec, int kind, const float *x, uint32_t n, uin
                 for (uint32_t c = g * 32; c < c1; c++) amax = fmax(amax, fabs(x[(size_t)t * d + c]));
                 double s = amax / 127;
                 if (s < 1e-45) s = amax;          /* documented: scale below subnormal -> amax */
-                for (uint32_t c = g * 32; c < c1; c++) b[(size_t)t * d + c] = s * 0.5 * (1 + 1e-5) + 1e-45;
+                for (uint32_t c = g * 32; c < c1; c++) b[(size_t)t * d + c] = s * (0.5 + 127.0 / 1048576) + 1e-45;
             }
         return;
     }

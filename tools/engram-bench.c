@@ -1,0 +1,59 @@
+/* engram-bench: Engram's benchmarks. Every figure is printed with the
+ * baseline measured in the same run and their ratio. */
+#include "bench/bench.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const struct { const char *name; int (*fn)(const bench_opts *); const char *later; } suites[] = {
+    {"ingest", bench_suite_ingest, NULL},
+    {"read", bench_suite_read, NULL},
+    {"codec", bench_suite_codec, NULL},
+    {"recall", NULL, "issue 5"},
+    {"attend", NULL, "issue 6"},
+    {"resume", NULL, "issue 6"},
+    {"net", NULL, "issue 7"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: engram-bench SUITE [--quick] [--json] [--dir PATH]\n"
+               "  SUITE: ingest, read, codec, recall, attend, resume, net, or all\n"
+               "  --quick  smaller sizes (about a minute for all)\n"
+               "  --json   one JSON object per figure per line\n"
+               "  --dir    scratch directory (default: a new one under /tmp, removed after)\n");
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts o = {0, 0, NULL};
+    const char *suite = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
+        else if (!strcmp(argv[i], "--quick")) o.quick = 1;
+        else if (!strcmp(argv[i], "--json")) o.json = 1;
+        else if (!strcmp(argv[i], "--dir") && i + 1 < argc) o.dir = argv[++i];
+        else if (argv[i][0] != '-' && !suite) suite = argv[i];
+        else { fprintf(stderr, "engram-bench: unknown argument '%s'\n", argv[i]); usage(stderr); return 2; }
+    }
+    if (!suite) { usage(stderr); return 2; }
+    int all = !strcmp(suite, "all"), found = all, rc = 0;
+    char tmp[] = "/tmp/engram-bench-XXXXXX";
+    if (!o.dir) {
+        if (!mkdtemp(tmp)) { perror("engram-bench: mkdtemp"); return 1; }
+        o.dir = tmp;
+    }
+    for (size_t i = 0; i < sizeof suites / sizeof *suites; i++) {
+        if (!all && strcmp(suite, suites[i].name)) continue;
+        found = 1;
+        if (!suites[i].fn) {
+            fprintf(stderr, "suite %s: not built yet (%s)\n", suites[i].name, suites[i].later);
+            continue;
+        }
+        if (suites[i].fn(&o)) rc = 1;
+    }
+    if (o.dir == tmp) rmdir(tmp);
+    if (!found) { fprintf(stderr, "engram-bench: unknown suite '%s'\n", suite); usage(stderr); return 2; }
+    return rc;
+}
