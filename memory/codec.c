@@ -23,6 +23,20 @@
 #define SLACK (1.0 / 1048576.0)   /* 2^-20: float rounding of decode */
 
 /* ---- conversions -------------------------------------------------------- */
+/* Inline core of eg_f16_to_f32 for the conversion loops. */
+static inline float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
+    if (e == 0) {
+        float f = (float)m * (1.0f / 16777216.0f);
+        return sign ? -f : f;
+    }
+    bits = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112) << 23) | (m << 13));
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
 float eg_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
@@ -78,13 +92,18 @@ int eg_convert_to_f32(int dtype, const void *src, size_t n, float *dst)
     const unsigned char *p = src;
     if (dtype == EG_DTYPE_F32) memcpy(dst, src, n * 4);
     else if (dtype == EG_DTYPE_F16)
-        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = eg_f16_to_f32(h); }
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = half_to_float(h); }
     else if (dtype == EG_DTYPE_BF16)
         for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = eg_bf16_to_f32(h); }
     else return eg_mem_fail(EG_EDTYPE, "unknown dtype %d", dtype);
     /* One pass for NaN/Inf: the common case (all finite) stays a tight loop. */
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) bad |= !isfinite(dst[i]);
+    /* Exponent all ones is NaN or Inf: one integer test per value. */
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &dst[i], 4);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
     if (bad)
         for (size_t i = 0; i < n; i++)
             if (!isfinite(dst[i]))
@@ -157,7 +176,10 @@ static void q8_encode(const float *x, uint32_t n, uint32_t d, unsigned char *dst
             const float *r = x + (size_t)t * d + c0;
             int8_t *q = codes + (size_t)t * d + c0;
             float amax = 0;
-            for (size_t c = 0; c < len; c++) amax = fmaxf(amax, fabsf(r[c]));
+            for (size_t c = 0; c < len; c++) {   /* finite input: no fmaxf call */
+                float a = fabsf(r[c]);
+                amax = a > amax ? a : amax;
+            }
             float s = q8_scale(amax);
             memcpy(scales + ((size_t)t * ng + g) * 4, &s, 4);
             if (s == 0) { memset(q, 0, len); continue; }
@@ -227,7 +249,11 @@ static void q4_encode(int kind, const float *x, uint32_t n, uint32_t d, unsigned
         size_t f, st, cnt;
         q4_group(kind, n, d, gi, &f, &st, &cnt);
         float mn = x[f], mx = x[f];
-        for (size_t i = 1; i < cnt; i++) { mn = fminf(mn, x[f + i * st]); mx = fmaxf(mx, x[f + i * st]); }
+        for (size_t i = 1; i < cnt; i++) {
+            float v = x[f + i * st];
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
         double range = (double)mx - (double)mn;
         float step = (float)(range / 15.0);
         while ((double)step * 15.0 < range) step = nextafterf(step, INFINITY);
@@ -273,8 +299,12 @@ int eg_codec_encode(int codec, int kind, const float *src, uint32_t n, uint32_t 
     if (rc) return rc;
     if (!src || !dst || cap < need) return eg_mem_fail(EG_EINVAL, "encode: buffer of %zu bytes, %zu needed", cap, need);
     size_t e = (size_t)n * d;
-    int bad = 0;
-    for (size_t i = 0; i < e; i++) bad |= !isfinite(src[i]);
+    uint32_t bad = 0;
+    for (size_t i = 0; i < e; i++) {
+        uint32_t b;
+        memcpy(&b, &src[i], 4);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
     if (bad)
         for (size_t i = 0; i < e; i++)
             if (!isfinite(src[i]))
