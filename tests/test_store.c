@@ -361,7 +361,7 @@ static void test_group_commit(void)
     printf("  group commit: %llu appends in %llu commits\n", (unsigned long long)appends,
            (unsigned long long)commits);
     CHECK_EQ_INT(appends, T * 40);
-    CHECK(commits <= appends);
+    CHECK(commits < appends);   /* appends waiting on a commit share the next one */
     CHECK_OK(eg_store_close(st));
     tu_rmrf(dir);
 }
