@@ -9,6 +9,7 @@ CFLAGS  += $(WARN) $(OPT) -D_GNU_SOURCE -pthread $(INC) $(EXTRA_CFLAGS)
 LDLIBS  := -llmdb -levent -levent_pthreads -lopenblas -lxxhash -lm -pthread
 B       ?= build
 
+.DEFAULT_GOAL := all
 MODULES := memory index engine net
 # A module's library holds every .c in its folder; empty modules are skipped.
 define module_rules

@@ -1,0 +1,158 @@
+/* bound.c: the lost-mass bound. With quest summaries every key k of a
+ * segment satisfies q.k <= ub(q, segment), so the left-out mass of a row is
+ * at most sum over left-out segments of n_tokens * exp(scale * ub). Groups
+ * of segments give a coarser bound (their min of mins and max of maxes)
+ * that is used where it cannot matter and refined where it can. */
+#include "ix_internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+/* Groups whose coarse term is this many nats below the largest coarse term
+ * keep the coarse bound: refining them would change the total by < e^-12. */
+#define REFINE_NATS 12.0
+
+typedef struct { double m, s; } lse_acc;       /* log(s) + m, s in [1, n] */
+static void lse_add(lse_acc *a, double x)
+{
+    if (x == -INFINITY) return;
+    if (x == INFINITY) { a->m = INFINITY; a->s = 1; return; }
+    if (a->m == -INFINITY) { a->m = x; a->s = 1; return; }
+    if (a->m == INFINITY) return;
+    if (x <= a->m) a->s += exp(x - a->m);
+    else { a->s = a->s * exp(a->m - x) + 1; a->m = x; }
+}
+static double lse_get(const lse_acc *a) { return a->m == -INFINITY ? -INFINITY : a->m + log(a->s); }
+
+double eg_lost_mass_bound(double log_ub, double lse_sel)
+{
+    if (log_ub == -INFINITY) return 0.0;
+    if (lse_sel == -INFINITY || log_ub == INFINITY || log_ub != log_ub) return 1.0;
+    return 1.0 / (1.0 + exp(lse_sel - log_ub));
+}
+
+/* Largest rounding error of a computed quest score against the exact one,
+ * plus that of the caller's own q.k (see the dot's summation): a few ulps
+ * of |q|_1 * max|bound|. */
+static double slack(int d, double q_l1, float gabs)
+{
+    return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
+}
+
+int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows,
+                              const eg_route_selection *sel, double *log_ub)
+{
+    if (!t || !sel || !log_ub) return ix_fail(EG_IX_EINVAL, "table, selection or output is NULL");
+    if (t->spec.kind != EG_ROUTER_QUEST)
+        return ix_fail(EG_IX_EKIND, "the bound needs a quest table, not %s", eg_router_name(t->spec.kind));
+    for (size_t i = 0; i < sel->n; i++)
+        if (sel->segments[i] < 0 || (size_t)sel->segments[i] >= t->n)
+            return ix_fail(EG_IX_ERANGE, "selected segment %lld beyond the table's %zu",
+                           (long long)sel->segments[i], t->n);
+    ix_ctx c;
+    int rc = ix_ctx_init(&c, t, rows, NULL);
+    if (rc < 0) { ix_ctx_free(&c); return rc; }
+    size_t n = t->n, nr = (size_t)c.nr, S = (size_t)t->spec.seg_tokens, G = EG_IX_GROUP;
+    size_t w = (size_t)t->width, d = w / 2, ng = (n + G - 1) / G;
+    size_t n_order = sel->n - sel->n_forced;
+    uint8_t *mark = calloc(n ? n : 1, 1);               /* 1 = selected */
+    size_t *cnt = malloc(sizeof(size_t) * (n + 1));     /* prefix counts of unselected */
+    float *sc = malloc(sizeof(float) * nr * (G > n_order ? G : n_order) + sizeof(float));
+    float *gsc = malloc(sizeof(float) * nr * (ng ? ng : 1));
+    double *coarse = malloc(sizeof(double) * nr * (ng ? ng : 1));
+    double *ql1 = malloc(sizeof(double) * nr);
+    lse_acc *acc = malloc(sizeof(lse_acc) * nr);
+    if (!mark || !cnt || !sc || !gsc || !coarse || !ql1 || !acc) {
+        rc = ix_fail(EG_IX_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < sel->n; i++) mark[sel->segments[i]] = 1;
+    cnt[0] = 0;
+    for (size_t s = 0; s < n; s++) cnt[s + 1] = cnt[s] + !mark[s];
+    for (size_t r = 0; r < nr; r++) {
+        double l1 = 0;
+        for (size_t i = 0; i < d; i++) l1 += fabs((double)rows->q[r * d + i]);
+        ql1[r] = l1;
+        acc[r] = (lse_acc){ -INFINITY, 0 };
+    }
+    const double scale = rows->scale;
+    /* Tokens of segment s row r sees (the segment holding pos is partial). */
+    #define SEEN(r, s) (rows->pos && (int64_t)(((s) + 1) * S) > rows->pos[r] + 1 \
+        ? (double)(rows->pos[r] + 1 - (int64_t)((s) * S)) : (double)S)
+    /* Coarse terms per group and row, over the row's visible unselected segments. */
+    ix_score_rows(t->gtab, ng, w, c.qp, c.nr, gsc);
+    double best = -INFINITY;
+    for (size_t g = 0; g < ng; g++)
+        for (size_t r = 0; r < nr; r++) {
+            size_t a = g * G, b = a + G < c.row_vis[r] ? a + G : c.row_vis[r];
+            double v = -INFINITY;
+            if (b > a && cnt[b] - cnt[a] > 0)
+                v = log((double)(cnt[b] - cnt[a]) * S) +
+                    scale * ((double)gsc[g * nr + r] + slack((int)d, ql1[r], t->gabs[g]));
+            coarse[g * nr + r] = v;
+            best = v > best ? v : best;
+        }
+    /* Refine the groups that can matter; keep the coarse term elsewhere. */
+    for (size_t g = 0; g < ng; g++) {
+        int refine = 0;
+        for (size_t r = 0; r < nr; r++) refine |= coarse[g * nr + r] >= best - REFINE_NATS;
+        if (!refine) {
+            for (size_t r = 0; r < nr; r++) lse_add(&acc[r], coarse[g * nr + r]);
+            continue;
+        }
+        size_t a = g * G, b = a + G < n ? a + G : n;
+        ix_score_rows(t->tab + a * w, b - a, w, c.qp, c.nr, sc);
+        for (size_t s = a; s < b; s++) {
+            if (mark[s]) continue;
+            for (size_t r = 0; r < nr; r++)
+                if (s < c.row_vis[r])
+                    lse_add(&acc[r], log(SEEN(r, s)) +
+                            scale * ((double)sc[(s - a) * nr + r] + slack((int)d, ql1[r], t->gabs[g])));
+        }
+    }
+    /* Routed segments, as suffixes: prefix i leaves out routed[i..n_order). */
+    for (size_t i = 0; i < n_order; i++) {
+        size_t s = (size_t)sel->segments[sel->n_forced + i];
+        ix_score_rows(t->tab + s * w, 1, w, c.qp, c.nr, sc + i * nr);
+    }
+    for (size_t r = 0; r < nr; r++) {
+        double *o = log_ub + r * (n_order + 1);
+        lse_acc suf = acc[r];
+        o[n_order] = lse_get(&suf);
+        for (size_t i = n_order; i-- > 0;) {
+            size_t s = (size_t)sel->segments[sel->n_forced + i];
+            if (s < c.row_vis[r])
+                lse_add(&suf, log(SEEN(r, s)) +
+                        scale * ((double)sc[i * nr + r] + slack((int)d, ql1[r], t->gabs[s / G])));
+            o[i] = lse_get(&suf);
+        }
+    }
+    #undef SEEN
+    rc = 0;
+out:
+    free(mark); free(cnt); free(sc); free(gsc); free(coarse); free(ql1); free(acc);
+    ix_ctx_free(&c);
+    return rc;
+}
+
+int eg_route_prefix_for_bound(const double *log_ub, const double *lse_sel, int n_rows,
+                              size_t n_order, double max_lost, size_t *n_prefix, double *worst_bound)
+{
+    if (!log_ub || !lse_sel || !n_prefix || n_rows < 1)
+        return ix_fail(EG_IX_EINVAL, "prefix_for_bound: NULL array or no rows");
+    if (!(max_lost >= 0.0 && max_lost <= 1.0))
+        return ix_fail(EG_IX_EINVAL, "max_lost %g outside [0, 1]", max_lost);
+    double worst = 1.0;
+    size_t i;
+    for (i = 0; i <= n_order; i++) {
+        worst = 0.0;
+        for (int r = 0; r < n_rows; r++) {
+            size_t k = (size_t)r * (n_order + 1) + i;
+            double b = eg_lost_mass_bound(log_ub[k], lse_sel[k]);
+            worst = b > worst ? b : worst;
+        }
+        if (worst <= max_lost) break;
+    }
+    *n_prefix = i <= n_order ? i : n_order;
+    if (worst_bound) *worst_bound = worst;
+    return 0;
+}

@@ -1,0 +1,266 @@
+/* index.h: Engram's relevance router (the one public header of index/).
+ *
+ * For each query the router picks, per layer and kv-head, the few sealed
+ * segments whose keys will take the attention mass, from small per-segment
+ * summaries, and bounds the mass it may have missed. index/ never touches
+ * the store: it turns a segment's keys into summary bytes
+ * (eg_summary_compute), and scores queries against a route table, an
+ * in-RAM contiguous array of those summaries (eg_route_table_*). The engine
+ * stores the bytes with memory/ and rebuilds tables from them.
+ *
+ * Routers (eg_router_kind):
+ *  quest     per-channel min and max of the segment's keys, stored as f16
+ *            rounded outward; score = sum_c max(q_c min_c, q_c max_c), an
+ *            upper bound of q.k for every key of the segment. 4*dim/S bytes
+ *            per token. The only router whose scores are bounds: the
+ *            lost-mass bound always uses a quest table.
+ *  centroid  the mean key (f16); score = q.mean. 2*dim/S bytes per token.
+ *  learned   per (layer, kv-head) trained projections of queries and keys to
+ *            r dims (16..32); a segment keeps product-quantised codes of its
+ *            projected keys per token (r/8 bytes per token) or a few int8
+ *            representative vectors; score = max over what it keeps.
+ *  indexer   the model's own indexer (DeepSeek V3.2 style): per token an
+ *            index key stored q8; per query index heads with weights; token
+ *            score = sum_h w_h relu(q_h.k); segment score = max over tokens.
+ *  oracle    exact per-segment attention mass given by the caller
+ *            (evaluation only).
+ *
+ * Conventions
+ * - Functions return 0 on success and a negative EG_IX_* code (-100..-199)
+ *   on failure; outputs are taken by pointer. After a failure
+ *   eg_index_last_error() gives this thread's message naming what was wrong.
+ * - Ownership is written next to each declaration; "borrowed" pointers stay
+ *   the caller's and are not kept after the call returns.
+ * - Thread safety: a route table or learned weights may be read (selected,
+ *   bounded, summarised with) from many threads at once; appending to or
+ *   truncating a table needs the caller to exclude readers.
+ * - Layouts are row-major: q [rows][dim], keys [tokens][dim].
+ * - Segments are numbered from 0; segment s holds tokens [s*S, (s+1)*S).
+ *   Only sealed (full) segments are routed; the open segment's tokens are
+ *   the engine's and always attended.
+ */
+#ifndef ENGRAM_INDEX_H
+#define ENGRAM_INDEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ------------------------------------------------------------ */
+enum {
+    EG_IX_EINVAL = -100,     /* an argument is NULL or out of range */
+    EG_IX_EDIM = -101,       /* a dimension is zero, too large, or does not match the table */
+    EG_IX_ERANK = -102,      /* learned rank r outside EG_LEARNED_RANK_MIN..MAX */
+    EG_IX_ENONFINITE = -103, /* NaN or Inf in keys, queries, weights or masses */
+    EG_IX_EEMPTY = -104,     /* nothing to work on: zero tokens, zero segments, no calibration */
+    EG_IX_EVERSION = -105,   /* serialized bytes of another format version */
+    EG_IX_ECORRUPT = -106,   /* serialized bytes fail their checksum or are malformed */
+    EG_IX_ENOMEM = -107,     /* allocation failed */
+    EG_IX_EBUDGET = -108,    /* a budget of zero tokens */
+    EG_IX_EKIND = -109,      /* unknown router kind, or an operation it does not support */
+    EG_IX_ERANGE = -110,     /* a position or segment index beyond the table */
+};
+/* Static description of a code (any module's code gives "unknown" here). */
+const char *eg_index_strerror(int code);
+/* Message of this thread's last failing call in index/ (never NULL). */
+const char *eg_index_last_error(void);
+
+/* ---- limits -------------------------------------------------------------- */
+#define EG_IX_DIM_MAX 1024          /* head_dim of keys and queries */
+#define EG_IX_INDEX_DIM_MAX 256     /* indexer key dim */
+#define EG_IX_INDEX_HEADS_MAX 128   /* indexer heads per query */
+#define EG_IX_ROWS_MAX 4096         /* query rows per call */
+#define EG_IX_GROUP 32              /* segments per hierarchy group */
+#define EG_LEARNED_RANK_MIN 16
+#define EG_LEARNED_RANK_MAX 32
+
+typedef enum {
+    EG_ROUTER_QUEST = 1,
+    EG_ROUTER_CENTROID = 2,
+    EG_ROUTER_LEARNED = 3,
+    EG_ROUTER_INDEXER = 4,
+    EG_ROUTER_ORACLE = 5,
+} eg_router_kind;
+/* "quest", "centroid", "learned", "indexer", "oracle"; NULL if unknown. */
+const char *eg_router_name(eg_router_kind kind);
+/* Returns EG_IX_EKIND for an unknown name. */
+int eg_router_parse(const char *name, eg_router_kind *out);
+
+/* ---- learned weights (one per layer and kv-head) ------------------------- */
+typedef struct eg_learned eg_learned;
+
+typedef enum {
+    EG_LEARNED_PQ = 1,    /* per token: r/8 product-quantised codes (8 dims, 256 centroids each) */
+    EG_LEARNED_REPS = 2,  /* per segment: n_reps int8 vectors of r dims (k-means in projected space) */
+} eg_learned_mode;
+
+typedef struct {
+    int dim;              /* key/query head dim, 1..EG_IX_DIM_MAX */
+    int rank;             /* r, EG_LEARNED_RANK_MIN..MAX, a multiple of 8 for PQ */
+    eg_learned_mode mode;
+    int n_reps;           /* REPS: vectors per segment, 1..8 (default 4) */
+    int seg_tokens;       /* S the weights are trained for (16..256) */
+    int steps;            /* optimisation steps (default 200) */
+    float lr;             /* Adam step size (default 0.01) */
+    uint64_t seed;        /* initialisation and sampling (default 1) */
+    int n_sink_segments;  /* segments excluded from training as always attended (default 1) */
+    int64_t recent_tokens;/* likewise the recent window (default 256) */
+} eg_learned_config;
+void eg_learned_config_init(eg_learned_config *c, int dim, int seg_tokens);
+
+/* Calibration data for training: one kv-head's keys of a session and queries
+ * (any q heads of that kv-head) with their absolute positions. The target
+ * is the dense attention mass per segment over the segments a query can
+ * route (sealed, visible, outside sinks and recent window). */
+typedef struct {
+    const float *keys;        /* [n_tokens][dim], borrowed, as attention sees them */
+    int64_t n_tokens;
+    const float *queries;     /* [n_queries][dim], borrowed */
+    const int64_t *q_pos;     /* [n_queries] absolute positions, < n_tokens */
+    int n_queries;
+    float scale;              /* attention score scale, e.g. 1/sqrt(dim) */
+} eg_calibration;
+
+/* Train weights on cal. loss_curve: NULL or [c->steps] filled with the mean
+ * KL (nats) at each step. *out is the caller's: free with eg_learned_free.
+ * Errors: EG_IX_EINVAL, EG_IX_EDIM, EG_IX_ERANK, EG_IX_ENONFINITE,
+ * EG_IX_EEMPTY (no query can route any segment), EG_IX_ENOMEM. */
+int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal,
+                     eg_learned **out, float *loss_curve);
+/* Mean KL of the weights on cal (the same loss training reports). */
+int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl);
+void eg_learned_free(eg_learned *w);
+/* Bytes of the summary of one segment under w. */
+size_t eg_learned_summary_bytes(const eg_learned *w);
+const eg_learned_config *eg_learned_get_config(const eg_learned *w);
+
+/* Serialize: *bytes is malloc'd, the caller frees it with free(). The blob
+ * carries a magic, a format version and a checksum. */
+int eg_learned_save(const eg_learned *w, void **bytes, size_t *n);
+/* Errors: EG_IX_EVERSION (another version), EG_IX_ECORRUPT (checksum,
+ * length, shapes), EG_IX_ENONFINITE, EG_IX_ENOMEM. *out freed with
+ * eg_learned_free. */
+int eg_learned_load(const void *bytes, size_t n, eg_learned **out);
+
+/* ---- summaries ------------------------------------------------------------- */
+/* What a table is built for. dim is the key dim (index key dim for indexer);
+ * learned needs w (borrowed; it must outlive every table made with it). */
+typedef struct {
+    eg_router_kind kind;
+    int dim;
+    int seg_tokens;           /* S, 16..256 */
+    const eg_learned *learned;
+} eg_summary_spec;
+
+/* Bytes of one segment's summary (0 for oracle). */
+int eg_summary_bytes(const eg_summary_spec *spec, size_t *bytes);
+/* Bytes per token of the stored summaries (summary bytes / S). */
+double eg_summary_bytes_per_token(const eg_summary_spec *spec);
+
+/* Summary of one sealed segment from its keys [S][dim] (indexer: index keys
+ * [S][dim]) as attention sees them, written to out (cap bytes).
+ * Errors: EG_IX_EDIM (cap too small or spec invalid), EG_IX_ENONFINITE,
+ * EG_IX_EKIND (oracle has no summaries). */
+int eg_summary_compute(const eg_summary_spec *spec, const float *keys, void *out, size_t cap);
+
+/* ---- route tables ---------------------------------------------------------- */
+typedef struct eg_route_table eg_route_table;
+
+/* *out freed with eg_route_table_free. Errors: EG_IX_EKIND, EG_IX_EDIM,
+ * EG_IX_EINVAL (learned without weights, dim differing from theirs). */
+int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out);
+void eg_route_table_free(eg_route_table *t);
+/* Append n segments' summaries (n * eg_summary_bytes bytes, in segment
+ * order) and their document tags (NULL: tag 0). Oracle tables take only a
+ * count (summaries NULL). Errors: EG_IX_ECORRUPT (a summary that is not
+ * finite or not min <= max), EG_IX_ENOMEM; on error nothing is appended. */
+int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n,
+                          const uint32_t *tags);
+/* Keep the first n segments (n <= count). */
+int eg_route_table_truncate(eg_route_table *t, size_t n);
+size_t eg_route_table_segments(const eg_route_table *t);
+/* Bytes the table holds in RAM (what one scan streams). */
+size_t eg_route_table_ram_bytes(const eg_route_table *t);
+const eg_summary_spec *eg_route_table_spec(const eg_route_table *t);
+
+/* ---- selection --------------------------------------------------------------- */
+/* The query rows of one call: all q heads of one kv-head, one or many
+ * positions. Row r sees sealed segment s when s*S <= pos[r]. */
+typedef struct {
+    int n_rows;               /* 1..EG_IX_ROWS_MAX */
+    const float *q;           /* [n_rows][dim], borrowed (quest, centroid, learned) */
+    const int64_t *pos;       /* [n_rows] absolute positions, or NULL: all sealed segments visible */
+    float scale;              /* attention score scale (the bound uses it), > 0 */
+    /* indexer: per row n_index_heads index queries and weights */
+    int n_index_heads;
+    const float *index_q;     /* [n_rows][n_index_heads][dim] */
+    const float *index_w;     /* [n_rows][n_index_heads] */
+    /* oracle: exact attention mass per segment (summed over rows) */
+    const float *oracle_mass; /* [segments] */
+} eg_route_rows;
+
+typedef struct {
+    int64_t budget_tokens;    /* sealed tokens selected in all (forced included), > 0 */
+    int n_sink_segments;      /* first segments always selected (default 1) */
+    int64_t recent_tokens;    /* sealed segments overlapping the last recent_tokens
+                                 before max(pos) are always selected (default 256) */
+    const uint32_t *tags;     /* borrowed; NULL = no filter */
+    int n_tags;               /* routed segments must carry one of these tags */
+    int hierarchical;         /* quest: 1 = descend groups (same top-k as flat, default),
+                                 0 = flat; other routers always scan flat */
+} eg_route_opts;
+void eg_route_opts_init(eg_route_opts *o);
+
+typedef struct {
+    int64_t *segments;        /* [n]: n_forced forced (ascending), then routed by score */
+    float *scores;            /* [n] aggregated router score (max over rows; +inf forced) */
+    size_t n, n_forced;
+    size_t n_visible;         /* sealed segments visible to the latest row */
+    size_t scored;            /* segment summaries scored (hierarchy: groups too) */
+} eg_route_selection;
+
+/* Select segments: forced ones, then the highest-scoring visible segments
+ * that pass the tag filter, until budget_tokens (ties: lower segment
+ * first). sel's arrays are malloc'd: release with eg_route_selection_free.
+ * Forced segments are kept even when they alone exceed the budget.
+ * Errors: EG_IX_EINVAL, EG_IX_EDIM, EG_IX_EBUDGET, EG_IX_ENONFINITE (rows),
+ * EG_IX_ERANGE (negative position), EG_IX_ENOMEM. */
+int eg_router_select(const eg_route_table *t, const eg_route_rows *rows,
+                     const eg_route_opts *o, eg_route_selection *sel);
+void eg_route_selection_free(eg_route_selection *sel);
+
+/* Raw scores of every segment for every row into out [n_rows][segments]
+ * (segments invisible to a row get -inf). For tests and tools. */
+int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, float *out);
+
+/* ---- lost-mass bound ---------------------------------------------------------- */
+/* For each row r and prefix length i = 0..n_order of sel's routed part,
+ * log_ub[r*(n_order+1) + i] = log of an upper bound on sum exp(scale q_r.k)
+ * over the row's visible sealed tokens outside the forced segments and
+ * routed[0..i). n_order = sel->n - sel->n_forced. quest must be a quest
+ * table over the same segments (the selection may come from any router).
+ * -inf when nothing is left out. Cost: one group scan plus the groups that
+ * can matter. */
+int eg_route_unselected_bound(const eg_route_table *quest, const eg_route_rows *rows,
+                              const eg_route_selection *sel, double *log_ub);
+/* Fraction of mass outside the selection, bounded: given the log upper
+ * bound of what was left out and the exact log-sum-exp of the scaled scores
+ * of what was attended, returns 1 / (1 + exp(lse_selected - log_ub)). */
+double eg_lost_mass_bound(double log_ub_unselected, double lse_selected);
+/* The max_lost mode: the shortest prefix i of the routed order (0..n_order)
+ * whose bound is at most max_lost for every row; n_order if none is (the
+ * budget ended first). log_ub as above; lse_sel in the same layout: the
+ * log-sum-exp of each row's attended scaled scores with forced segments,
+ * routed[0..i) and whatever else the caller attends (the open segment).
+ * *worst_bound: the largest row bound at the chosen prefix. */
+int eg_route_prefix_for_bound(const double *log_ub, const double *lse_sel, int n_rows,
+                              size_t n_order, double max_lost, size_t *n_prefix,
+                              double *worst_bound);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,88 @@
+/* ix_internal.h: what the files of index/ share (private to index/). */
+#ifndef ENGRAM_IX_INTERNAL_H
+#define ENGRAM_IX_INTERNAL_H
+#include "index.h"
+#include <math.h>
+
+/* Record this thread's message and return code (printf-style). */
+int ix_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* f16 with a chosen rounding: dir > 0 rounds up (toward +inf), dir < 0
+ * down, 0 to nearest even. Overflow goes to +-inf only in the rounding
+ * direction; otherwise to the largest finite half. */
+uint16_t ix_f32_to_f16_dir(float f, int dir);
+float ix_f16_to_f32(uint16_t h);
+
+/* 1 if all n values are finite. */
+int ix_all_finite(const float *x, size_t n);
+
+/* out[s*nr + r] = dot(tab + s*width, qp + r*width) for s < n, r < nr.
+ * tab [n][width], qp [nr][width]. Row results depend only on the row and
+ * qp (a fixed summation order), so scoring a sub-range gives the same bits
+ * as scoring everything: the hierarchy relies on it. */
+void ix_score_rows(const float *tab, size_t n, size_t width, const float *qp, int nr,
+                   float *out);
+/* out[r] = dot(a, b[r]) for int8 a (times scale) against f32 rows b. */
+float ix_dot_i8(const int8_t *a, const float *b, int n);
+
+/* Top-k with deterministic ties (higher score first, then lower index):
+ * a bounded min-heap. */
+typedef struct { float score; int64_t seg; } ix_cand;
+typedef struct { ix_cand *h; size_t n, k; } ix_heap;
+/* 1 when (a) ranks strictly worse than (b). */
+static inline int ix_worse(ix_cand a, ix_cand b)
+{ return a.score < b.score || (a.score == b.score && a.seg > b.seg); }
+void ix_heap_push(ix_heap *hp, ix_cand c);
+/* Sort the heap's content best first (destroys the heap order). */
+void ix_heap_sort_desc(ix_heap *hp);
+
+/* Table internals shared by select/bound/table. */
+struct eg_route_table {
+    eg_summary_spec spec;
+    size_t n, cap;            /* segments */
+    int width;                /* floats per row of tab */
+    float *tab;               /* quest: [n][2*dim] max then min; centroid: [n][dim];
+                                 reps: [n*n_reps][rank] */
+    uint32_t *tags;           /* [n] */
+    /* quest hierarchy: groups of EG_IX_GROUP segments, same layout as tab */
+    float *gtab;              /* [ceil(n/G)][2*dim] */
+    float *gabs;              /* [ceil(n/G)] largest |bound| in the group (rounding slack) */
+    /* learned PQ: codes [n*S][m]; indexer: q8 keys [n*S][dim] and scales */
+    uint8_t *codes;
+    int8_t *ikeys;
+    float *iscale;
+    size_t row_bytes;         /* summary bytes per segment */
+};
+
+/* What select and bound share about one call (select.c). */
+typedef struct {
+    const eg_route_table *t;
+    const eg_route_rows *rows;
+    int nr;
+    size_t n_vis;             /* segments visible to the latest row */
+    size_t n_sink, recent0;   /* forced: s < n_sink or s >= recent0 (within n_vis) */
+    size_t *row_vis;          /* [nr] segments visible to each row */
+    float *qp;                /* prepared rows: quest [nr][2d] (q+, q-), centroid [nr][d], learned [nr][r] */
+    float *lut;               /* PQ: [nr][m][256] */
+} ix_ctx;
+/* Validates rows (and o, which may be NULL for defaults) against t. */
+int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, const eg_route_opts *o);
+void ix_ctx_free(ix_ctx *c);
+int ix_forced(const ix_ctx *c, size_t s);
+
+/* Learned weights internals (learned.c, learned_io.c, summary.c). */
+#define IX_PQ_SUB 8           /* dims per PQ sub-vector */
+#define IX_PQ_K 256           /* centroids per sub-vector */
+struct eg_learned {
+    eg_learned_config cfg;
+    float *wq;                /* [rank][dim] */
+    float *wk;                /* [rank][dim] */
+    float *codebook;          /* PQ: [rank/8][256][8] */
+    float tau;                /* softmax temperature of segment scores */
+};
+int ix_learned_check_config(const eg_learned_config *c);
+/* Project rows x [n][dim] to out [n][rank] with w ([rank][dim]). */
+void ix_project(const float *w, int rank, int dim, const float *x, size_t n, float *out);
+/* Nearest PQ code of each sub-vector of a projected key. */
+void ix_pq_encode(const eg_learned *w, const float *pk, uint8_t *codes);
+#endif

@@ -1,0 +1,390 @@
+/* learned.c: the learned router's training. Per (layer, kv-head), queries
+ * and keys are projected to r dims (wq, wk: [r][dim]); a segment's score is
+ * tau * max over its tokens of (wq q).(wk k). Training minimises the mean
+ * over calibration queries of KL(dense mass per segment || softmax of
+ * segment scores), over the segments a query can route (sealed, visible,
+ * neither sink nor recent window), with Adam. The max is differentiated
+ * through its argmax token. Projections run as OpenBLAS sgemm. */
+#include "ix_internal.h"
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+void eg_learned_config_init(eg_learned_config *c, int dim, int seg_tokens)
+{
+    memset(c, 0, sizeof *c);
+    c->dim = dim;
+    c->rank = 16;
+    c->mode = EG_LEARNED_PQ;
+    c->n_reps = 4;
+    c->seg_tokens = seg_tokens;
+    c->steps = 200;
+    c->lr = 0.01f;
+    c->seed = 1;
+    c->n_sink_segments = 1;
+    c->recent_tokens = 256;
+}
+
+void eg_learned_free(eg_learned *w)
+{
+    if (!w) return;
+    free(w->wq); free(w->wk); free(w->codebook);
+    free(w);
+}
+
+const eg_learned_config *eg_learned_get_config(const eg_learned *w) { return w ? &w->cfg : NULL; }
+
+size_t eg_learned_summary_bytes(const eg_learned *w)
+{
+    if (!w) return 0;
+    size_t r = (size_t)w->cfg.rank;
+    if (w->cfg.mode == EG_LEARNED_PQ) return (size_t)w->cfg.seg_tokens * (r / IX_PQ_SUB);
+    return (size_t)w->cfg.n_reps * (4 + r);
+}
+
+void ix_project(const float *w, int rank, int dim, const float *x, size_t n, float *out)
+{
+    /* out [n][rank] = x [n][dim] * w^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, rank, dim, 1.0f, x, dim, w, dim,
+                0.0f, out, rank);
+}
+
+void ix_pq_encode(const eg_learned *w, const float *pk, uint8_t *codes)
+{
+    int m = w->cfg.rank / IX_PQ_SUB;
+    for (int j = 0; j < m; j++) {
+        const float *cb = w->codebook + (size_t)j * IX_PQ_K * IX_PQ_SUB, *x = pk + j * IX_PQ_SUB;
+        float bd = INFINITY;
+        int bi = 0;
+        for (int c = 0; c < IX_PQ_K; c++) {
+            float dd = 0;
+            for (int i = 0; i < IX_PQ_SUB; i++) { float e = x[i] - cb[c * IX_PQ_SUB + i]; dd += e * e; }
+            if (dd < bd) { bd = dd; bi = c; }
+        }
+        codes[j] = (uint8_t)bi;
+    }
+}
+
+int ix_learned_check_config(const eg_learned_config *c)
+{
+    if (!c) return ix_fail(EG_IX_EINVAL, "config is NULL");
+    if (c->dim < 1 || c->dim > EG_IX_DIM_MAX) return ix_fail(EG_IX_EDIM, "dim %d outside 1..%d", c->dim, EG_IX_DIM_MAX);
+    if (c->rank < EG_LEARNED_RANK_MIN || c->rank > EG_LEARNED_RANK_MAX)
+        return ix_fail(EG_IX_ERANK, "rank %d outside %d..%d", c->rank, EG_LEARNED_RANK_MIN, EG_LEARNED_RANK_MAX);
+    if (c->rank > c->dim) return ix_fail(EG_IX_ERANK, "rank %d exceeds dim %d", c->rank, c->dim);
+    if (c->mode != EG_LEARNED_PQ && c->mode != EG_LEARNED_REPS)
+        return ix_fail(EG_IX_EINVAL, "unknown learned mode %d", (int)c->mode);
+    if (c->mode == EG_LEARNED_PQ && c->rank % IX_PQ_SUB)
+        return ix_fail(EG_IX_ERANK, "PQ rank %d is not a multiple of %d", c->rank, IX_PQ_SUB);
+    if (c->mode == EG_LEARNED_REPS && (c->n_reps < 1 || c->n_reps > 8))
+        return ix_fail(EG_IX_EINVAL, "n_reps %d outside 1..8", c->n_reps);
+    int s = c->seg_tokens;
+    if (s < 16 || s > 256 || (s & (s - 1)))
+        return ix_fail(EG_IX_EDIM, "segment size %d is not a power of two in 16..256", s);
+    if (c->steps < 0 || c->steps > 100000 || !(c->lr > 0.0f) || !isfinite(c->lr))
+        return ix_fail(EG_IX_EINVAL, "steps %d or lr %g out of range", c->steps, c->lr);
+    if (c->n_sink_segments < 0 || c->recent_tokens < 0)
+        return ix_fail(EG_IX_EINVAL, "negative sink count or recent window");
+    return 0;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static float rng_unit(uint64_t *s) { return (float)((rng_next(s) >> 40) * 0x1p-24) * 2.0f - 1.0f; }
+
+/* The calibration problem, precomputed once. */
+typedef struct {
+    const eg_calibration *cal;
+    int d, S, nq;
+    size_t nseg;              /* full segments in the keys */
+    size_t *c0, *c1;          /* [nq] routable segments [c0, c1) of each query */
+    float *mass;              /* [nq][nseg] target mass over [c0, c1), 0 elsewhere */
+    int usable;               /* queries with at least 2 routable segments */
+} problem;
+
+static void problem_free(problem *p) { free(p->c0); free(p->c1); free(p->mass); }
+
+static int problem_init(problem *p, const eg_learned_config *c, const eg_calibration *cal)
+{
+    memset(p, 0, sizeof *p);
+    if (!cal || !cal->keys || !cal->queries || !cal->q_pos)
+        return ix_fail(EG_IX_EINVAL, "calibration arrays are NULL");
+    if (cal->n_queries < 1 || cal->n_tokens < c->seg_tokens)
+        return ix_fail(EG_IX_EEMPTY, "calibration needs queries and at least one segment of keys");
+    if (!(cal->scale > 0.0f) || !isfinite(cal->scale))
+        return ix_fail(EG_IX_EINVAL, "score scale %g", cal->scale);
+    if (!ix_all_finite(cal->keys, (size_t)cal->n_tokens * c->dim) ||
+        !ix_all_finite(cal->queries, (size_t)cal->n_queries * c->dim))
+        return ix_fail(EG_IX_ENONFINITE, "NaN or Inf in calibration keys or queries");
+    p->cal = cal;
+    p->d = c->dim;
+    p->S = c->seg_tokens;
+    p->nq = cal->n_queries;
+    p->nseg = (size_t)(cal->n_tokens / c->seg_tokens);
+    p->c0 = malloc(sizeof(size_t) * p->nq);
+    p->c1 = malloc(sizeof(size_t) * p->nq);
+    p->mass = calloc((size_t)p->nq * p->nseg, sizeof(float));
+    float *sc = malloc(sizeof(float) * (size_t)p->S);
+    if (!p->c0 || !p->c1 || !p->mass || !sc) { free(sc); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
+    for (int i = 0; i < p->nq; i++) {
+        int64_t pos = cal->q_pos[i];
+        if (pos < 0 || pos >= cal->n_tokens) {
+            free(sc);
+            return ix_fail(EG_IX_ERANGE, "calibration query %d at %lld, keys 0..%lld", i,
+                           (long long)pos, (long long)cal->n_tokens - 1);
+        }
+        int64_t first = pos - c->recent_tokens + 1;
+        size_t r0 = first <= 0 ? 0 : (size_t)(first / p->S);
+        r0 = r0 < p->nseg ? r0 : p->nseg;
+        p->c0[i] = (size_t)c->n_sink_segments;
+        p->c1[i] = r0;
+        if (p->c1[i] < p->c0[i] + 2) { p->c1[i] = p->c0[i]; continue; }
+        p->usable++;
+        /* Exact mass per routable segment (max-shifted exp, double sums). */
+        const float *q = cal->queries + (size_t)i * p->d;
+        double mx = -INFINITY, tot = 0;
+        float *m = p->mass + (size_t)i * p->nseg;
+        for (size_t s = p->c0[i]; s < p->c1[i]; s++) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, p->S, p->d, cal->scale,
+                        cal->keys + s * p->S * p->d, p->d, q, 1, 0.0f, sc, 1);
+            for (int t = 0; t < p->S; t++) mx = sc[t] > mx ? sc[t] : mx;
+        }
+        for (size_t s = p->c0[i]; s < p->c1[i]; s++) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, p->S, p->d, cal->scale,
+                        cal->keys + s * p->S * p->d, p->d, q, 1, 0.0f, sc, 1);
+            double a = 0;
+            for (int t = 0; t < p->S; t++) a += exp(sc[t] - mx);
+            m[s] = (float)a;
+            tot += a;
+        }
+        for (size_t s = p->c0[i]; s < p->c1[i]; s++) m[s] = (float)(m[s] / tot);
+    }
+    free(sc);
+    if (!p->usable) return ix_fail(EG_IX_EEMPTY, "no calibration query can route 2 or more segments");
+    return 0;
+}
+
+/* Loss and (when gq/gk/gt non-NULL) gradients for wq, wk, log tau. */
+static double loss_grad(const problem *p, const eg_learned *w, float *pk, float *tok,
+                        float *gq, float *gk, double *gt)
+{
+    int d = p->d, r = w->cfg.rank, S = p->S;
+    size_t T = p->nseg * S;
+    ix_project(w->wk, r, d, p->cal->keys, T, pk);
+    double loss = 0, dtau = 0;
+    float qp[EG_LEARNED_RANK_MAX], a[EG_IX_DIM_MAX], wa[EG_LEARNED_RANK_MAX];
+    if (gq) { memset(gq, 0, sizeof(float) * r * d); memset(gk, 0, sizeof(float) * r * d); }
+    double *u = malloc(sizeof(double) * p->nseg * 2);
+    size_t *arg = malloc(sizeof(size_t) * p->nseg);
+    if (!u || !arg) { free(u); free(arg); return NAN; }
+    double *pr = u + p->nseg;
+    for (int i = 0; i < p->nq; i++) {
+        size_t c0 = p->c0[i], c1 = p->c1[i];
+        if (c1 <= c0) continue;
+        const float *q = p->cal->queries + (size_t)i * d;
+        ix_project(w->wq, r, d, q, 1, qp);
+        size_t span = (c1 - c0) * S;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)span, r, 1.0f, pk + c0 * S * r, r, qp, 1, 0.0f, tok, 1);
+        double mx = -INFINITY;
+        for (size_t s = c0; s < c1; s++) {
+            const float *ts = tok + (s - c0) * S;
+            size_t bi = 0;
+            for (int t = 1; t < S; t++) if (ts[t] > ts[bi]) bi = (size_t)t;
+            u[s] = ts[bi];
+            arg[s] = s * S + bi;
+            mx = w->tau * u[s] > mx ? w->tau * u[s] : mx;
+        }
+        double z = 0;
+        for (size_t s = c0; s < c1; s++) { pr[s] = exp(w->tau * u[s] - mx); z += pr[s]; }
+        const float *m = p->mass + (size_t)i * p->nseg;
+        memset(a, 0, sizeof(float) * d);
+        for (size_t s = c0; s < c1; s++) {
+            pr[s] /= z;
+            double ps = pr[s] > 1e-30 ? pr[s] : 1e-30;
+            if (m[s] > 0) loss += m[s] * (log(m[s]) - log(ps));
+            double g = pr[s] - m[s];                 /* dL/dlogit */
+            dtau += g * u[s];
+            if (gq) {
+                const float *k = p->cal->keys + arg[s] * d;
+                float gg = (float)(g * w->tau);
+                for (int j = 0; j < d; j++) a[j] += gg * k[j];
+            }
+        }
+        if (gq) {
+            /* d/dwk += outer(qp, a); d/dwq += outer(wk a, q) */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, r, d, 1.0f, w->wk, d, a, 1, 0.0f, wa, 1);
+            cblas_sger(CblasRowMajor, r, d, 1.0f, qp, 1, a, 1, gk, d);
+            cblas_sger(CblasRowMajor, r, d, 1.0f, wa, 1, q, 1, gq, d);
+        }
+    }
+    free(u); free(arg);
+    double n = p->usable;
+    if (gq) {
+        for (int j = 0; j < r * d; j++) { gq[j] /= (float)n; gk[j] /= (float)n; }
+        *gt = dtau / n * w->tau;                     /* d/dlog tau */
+    }
+    return loss / n;
+}
+
+/* Top-r eigenvectors of a symmetric d x d matrix m by orthogonal iteration
+ * (rows of out, [r][d]). */
+static void top_eigvecs(const float *m, int d, int r, uint64_t seed, float *out, float *tmp)
+{
+    for (int i = 0; i < r * d; i++) out[i] = rng_unit(&seed);
+    for (int it = 0; it < 60; it++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, d, d, 1.0f, out, d, m, d, 0.0f, tmp, d);
+        for (int i = 0; i < r; i++) {           /* modified Gram-Schmidt */
+            float *v = tmp + (size_t)i * d;
+            for (int j = 0; j < i; j++) {
+                const float *u = tmp + (size_t)j * d;
+                float dot = cblas_sdot(d, v, 1, u, 1);
+                cblas_saxpy(d, -dot, u, 1, v, 1);
+            }
+            float nrm = cblas_snrm2(d, v, 1);
+            if (nrm > 0) cblas_sscal(d, 1.0f / nrm, v, 1);
+            else v[i % d] = 1.0f;
+        }
+        memcpy(out, tmp, sizeof(float) * r * d);
+    }
+}
+
+/* k-means of n points of IX_PQ_SUB dims into IX_PQ_K centroids. */
+static void kmeans_pq(const float *x, size_t n, size_t stride, float *cb, uint64_t seed)
+{
+    int *asg = malloc(sizeof(int) * n);
+    float *acc = malloc(sizeof(float) * IX_PQ_K * (IX_PQ_SUB + 1));
+    if (!asg || !acc) { free(asg); free(acc); memset(cb, 0, sizeof(float) * IX_PQ_K * IX_PQ_SUB); return; }
+    for (int c = 0; c < IX_PQ_K; c++)
+        memcpy(cb + c * IX_PQ_SUB, x + (rng_next(&seed) % n) * stride, sizeof(float) * IX_PQ_SUB);
+    for (int it = 0; it < 12; it++) {
+        memset(acc, 0, sizeof(float) * IX_PQ_K * (IX_PQ_SUB + 1));
+        for (size_t i = 0; i < n; i++) {
+            const float *p = x + i * stride;
+            float bd = INFINITY;
+            int bi = 0;
+            for (int c = 0; c < IX_PQ_K; c++) {
+                float dd = 0;
+                for (int j = 0; j < IX_PQ_SUB; j++) { float e = p[j] - cb[c * IX_PQ_SUB + j]; dd += e * e; }
+                if (dd < bd) { bd = dd; bi = c; }
+            }
+            asg[i] = bi;
+            float *a = acc + bi * (IX_PQ_SUB + 1);
+            for (int j = 0; j < IX_PQ_SUB; j++) a[j] += p[j];
+            a[IX_PQ_SUB] += 1.0f;
+        }
+        for (int c = 0; c < IX_PQ_K; c++) {
+            float *a = acc + c * (IX_PQ_SUB + 1);
+            if (a[IX_PQ_SUB] > 0)
+                for (int j = 0; j < IX_PQ_SUB; j++) cb[c * IX_PQ_SUB + j] = a[j] / a[IX_PQ_SUB];
+            else   /* empty: restart at a random point */
+                memcpy(cb + c * IX_PQ_SUB, x + (rng_next(&seed) % n) * stride, sizeof(float) * IX_PQ_SUB);
+        }
+    }
+    free(asg); free(acc);
+}
+
+int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal, eg_learned **out,
+                     float *loss_curve)
+{
+    int rc = ix_learned_check_config(c);
+    if (rc < 0) return rc;
+    if (!out) return ix_fail(EG_IX_EINVAL, "out is NULL");
+    *out = NULL;
+    problem p;
+    rc = problem_init(&p, c, cal);
+    if (rc < 0) { problem_free(&p); return rc; }
+    int d = c->dim, r = c->rank;
+    size_t T = p.nseg * p.S, rd = (size_t)r * d;
+    eg_learned *w = calloc(1, sizeof *w);
+    float *buf = malloc(sizeof(float) * (rd * 8 + (size_t)d * d * 3 + T * r + T));
+    if (w) {
+        w->cfg = *c;
+        w->wq = malloc(sizeof(float) * rd);
+        w->wk = malloc(sizeof(float) * rd);
+        if (c->mode == EG_LEARNED_PQ) w->codebook = malloc(sizeof(float) * (r / IX_PQ_SUB) * IX_PQ_K * IX_PQ_SUB);
+    }
+    if (!w || !buf || !w->wq || !w->wk || (c->mode == EG_LEARNED_PQ && !w->codebook)) {
+        free(buf); eg_learned_free(w); problem_free(&p);
+        return ix_fail(EG_IX_ENOMEM, "out of memory for training");
+    }
+    float *gq = buf, *gk = gq + rd, *m1 = gk + rd, *v1 = m1 + 2 * rd, *cov = v1 + 2 * rd;
+    float *tmp = cov + (size_t)d * d, *pk = tmp + (size_t)d * d * 2, *tok = pk + T * r;
+    /* Init: both projections on the top eigenvectors of the sum of the
+     * trace-normalised query and key covariances. */
+    float *ck = tmp;
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, d, p.nq, 1.0f, cal->queries, d, 0.0f, cov, d);
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, d, (int)T, 1.0f, cal->keys, d, 0.0f, ck, d);
+    double trq = 0, trk = 0;
+    for (int i = 0; i < d; i++) { trq += cov[i * d + i]; trk += ck[i * d + i]; }
+    for (int i = 0; i < d; i++)
+        for (int j = i; j < d; j++) {
+            float v = (float)(cov[i * d + j] / (trq > 0 ? trq : 1) + ck[i * d + j] / (trk > 0 ? trk : 1));
+            cov[i * d + j] = cov[j * d + i] = v;
+        }
+    top_eigvecs(cov, d, r, c->seed, w->wq, tmp);
+    memcpy(w->wk, w->wq, sizeof(float) * rd);
+    w->tau = cal->scale;
+    /* Adam over (wq, wk) packed as 2*rd floats, and log tau. */
+    memset(m1, 0, sizeof(float) * 4 * rd);
+    double mt = 0, vt = 0, logtau = log(w->tau);
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    for (int step = 0; step < c->steps; step++) {
+        double gt = 0;
+        double loss = loss_grad(&p, w, pk, tok, gq, gk, &gt);
+        if (loss != loss) { rc = ix_fail(EG_IX_ENOMEM, "out of memory in training"); goto fail; }
+        if (loss_curve) loss_curve[step] = (float)loss;
+        double bc1 = 1 - pow(b1, step + 1), bc2 = 1 - pow(b2, step + 1);
+        float *wp[2] = { w->wq, w->wk }, *gp[2] = { gq, gk };
+        for (int k = 0; k < 2; k++)
+            for (size_t j = 0; j < rd; j++) {
+                float g = gp[k][j];
+                float *mm = &m1[k * rd + j], *vv = &v1[k * rd + j];
+                *mm = (float)(b1 * *mm + (1 - b1) * g);
+                *vv = (float)(b2 * *vv + (1 - b2) * g * g);
+                wp[k][j] -= (float)(c->lr * (*mm / bc1) / (sqrt(*vv / bc2) + eps));
+            }
+        mt = b1 * mt + (1 - b1) * gt;
+        vt = b2 * vt + (1 - b2) * gt * gt;
+        logtau -= c->lr * (mt / bc1) / (sqrt(vt / bc2) + eps);
+        w->tau = (float)exp(logtau);
+    }
+    if (!ix_all_finite(w->wq, rd) || !ix_all_finite(w->wk, rd) || !isfinite(w->tau)) {
+        rc = ix_fail(EG_IX_ENONFINITE, "training diverged (lr %g too large?)", c->lr);
+        goto fail;
+    }
+    if (c->mode == EG_LEARNED_PQ) {
+        ix_project(w->wk, r, d, cal->keys, T, pk);
+        for (int j = 0; j < r / IX_PQ_SUB; j++)
+            kmeans_pq(pk + j * IX_PQ_SUB, T, (size_t)r,
+                      w->codebook + (size_t)j * IX_PQ_K * IX_PQ_SUB, c->seed + (uint64_t)j);
+    }
+    free(buf);
+    problem_free(&p);
+    *out = w;
+    return 0;
+fail:
+    free(buf);
+    eg_learned_free(w);
+    problem_free(&p);
+    return rc;
+}
+
+int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl)
+{
+    if (!w || !kl) return ix_fail(EG_IX_EINVAL, "weights or output is NULL");
+    problem p;
+    int rc = problem_init(&p, &w->cfg, cal);
+    if (rc < 0) { problem_free(&p); return rc; }
+    size_t T = p.nseg * p.S;
+    float *pk = malloc(sizeof(float) * T * (w->cfg.rank + 1));
+    if (!pk) { problem_free(&p); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
+    *kl = loss_grad(&p, w, pk, pk + T * w->cfg.rank, NULL, NULL, NULL);
+    free(pk);
+    problem_free(&p);
+    return 0;
+}

@@ -1,0 +1,348 @@
+/* select.c: scoring query rows against a route table and top-k selection
+ * (flat, or for quest hierarchical by groups of segments). */
+#include "ix_internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 1024            /* segments scored per kernel call (bounds temp memory) */
+
+void eg_route_opts_init(eg_route_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->n_sink_segments = 1;
+    o->recent_tokens = 256;
+    o->hierarchical = 1;
+}
+
+void eg_route_selection_free(eg_route_selection *sel)
+{
+    if (!sel) return;
+    free(sel->segments);
+    free(sel->scores);
+    memset(sel, 0, sizeof *sel);
+}
+
+void ix_ctx_free(ix_ctx *c) { free(c->row_vis); free(c->qp); free(c->lut); }
+
+static int check_rows(const eg_route_table *t, const eg_route_rows *rw)
+{
+    if (!rw) return ix_fail(EG_IX_EINVAL, "rows is NULL");
+    if (rw->n_rows < 1 || rw->n_rows > EG_IX_ROWS_MAX)
+        return ix_fail(EG_IX_EDIM, "%d query rows (1..%d)", rw->n_rows, EG_IX_ROWS_MAX);
+    if (!(rw->scale > 0.0f) || !isfinite(rw->scale))
+        return ix_fail(EG_IX_EINVAL, "score scale %g must be positive and finite", rw->scale);
+    size_t nr = (size_t)rw->n_rows, d = (size_t)t->spec.dim;
+    if (rw->pos)
+        for (size_t r = 0; r < nr; r++)
+            if (rw->pos[r] < 0) return ix_fail(EG_IX_ERANGE, "row %zu: position %lld", r, (long long)rw->pos[r]);
+    switch (t->spec.kind) {
+    case EG_ROUTER_INDEXER: {
+        int h = rw->n_index_heads;
+        if (h < 1 || h > EG_IX_INDEX_HEADS_MAX)
+            return ix_fail(EG_IX_EDIM, "%d index heads (1..%d)", h, EG_IX_INDEX_HEADS_MAX);
+        if (!rw->index_q || !rw->index_w) return ix_fail(EG_IX_EINVAL, "indexer rows need index_q and index_w");
+        if (!ix_all_finite(rw->index_q, nr * h * d) || !ix_all_finite(rw->index_w, nr * h))
+            return ix_fail(EG_IX_ENONFINITE, "NaN or Inf in index queries or weights");
+        break;
+    }
+    case EG_ROUTER_ORACLE:
+        if (!rw->oracle_mass) return ix_fail(EG_IX_EINVAL, "oracle rows need oracle_mass");
+        for (size_t s = 0; s < t->n; s++)
+            if (!(rw->oracle_mass[s] >= 0.0f) || !isfinite(rw->oracle_mass[s]))
+                return ix_fail(EG_IX_ENONFINITE, "oracle mass of segment %zu is %g", s, rw->oracle_mass[s]);
+        break;
+    default:
+        if (!rw->q) return ix_fail(EG_IX_EINVAL, "rows need q");
+        if (!ix_all_finite(rw->q, nr * d)) return ix_fail(EG_IX_ENONFINITE, "NaN or Inf in the queries");
+        break;
+    }
+    return 0;
+}
+
+int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, const eg_route_opts *o)
+{
+    memset(c, 0, sizeof *c);
+    if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
+    int rc = check_rows(t, rw);
+    if (rc < 0) return rc;
+    c->t = t;
+    c->rows = rw;
+    c->nr = rw->n_rows;
+    size_t S = (size_t)t->spec.seg_tokens, d = (size_t)t->spec.dim, nr = (size_t)c->nr;
+    c->row_vis = malloc(sizeof(size_t) * nr);
+    if (!c->row_vis) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    int64_t pmax = -1;
+    for (size_t r = 0; r < nr; r++) {
+        size_t v = t->n;
+        if (rw->pos) {
+            v = (size_t)(rw->pos[r] / (int64_t)S) + 1;
+            v = v < t->n ? v : t->n;
+            pmax = rw->pos[r] > pmax ? rw->pos[r] : pmax;
+        }
+        c->row_vis[r] = v;
+        c->n_vis = v > c->n_vis ? v : c->n_vis;
+    }
+    if (!rw->pos) pmax = (int64_t)(t->n * S);   /* as if queried right after the last sealed token */
+    int ns = o ? o->n_sink_segments : 1;
+    int64_t recent = o ? o->recent_tokens : 256;
+    if (ns < 0 || recent < 0) return ix_fail(EG_IX_EINVAL, "negative sink count or recent window");
+    c->n_sink = (size_t)ns < c->n_vis ? (size_t)ns : c->n_vis;
+    c->recent0 = c->n_vis;
+    if (recent > 0) {
+        int64_t first = pmax - recent + 1;
+        size_t s0 = first <= 0 ? 0 : (size_t)(first / (int64_t)S);
+        c->recent0 = s0 < c->n_vis ? s0 : c->n_vis;
+    }
+    /* Prepared query rows. */
+    eg_router_kind k = t->spec.kind;
+    if (k == EG_ROUTER_QUEST || k == EG_ROUTER_CENTROID || k == EG_ROUTER_LEARNED) {
+        size_t w = (size_t)t->width;
+        c->qp = malloc(sizeof(float) * nr * w);
+        if (!c->qp) return ix_fail(EG_IX_ENOMEM, "out of memory");
+        for (size_t r = 0; r < nr; r++) {
+            const float *q = rw->q + r * d;
+            float *o2 = c->qp + r * w;
+            if (k == EG_ROUTER_QUEST)
+                for (size_t i = 0; i < d; i++) {
+                    o2[i] = q[i] > 0.0f ? q[i] : 0.0f;       /* pairs with max */
+                    o2[d + i] = q[i] < 0.0f ? q[i] : 0.0f;   /* pairs with min */
+                }
+            else if (k == EG_ROUTER_CENTROID)
+                memcpy(o2, q, sizeof(float) * d);
+        }
+        if (k == EG_ROUTER_LEARNED) {
+            const eg_learned *lw = t->spec.learned;
+            ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
+            if (lw->cfg.mode == EG_LEARNED_PQ) {
+                size_t m = w / IX_PQ_SUB;
+                c->lut = malloc(sizeof(float) * nr * m * IX_PQ_K);
+                if (!c->lut) return ix_fail(EG_IX_ENOMEM, "out of memory");
+                for (size_t r = 0; r < nr; r++)
+                    for (size_t j = 0; j < m; j++)
+                        ix_score_rows(lw->codebook + j * IX_PQ_K * IX_PQ_SUB, IX_PQ_K, IX_PQ_SUB,
+                                      c->qp + r * w + j * IX_PQ_SUB, 1,
+                                      c->lut + (r * m + j) * IX_PQ_K);
+            }
+        }
+    }
+    return 0;
+}
+
+int ix_forced(const ix_ctx *c, size_t s) { return s < c->n_sink || s >= c->recent0; }
+
+/* Per-row raw scores of segments [s0, s1) into out [(s1-s0)][nr]. */
+static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
+{
+    const eg_route_table *t = c->t;
+    size_t n = s1 - s0, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
+    switch (t->spec.kind) {
+    case EG_ROUTER_QUEST:
+    case EG_ROUTER_CENTROID:
+        ix_score_rows(t->tab + s0 * w, n, w, c->qp, c->nr, out);
+        break;
+    case EG_ROUTER_ORACLE:
+        for (size_t i = 0; i < n; i++)
+            for (size_t r = 0; r < nr; r++) out[i * nr + r] = c->rows->oracle_mass[s0 + i];
+        break;
+    case EG_ROUTER_LEARNED:
+        if (t->codes) {
+            size_t m = w / IX_PQ_SUB;
+            for (size_t r = 0; r < nr; r++) {
+                const float *lut = c->lut + r * m * IX_PQ_K;
+                for (size_t i = 0; i < n; i++) {
+                    const uint8_t *cd = t->codes + (s0 + i) * S * m;
+                    float best = -INFINITY;
+                    for (size_t k = 0; k < S; k++) {
+                        float v = 0.0f;
+                        for (size_t j = 0; j < m; j++) v += lut[j * IX_PQ_K + cd[k * m + j]];
+                        best = v > best ? v : best;
+                    }
+                    out[i * nr + r] = best;
+                }
+            }
+        } else {
+            size_t nrep = (size_t)t->spec.learned->cfg.n_reps;
+            float tmp[8 * 64];
+            for (size_t i = 0; i < n; i++) {
+                /* nrep * nr may exceed tmp: score rows in slices of 64 */
+                for (size_t r0 = 0; r0 < nr; r0 += 64) {
+                    int nrs = (int)(nr - r0 < 64 ? nr - r0 : 64);
+                    ix_score_rows(t->tab + (s0 + i) * nrep * w, nrep, w, c->qp + r0 * w, nrs, tmp);
+                    for (int r = 0; r < nrs; r++) {
+                        float best = -INFINITY;
+                        for (size_t k = 0; k < nrep; k++) best = tmp[k * nrs + r] > best ? tmp[k * nrs + r] : best;
+                        out[i * nr + r0 + r] = best;
+                    }
+                }
+            }
+        }
+        break;
+    case EG_ROUTER_INDEXER: {
+        size_t d = (size_t)t->spec.dim, h = (size_t)c->rows->n_index_heads;
+        for (size_t r = 0; r < nr; r++) {
+            const float *iq = c->rows->index_q + r * h * d, *iw = c->rows->index_w + r * h;
+            for (size_t i = 0; i < n; i++) {
+                float best = -INFINITY;
+                for (size_t k = 0; k < S; k++) {
+                    size_t tok = (s0 + i) * S + k;
+                    const int8_t *key = t->ikeys + tok * d;
+                    float sc = t->iscale[tok], v = 0.0f;
+                    for (size_t j = 0; j < h; j++) {
+                        float dot = sc * ix_dot_i8(key, iq + j * d, (int)d);
+                        v += iw[j] * (dot > 0.0f ? dot : 0.0f);
+                    }
+                    best = v > best ? v : best;
+                }
+                out[i * nr + r] = best;
+            }
+        }
+        break;
+    }
+    default: break;
+    }
+}
+
+/* Aggregate: max over the rows that see segment s. */
+static float aggregate(const ix_ctx *c, size_t s, const float *row_scores)
+{
+    float best = -INFINITY;
+    for (int r = 0; r < c->nr; r++)
+        if (s < c->row_vis[r] && row_scores[r] > best) best = row_scores[r];
+    return best;
+}
+
+static int tag_ok(const eg_route_opts *o, uint32_t tag)
+{
+    if (!o || !o->tags || o->n_tags <= 0) return 1;
+    for (int i = 0; i < o->n_tags; i++) if (o->tags[i] == tag) return 1;
+    return 0;
+}
+
+static int push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_t s1, ix_heap *hp, float *buf)
+{
+    size_t nr = (size_t)c->nr;
+    for (size_t a = s0; a < s1; a += CHUNK) {
+        size_t b = a + CHUNK < s1 ? a + CHUNK : s1;
+        score_range(c, a, b, buf);
+        for (size_t s = a; s < b; s++) {
+            if (ix_forced(c, s) || !tag_ok(o, c->t->tags[s])) continue;
+            float v = aggregate(c, s, buf + (s - a) * nr);
+            if (v == -INFINITY) continue;
+            ix_heap_push(hp, (ix_cand){ v, (int64_t)s });
+        }
+    }
+    return 0;
+}
+
+typedef struct { float bound; size_t g; } gsort;
+static int gsort_cmp(const void *a, const void *b)
+{
+    const gsort *x = a, *y = b;
+    if (x->bound != y->bound) return x->bound > y->bound ? -1 : 1;
+    return x->g < y->g ? -1 : (x->g > y->g);
+}
+
+/* Descend groups in bound order; stop once a group's bound cannot beat
+ * (or tie) the current k-th score: every segment in it scores at most its
+ * bound, so the flat scan would not pick it either. */
+static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, float *buf)
+{
+    const eg_route_table *t = c->t;
+    size_t G = EG_IX_GROUP, ng = (c->n_vis + G - 1) / G, nr = (size_t)c->nr, scored = ng;
+    gsort *gs = malloc(sizeof(gsort) * (ng ? ng : 1));
+    float *gb = malloc(sizeof(float) * nr * CHUNK);
+    if (!gs || !gb) { free(gs); free(gb); return (size_t)-1; }
+    for (size_t a = 0; a < ng; a += CHUNK) {
+        size_t b = a + CHUNK < ng ? a + CHUNK : ng;
+        ix_score_rows(t->gtab + a * t->width, b - a, (size_t)t->width, c->qp, c->nr, gb);
+        for (size_t g = a; g < b; g++) gs[g] = (gsort){ aggregate(c, g * G, gb + (g - a) * nr), g };
+    }
+    qsort(gs, ng, sizeof(gsort), gsort_cmp);
+    for (size_t i = 0; i < ng; i++) {
+        if (hp->n == hp->k && gs[i].bound < hp->h[0].score) break;
+        if (gs[i].bound == -INFINITY) break;
+        size_t s0 = gs[i].g * G, s1 = s0 + G < c->n_vis ? s0 + G : c->n_vis;
+        push_range(c, o, s0, s1, hp, buf);
+        scored += s1 - s0;
+    }
+    free(gs);
+    free(gb);
+    return scored;
+}
+
+int eg_router_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
+                     eg_route_selection *sel)
+{
+    if (!sel) return ix_fail(EG_IX_EINVAL, "selection is NULL");
+    memset(sel, 0, sizeof *sel);
+    if (!o) return ix_fail(EG_IX_EINVAL, "options are NULL");
+    if (o->budget_tokens <= 0) return ix_fail(EG_IX_EBUDGET, "budget of %lld tokens", (long long)o->budget_tokens);
+    if (o->n_tags > 0 && !o->tags) return ix_fail(EG_IX_EINVAL, "n_tags %d with tags NULL", o->n_tags);
+    ix_ctx c;
+    int rc = ix_ctx_init(&c, t, rows, o);
+    if (rc < 0) { ix_ctx_free(&c); return rc; }
+    size_t S = (size_t)t->spec.seg_tokens;
+    size_t n_forced = c.n_sink + (c.n_vis - c.recent0);
+    if (c.recent0 < c.n_sink) n_forced = c.n_vis;   /* sinks and recent overlap */
+    size_t k_total = (size_t)(o->budget_tokens / (int64_t)S);
+    size_t k = k_total > n_forced ? k_total - n_forced : 0;
+    size_t cand = c.n_vis - n_forced;
+    k = k < cand ? k : cand;
+    ix_heap hp = { malloc(sizeof(ix_cand) * (k ? k : 1)), 0, k };
+    float *buf = malloc(sizeof(float) * (size_t)c.nr * CHUNK);
+    sel->segments = malloc(sizeof(int64_t) * (n_forced + k + 1));
+    sel->scores = malloc(sizeof(float) * (n_forced + k + 1));
+    if (!hp.h || !buf || !sel->segments || !sel->scores) {
+        free(hp.h); free(buf); ix_ctx_free(&c); eg_route_selection_free(sel);
+        return ix_fail(EG_IX_ENOMEM, "out of memory");
+    }
+    size_t scored = 0;
+    if (k > 0) {
+        if (o->hierarchical && t->spec.kind == EG_ROUTER_QUEST) {
+            scored = hierarchical(&c, o, &hp, buf);
+            if (scored == (size_t)-1) {
+                free(hp.h); free(buf); ix_ctx_free(&c); eg_route_selection_free(sel);
+                return ix_fail(EG_IX_ENOMEM, "out of memory");
+            }
+        } else {
+            push_range(&c, o, c.n_sink, c.recent0, &hp, buf);
+            scored = c.recent0 > c.n_sink ? c.recent0 - c.n_sink : 0;
+        }
+    }
+    size_t n = 0;
+    for (size_t s = 0; s < c.n_vis; s++)
+        if (ix_forced(&c, s)) { sel->segments[n] = (int64_t)s; sel->scores[n++] = INFINITY; }
+    sel->n_forced = n;
+    ix_heap_sort_desc(&hp);
+    for (size_t i = 0; i < hp.n; i++) { sel->segments[n] = hp.h[i].seg; sel->scores[n++] = hp.h[i].score; }
+    sel->n = n;
+    sel->n_visible = c.n_vis;
+    sel->scored = scored;
+    free(hp.h);
+    free(buf);
+    ix_ctx_free(&c);
+    return 0;
+}
+
+int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, float *out)
+{
+    ix_ctx c;
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    int rc = ix_ctx_init(&c, t, rows, &o);
+    if (rc < 0) { ix_ctx_free(&c); return rc; }
+    if (!out) { ix_ctx_free(&c); return ix_fail(EG_IX_EINVAL, "out is NULL"); }
+    size_t nr = (size_t)c.nr, n = t->n;
+    float *buf = malloc(sizeof(float) * nr * CHUNK);
+    if (!buf) { ix_ctx_free(&c); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
+    for (size_t a = 0; a < n; a += CHUNK) {
+        size_t b = a + CHUNK < n ? a + CHUNK : n;
+        score_range(&c, a, b, buf);
+        for (size_t s = a; s < b; s++)
+            for (size_t r = 0; r < nr; r++)
+                out[r * n + s] = s < c.row_vis[r] ? buf[(s - a) * nr + r] : -INFINITY;
+    }
+    free(buf);
+    ix_ctx_free(&c);
+    return 0;
+}

@@ -1,0 +1,183 @@
+/* summary.c: a sealed segment's keys into summary bytes, per router.
+ *
+ * Layouts (little-endian, per segment; S tokens, d dims):
+ *  quest     f16 max[d], then f16 min[d]; max rounded up, min down, so the
+ *            f32 values read back bound every key from above and below.
+ *  centroid  f16 mean[d] (nearest).
+ *  indexer   per token: f32 scale, int8 key[d] (symmetric q8).
+ *  learned   PQ: per token rank/8 one-byte codes; REPS: per vector f32
+ *            scale and int8[rank].
+ */
+#include "ix_internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+static int spec_check(const eg_summary_spec *sp)
+{
+    if (!sp) return ix_fail(EG_IX_EINVAL, "summary spec is NULL");
+    if (sp->kind < EG_ROUTER_QUEST || sp->kind > EG_ROUTER_ORACLE)
+        return ix_fail(EG_IX_EKIND, "unknown router kind %d", (int)sp->kind);
+    int s = sp->seg_tokens;
+    if (s < 16 || s > 256 || (s & (s - 1)))
+        return ix_fail(EG_IX_EDIM, "segment size %d is not a power of two in 16..256", s);
+    if (sp->kind == EG_ROUTER_ORACLE) return 0;
+    int maxd = sp->kind == EG_ROUTER_INDEXER ? EG_IX_INDEX_DIM_MAX : EG_IX_DIM_MAX;
+    if (sp->dim < 1 || sp->dim > maxd)
+        return ix_fail(EG_IX_EDIM, "%s dim %d outside 1..%d", eg_router_name(sp->kind), sp->dim, maxd);
+    if (sp->kind == EG_ROUTER_LEARNED) {
+        if (!sp->learned) return ix_fail(EG_IX_EINVAL, "learned summaries need weights");
+        if (sp->learned->cfg.dim != sp->dim)
+            return ix_fail(EG_IX_EDIM, "weights are for dim %d, table for dim %d",
+                           sp->learned->cfg.dim, sp->dim);
+    }
+    return 0;
+}
+
+int eg_summary_bytes(const eg_summary_spec *sp, size_t *bytes)
+{
+    int rc = spec_check(sp);
+    if (rc < 0) return rc;
+    if (!bytes) return ix_fail(EG_IX_EINVAL, "bytes is NULL");
+    size_t d = (size_t)sp->dim, s = (size_t)sp->seg_tokens;
+    switch (sp->kind) {
+    case EG_ROUTER_QUEST: *bytes = 4 * d; break;
+    case EG_ROUTER_CENTROID: *bytes = 2 * d; break;
+    case EG_ROUTER_INDEXER: *bytes = s * (4 + d); break;
+    case EG_ROUTER_LEARNED: *bytes = eg_learned_summary_bytes(sp->learned); break;
+    default: *bytes = 0; break;
+    }
+    return 0;
+}
+
+double eg_summary_bytes_per_token(const eg_summary_spec *sp)
+{
+    size_t b = 0;
+    if (eg_summary_bytes(sp, &b) < 0) return 0.0;
+    return (double)b / sp->seg_tokens;
+}
+
+static void put_f16(uint8_t *p, uint16_t h) { p[0] = (uint8_t)h; p[1] = (uint8_t)(h >> 8); }
+
+static void quest_summary(const float *k, int s, int d, uint8_t *out)
+{
+    for (int c = 0; c < d; c++) {
+        float mx = k[c], mn = k[c];
+        for (int t = 1; t < s; t++) {
+            float v = k[(size_t)t * d + c];
+            mx = v > mx ? v : mx;
+            mn = v < mn ? v : mn;
+        }
+        put_f16(out + 2 * c, ix_f32_to_f16_dir(mx, 1));
+        put_f16(out + 2 * ((size_t)d + c), ix_f32_to_f16_dir(mn, -1));
+    }
+}
+
+static void centroid_summary(const float *k, int s, int d, uint8_t *out)
+{
+    for (int c = 0; c < d; c++) {
+        double sum = 0;
+        for (int t = 0; t < s; t++) sum += k[(size_t)t * d + c];
+        put_f16(out + 2 * c, ix_f32_to_f16_dir((float)(sum / s), 0));
+    }
+}
+
+/* Symmetric int8 of n values: f32 scale then n bytes. */
+static void q8_row(const float *x, int n, uint8_t *out)
+{
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) { float a = fabsf(x[i]); amax = a > amax ? a : amax; }
+    float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    memcpy(out, &scale, 4);
+    int8_t *q = (int8_t *)(out + 4);
+    for (int i = 0; i < n; i++) {
+        float v = x[i] * inv;
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[i] = (int8_t)lrintf(v);
+    }
+}
+
+/* k-means of s projected keys [s][r] into m vectors (deterministic:
+ * farthest-point start, a few Lloyd rounds). */
+static void reps_summary(const eg_learned *w, const float *pk, int s, uint8_t *out)
+{
+    int r = w->cfg.rank, m = w->cfg.n_reps;
+    float cen[8][EG_LEARNED_RANK_MAX];
+    int asg[256];
+    int first = 0;
+    float best = -1.0f;
+    for (int t = 0; t < s; t++) {
+        float n2 = 0;
+        for (int j = 0; j < r; j++) n2 += pk[t * r + j] * pk[t * r + j];
+        if (n2 > best) { best = n2; first = t; }
+    }
+    memcpy(cen[0], pk + first * r, sizeof(float) * (size_t)r);
+    for (int c = 1; c < m; c++) {
+        int far = 0;
+        float fd = -1.0f;
+        for (int t = 0; t < s; t++) {
+            float dmin = INFINITY;
+            for (int e = 0; e < c; e++) {
+                float dd = 0;
+                for (int j = 0; j < r; j++) { float x = pk[t * r + j] - cen[e][j]; dd += x * x; }
+                dmin = dd < dmin ? dd : dmin;
+            }
+            if (dmin > fd) { fd = dmin; far = t; }
+        }
+        memcpy(cen[c], pk + far * r, sizeof(float) * (size_t)r);
+    }
+    for (int it = 0; it < 4; it++) {
+        for (int t = 0; t < s; t++) {
+            float bd = INFINITY;
+            for (int c = 0; c < m; c++) {
+                float dd = 0;
+                for (int j = 0; j < r; j++) { float x = pk[t * r + j] - cen[c][j]; dd += x * x; }
+                if (dd < bd) { bd = dd; asg[t] = c; }
+            }
+        }
+        for (int c = 0; c < m; c++) {
+            float acc[EG_LEARNED_RANK_MAX] = { 0 };
+            int cnt = 0;
+            for (int t = 0; t < s; t++)
+                if (asg[t] == c) { cnt++; for (int j = 0; j < r; j++) acc[j] += pk[t * r + j]; }
+            if (cnt) for (int j = 0; j < r; j++) cen[c][j] = acc[j] / (float)cnt;
+        }
+    }
+    for (int c = 0; c < m; c++) q8_row(cen[c], r, out + (size_t)c * (4 + (size_t)r));
+}
+
+int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, size_t cap)
+{
+    size_t need;
+    int rc = eg_summary_bytes(sp, &need);
+    if (rc < 0) return rc;
+    if (sp->kind == EG_ROUTER_ORACLE)
+        return ix_fail(EG_IX_EKIND, "the oracle router has no summaries");
+    if (!keys || !out) return ix_fail(EG_IX_EINVAL, "keys or out is NULL");
+    if (cap < need) return ix_fail(EG_IX_EDIM, "summary needs %zu bytes, buffer has %zu", need, cap);
+    int s = sp->seg_tokens, d = sp->dim;
+    if (!ix_all_finite(keys, (size_t)s * d))
+        return ix_fail(EG_IX_ENONFINITE, "NaN or Inf in the segment's keys");
+    uint8_t *o = out;
+    switch (sp->kind) {
+    case EG_ROUTER_QUEST: quest_summary(keys, s, d, o); break;
+    case EG_ROUTER_CENTROID: centroid_summary(keys, s, d, o); break;
+    case EG_ROUTER_INDEXER:
+        for (int t = 0; t < s; t++) q8_row(keys + (size_t)t * d, d, o + (size_t)t * (4 + d));
+        break;
+    case EG_ROUTER_LEARNED: {
+        const eg_learned *w = sp->learned;
+        int r = w->cfg.rank;
+        float *pk = malloc(sizeof(float) * (size_t)s * r);
+        if (!pk) return ix_fail(EG_IX_ENOMEM, "out of memory projecting keys");
+        ix_project(w->wk, r, d, keys, (size_t)s, pk);
+        if (w->cfg.mode == EG_LEARNED_PQ)
+            for (int t = 0; t < s; t++) ix_pq_encode(w, pk + (size_t)t * r, o + (size_t)t * (r / IX_PQ_SUB));
+        else
+            reps_summary(w, pk, s, o);
+        free(pk);
+        break;
+    }
+    default: break;
+    }
+    return 0;
+}

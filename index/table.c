@@ -1,0 +1,218 @@
+/* table.c: route tables, the in-RAM contiguous arrays of summaries that a
+ * query is scored against, and the quest hierarchy's group rows. */
+#include "ix_internal.h"
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float get_f16(const uint8_t *p) { return ix_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
+
+/* Inf in a stored quest bound means "beyond f16"; FLT_MAX is still a bound
+ * for finite keys and keeps 0 * bound = 0 in the scoring dot. */
+static float clamp_inf(float v) { return v > FLT_MAX ? FLT_MAX : (v < -FLT_MAX ? -FLT_MAX : v); }
+
+int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
+{
+    size_t rb;
+    int rc = eg_summary_bytes(spec, &rb);
+    if (rc < 0) return rc;
+    if (!out) return ix_fail(EG_IX_EINVAL, "out is NULL");
+    eg_route_table *t = calloc(1, sizeof *t);
+    if (!t) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    t->spec = *spec;
+    t->row_bytes = rb;
+    switch (spec->kind) {
+    case EG_ROUTER_QUEST: t->width = 2 * spec->dim; break;
+    case EG_ROUTER_CENTROID: t->width = spec->dim; break;
+    case EG_ROUTER_LEARNED: t->width = spec->learned->cfg.rank; break;
+    default: t->width = 0; break;
+    }
+    *out = t;
+    return 0;
+}
+
+void eg_route_table_free(eg_route_table *t)
+{
+    if (!t) return;
+    free(t->tab); free(t->gtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
+    free(t);
+}
+
+size_t eg_route_table_segments(const eg_route_table *t) { return t ? t->n : 0; }
+const eg_summary_spec *eg_route_table_spec(const eg_route_table *t) { return t ? &t->spec : NULL; }
+
+/* Rows of tab per segment (reps keep n_reps rows). */
+static size_t tab_rows(const eg_route_table *t)
+{
+    if (t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_CENTROID) return 1;
+    if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_REPS)
+        return (size_t)t->spec.learned->cfg.n_reps;
+    return 0;
+}
+
+size_t eg_route_table_ram_bytes(const eg_route_table *t)
+{
+    if (!t) return 0;
+    size_t n = t->n, s = (size_t)t->spec.seg_tokens, b = n * tab_rows(t) * t->width * sizeof(float);
+    if (t->spec.kind == EG_ROUTER_QUEST) b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * t->width * sizeof(float);
+    if (t->codes) b += n * s * (size_t)(t->spec.learned->cfg.rank / IX_PQ_SUB);
+    if (t->ikeys) b += n * s * ((size_t)t->spec.dim + sizeof(float));
+    return b;
+}
+
+static int grow(void **p, size_t elem, size_t n)
+{
+    void *q = realloc(*p, elem * (n ? n : 1));
+    if (!q) return -1;
+    *p = q;
+    return 0;
+}
+
+static int reserve(eg_route_table *t, size_t need)
+{
+    if (need <= t->cap) return 0;
+    size_t cap = t->cap ? t->cap : 64;
+    while (cap < need) cap *= 2;
+    size_t s = (size_t)t->spec.seg_tokens, d = (size_t)t->spec.dim, w = (size_t)t->width;
+    if (grow((void **)&t->tags, sizeof(uint32_t), cap)) return -1;
+    if (tab_rows(t) && grow((void **)&t->tab, sizeof(float) * w * tab_rows(t), cap)) return -1;
+    if (t->spec.kind == EG_ROUTER_QUEST &&
+        (grow((void **)&t->gtab, sizeof(float) * w, (cap + EG_IX_GROUP - 1) / EG_IX_GROUP) ||
+         grow((void **)&t->gabs, sizeof(float), (cap + EG_IX_GROUP - 1) / EG_IX_GROUP))) return -1;
+    if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_PQ &&
+        grow((void **)&t->codes, s * (size_t)(t->width / IX_PQ_SUB), cap)) return -1;
+    if (t->spec.kind == EG_ROUTER_INDEXER &&
+        (grow((void **)&t->ikeys, s * d, cap) || grow((void **)&t->iscale, s * sizeof(float), cap)))
+        return -1;
+    t->cap = cap;
+    return 0;
+}
+
+/* Recompute group rows for groups covering segments [from, n). */
+static void regroup(eg_route_table *t, size_t from)
+{
+    size_t w = (size_t)t->width, d = w / 2;
+    for (size_t g = from / EG_IX_GROUP; g * EG_IX_GROUP < t->n; g++) {
+        float *gr = t->gtab + g * w;
+        size_t s0 = g * EG_IX_GROUP, s1 = s0 + EG_IX_GROUP < t->n ? s0 + EG_IX_GROUP : t->n;
+        memcpy(gr, t->tab + s0 * w, sizeof(float) * w);
+        for (size_t s = s0 + 1; s < s1; s++) {
+            const float *row = t->tab + s * w;
+            for (size_t c = 0; c < d; c++) {
+                gr[c] = row[c] > gr[c] ? row[c] : gr[c];
+                gr[d + c] = row[d + c] < gr[d + c] ? row[d + c] : gr[d + c];
+            }
+        }
+        float a = 0.0f;
+        for (size_t c = 0; c < w; c++) a = fabsf(gr[c]) > a ? fabsf(gr[c]) : a;
+        t->gabs[g] = a;
+    }
+}
+
+static int check_q8_rows(const uint8_t *p, size_t rows, size_t stride)
+{
+    for (size_t i = 0; i < rows; i++) {
+        float sc;
+        memcpy(&sc, p + i * stride, 4);
+        if (!(sc >= 0.0f && sc <= FLT_MAX)) return -1;
+    }
+    return 0;
+}
+
+static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
+{
+    size_t d = (size_t)t->spec.dim, s = (size_t)t->spec.seg_tokens;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = p + i * t->row_bytes;
+        switch (t->spec.kind) {
+        case EG_ROUTER_QUEST:
+            for (size_t c = 0; c < d; c++) {
+                float mx = get_f16(row + 2 * c), mn = get_f16(row + 2 * (d + c));
+                if (!(mn <= mx)) return ix_fail(EG_IX_ECORRUPT,
+                    "quest summary %zu channel %zu: min %g > max %g or NaN", i, c, mn, mx);
+            }
+            break;
+        case EG_ROUTER_CENTROID:
+            for (size_t c = 0; c < d; c++)
+                if (!isfinite(get_f16(row + 2 * c)))
+                    return ix_fail(EG_IX_ECORRUPT, "centroid summary %zu channel %zu not finite", i, c);
+            break;
+        case EG_ROUTER_INDEXER:
+            if (check_q8_rows(row, s, 4 + d))
+                return ix_fail(EG_IX_ECORRUPT, "indexer summary %zu has a bad scale", i);
+            break;
+        case EG_ROUTER_LEARNED:
+            if (t->spec.learned->cfg.mode == EG_LEARNED_REPS &&
+                check_q8_rows(row, (size_t)t->spec.learned->cfg.n_reps, 4 + (size_t)t->width))
+                return ix_fail(EG_IX_ECORRUPT, "learned summary %zu has a bad scale", i);
+            break;
+        default: break;
+        }
+    }
+    return 0;
+}
+
+static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
+{
+    size_t d = (size_t)t->spec.dim, s = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
+    switch (t->spec.kind) {
+    case EG_ROUTER_QUEST:
+    case EG_ROUTER_CENTROID: {
+        float *dst = t->tab + seg * w;
+        for (size_t c = 0; c < w; c++) dst[c] = clamp_inf(get_f16(row + 2 * c));
+        break;
+    }
+    case EG_ROUTER_INDEXER:
+        for (size_t k = 0; k < s; k++) {
+            memcpy(&t->iscale[seg * s + k], row + k * (4 + d), 4);
+            memcpy(t->ikeys + (seg * s + k) * d, row + k * (4 + d) + 4, d);
+        }
+        break;
+    case EG_ROUTER_LEARNED:
+        if (t->codes) {
+            size_t m = w / IX_PQ_SUB;
+            memcpy(t->codes + seg * s * m, row, s * m);
+        } else {
+            size_t nr = (size_t)t->spec.learned->cfg.n_reps;
+            for (size_t k = 0; k < nr; k++) {
+                const uint8_t *v = row + k * (4 + w);
+                float sc;
+                memcpy(&sc, v, 4);
+                float *dst = t->tab + (seg * nr + k) * w;
+                for (size_t j = 0; j < w; j++) dst[j] = sc * (float)(int8_t)v[4 + j];
+            }
+        }
+        break;
+    default: break;
+    }
+}
+
+int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n, const uint32_t *tags)
+{
+    if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
+    if (n == 0) return 0;
+    if (t->spec.kind != EG_ROUTER_ORACLE && !summaries)
+        return ix_fail(EG_IX_EINVAL, "summaries are NULL");
+    if (n > ((size_t)1 << 40)) return ix_fail(EG_IX_EINVAL, "%zu segments is beyond any session", n);
+    int rc = validate(t, summaries, n);
+    if (rc < 0) return rc;
+    if (reserve(t, t->n + n)) return ix_fail(EG_IX_ENOMEM, "out of memory growing the table");
+    const uint8_t *p = summaries;
+    for (size_t i = 0; i < n; i++) {
+        t->tags[t->n + i] = tags ? tags[i] : 0;
+        if (p) decode_row(t, t->n + i, p + i * t->row_bytes);
+    }
+    size_t from = t->n;
+    t->n += n;
+    if (t->spec.kind == EG_ROUTER_QUEST) regroup(t, from);
+    return 0;
+}
+
+int eg_route_table_truncate(eg_route_table *t, size_t n)
+{
+    if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
+    if (n > t->n) return ix_fail(EG_IX_ERANGE, "truncate to %zu segments of %zu", n, t->n);
+    t->n = n;
+    if (t->spec.kind == EG_ROUTER_QUEST && n) regroup(t, n - 1);
+    return 0;
+}
