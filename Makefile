@@ -41,9 +41,11 @@ all: deps $(LIBS) $(PROG_BIN) $(TEST_BIN)
 deps:
 	@sh mk/deps.sh
 
-$(B)/%.o: %.c $(wildcard */*.h)
+# -MMD: each object depends on the headers it includes, nothing more.
+$(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
 
 $(B)/tests/%: $(B)/tests/%.o $(TEST_UTIL) $(LIBS)
 	$(CC) $(CFLAGS) $^ -o $@ $(LINKLIBS) $(LDLIBS)

@@ -33,7 +33,7 @@ double eg_lost_mass_bound(double log_ub, double lse_sel)
 /* Largest rounding error of a computed quest score against the exact one,
  * plus that of the caller's own q.k (see the dot's summation): a few ulps
  * of |q|_1 * max|bound|. */
-static double slack(int d, double q_l1, float gabs)
+double ix_quest_slack(int d, double q_l1, float gabs)
 {
     return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
 }
@@ -87,7 +87,7 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
             double v = -INFINITY;
             if (b > a && cnt[b] - cnt[a] > 0)
                 v = log((double)(cnt[b] - cnt[a]) * S) +
-                    scale * ((double)gsc[g * nr + r] + slack((int)d, ql1[r], t->gabs[g]));
+                    scale * ((double)gsc[g * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
             coarse[g * nr + r] = v;
             best = v > best ? v : best;
         }
@@ -106,7 +106,7 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
             for (size_t r = 0; r < nr; r++)
                 if (s < c.row_vis[r])
                     lse_add(&acc[r], log(SEEN(r, s)) +
-                            scale * ((double)sc[(s - a) * nr + r] + slack((int)d, ql1[r], t->gabs[g])));
+                            scale * ((double)sc[(s - a) * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[g])));
         }
     }
     /* Routed segments, as suffixes: prefix i leaves out routed[i..n_order). */
@@ -122,7 +122,7 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
             size_t s = (size_t)sel->segments[sel->n_forced + i];
             if (s < c.row_vis[r])
                 lse_add(&suf, log(SEEN(r, s)) +
-                        scale * ((double)sc[i * nr + r] + slack((int)d, ql1[r], t->gabs[s / G])));
+                        scale * ((double)sc[i * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[s / G])));
             o[i] = lse_get(&suf);
         }
     }

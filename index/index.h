@@ -233,7 +233,9 @@ int eg_router_select(const eg_route_table *t, const eg_route_rows *rows,
 void eg_route_selection_free(eg_route_selection *sel);
 
 /* Raw scores of every segment for every row into out [n_rows][segments]
- * (segments invisible to a row get -inf). For tests and tools. */
+ * (segments invisible to a row get -inf). For tests and tools. Quest
+ * scores include the rounding slack of f32 arithmetic, so each is at least
+ * the exact max of q.k over the segment's keys. */
 int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, float *out);
 
 /* ---- lost-mass bound ---------------------------------------------------------- */

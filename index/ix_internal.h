@@ -70,6 +70,10 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
 void ix_ctx_free(ix_ctx *c);
 int ix_forced(const ix_ctx *c, size_t s);
 
+/* Largest rounding error of a computed quest score against exact
+ * arithmetic, plus that of a caller's own f32 q.k (bound.c). */
+double ix_quest_slack(int d, double q_l1, float gabs);
+
 /* Learned weights internals (learned.c, learned_io.c, summary.c). */
 #define IX_PQ_SUB 8           /* dims per PQ sub-vector */
 #define IX_PQ_K 256           /* centroids per sub-vector */

@@ -339,8 +339,18 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
         size_t b = a + CHUNK < n ? a + CHUNK : n;
         score_range(&c, a, b, buf);
         for (size_t s = a; s < b; s++)
-            for (size_t r = 0; r < nr; r++)
-                out[r * n + s] = s < c.row_vis[r] ? buf[(s - a) * nr + r] : -INFINITY;
+            for (size_t r = 0; r < nr; r++) {
+                float v = s < c.row_vis[r] ? buf[(s - a) * nr + r] : -INFINITY;
+                if (t->spec.kind == EG_ROUTER_QUEST && v > -INFINITY) {
+                    /* A true bound: add the rounding slack of the f32 dot. */
+                    size_t d = (size_t)t->spec.dim;
+                    double l1 = 0;
+                    for (size_t i = 0; i < d; i++) l1 += fabs((double)rows->q[r * d + i]);
+                    v = (float)((double)v + ix_quest_slack((int)d, l1, t->gabs[s / EG_IX_GROUP]));
+                    v = nextafterf(v, INFINITY);   /* the float cast rounds to nearest */
+                }
+                out[r * n + s] = v;
+            }
     }
     free(buf);
     ix_ctx_free(&c);

@@ -1,6 +1,7 @@
 /* testutil.c: see testutil.h. */
 #include "testutil.h"
 #include "memory.h"
+#include "index.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,10 @@ int tu_end(void)
 }
 
 const char *tu_last_error(void) { return eg_mem_last_error(); }
+const char *tu_error_msg(int rc)
+{
+    return rc <= -100 && rc > -200 ? eg_index_last_error() : eg_mem_last_error();
+}
 
 void tu_tmpdir(char *buf, size_t cap, const char *tag)
 {

@@ -20,7 +20,7 @@ extern int tu_passed, tu_failed;
 /* Check an Engram call returned 0; prints the code and message otherwise. */
 #define CHECK_OK(expr) do { int _rc = (expr); if (_rc < 0) { \
     fprintf(stderr, "  %s:%d: %s returned %d (%s)\n", __FILE__, __LINE__, #expr, _rc, \
-    tu_last_error()); tu_case_failed = 1; } } while (0)
+    tu_error_msg(_rc)); tu_case_failed = 1; } } while (0)
 #define REQUIRE(cond) do { if (!(cond)) { \
     fprintf(stderr, "  %s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
     tu_case_failed = 1; return; } } while (0)
@@ -31,6 +31,8 @@ extern int tu_passed, tu_failed;
 void tu_run(const char *name, void (*fn)(void));
 int tu_end(void);
 const char *tu_last_error(void);
+/* The message of the module that owns code rc (memory -1..-99, index -100..-199). */
+const char *tu_error_msg(int rc);
 
 /* A fresh empty directory under $TMPDIR (or /tmp); path returned in buf. */
 void tu_tmpdir(char *buf, size_t cap, const char *tag);

@@ -1,0 +1,515 @@
+/* test_index.c: the router (index/): quest bounds under every codec, the
+ * hierarchy against the flat scan, the lost-mass bound against the true lost
+ * mass, the indexer against a plain loop, tags, forced segments, causality,
+ * oracle, and bad input. */
+#include "index.h"
+#include "memory.h"
+#include "testutil.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keys [T][d] of a named pattern. */
+enum { PAT_NORMAL, PAT_OUTLIER, PAT_HUGE, PAT_TIES, PAT_DRIFT, PAT_SPIKE, PAT_COUNT };
+static const char *pat_name[] = { "normal", "outlier", "huge", "ties", "drift", "spike" };
+
+static float *make_keys(int pat, size_t T, int d, uint64_t seed)
+{
+    float *k = malloc(sizeof(float) * T * d);
+    uint64_t s = seed * 2654435761u + 7;
+    for (size_t t = 0; t < T; t++)
+        for (int c = 0; c < d; c++) {
+            float x = tu_randn(&s);
+            switch (pat) {
+            case PAT_OUTLIER: if (c == 3) x = 40.0f + x; if (c == 7) x *= 25.0f; break;
+            case PAT_HUGE: if (c == 1 && t % 97 == 5) x = 1.0e5f * (x > 0 ? 1 : -1); break;  /* beyond f16 */
+            case PAT_TIES: x = (float)((c * 7 + (int)(t / 64)) % 5) - 2.0f; break;
+            case PAT_DRIFT: x = 4.0f * cosf((float)t / 3000.0f * (float)(c + 1)) + 0.3f * x; break;
+            case PAT_SPIKE: if (t % 1000 == 333) x *= 12.0f; break;
+            default: break;
+            }
+            k[t * d + c] = x;
+        }
+    return k;
+}
+
+static void make_queries(float *q, int nr, int d, uint64_t seed, float amp)
+{
+    uint64_t s = seed * 97 + 3;
+    for (int i = 0; i < nr * d; i++) q[i] = amp * tu_randn(&s);
+}
+
+/* A table of kind over nseg segments of keys [nseg*S][d]. */
+static eg_route_table *build(eg_router_kind kind, const float *keys, size_t nseg, int d, int S,
+                             const uint32_t *tags, const eg_learned *w)
+{
+    eg_summary_spec sp = { kind, d, S, w };
+    size_t b;
+    if (eg_summary_bytes(&sp, &b) < 0) return NULL;
+    uint8_t *sum = malloc(b * nseg + 1);
+    for (size_t s = 0; s < nseg; s++)
+        if (eg_summary_compute(&sp, keys + s * S * d, sum + s * b, b) < 0) { free(sum); return NULL; }
+    eg_route_table *t = NULL;
+    if (eg_route_table_create(&sp, &t) < 0 || eg_route_table_append(t, sum, nseg, tags) < 0) {
+        eg_route_table_free(t);
+        t = NULL;
+    }
+    free(sum);
+    return t;
+}
+
+static double dotd(const float *a, const float *b, int d)
+{
+    double s = 0;
+    for (int i = 0; i < d; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* Quest's score is never below the true max of q.k in its segment, for keys
+ * as every codec decodes them. */
+static void test_quest_bound_every_codec(void)
+{
+    const int d = 64, S = 64;
+    const size_t nseg = 24;
+    for (int pat = 0; pat < PAT_COUNT; pat++)
+        for (int codec = 0; codec < EG_CODEC_COUNT; codec++) {
+            float *k = make_keys(pat, nseg * S, d, (uint64_t)pat * 10 + codec);
+            /* Keys as attention sees them: decode(encode(k)) per segment. */
+            size_t eb;
+            if (pat == PAT_HUGE && codec == EG_CODEC_F16) { free(k); continue; }  /* f16 refuses it */
+            REQUIRE(eg_codec_size(codec, EG_KIND_K, S, d, &eb) == 0);
+            void *enc = malloc(eb);
+            for (size_t s = 0; s < nseg; s++) {
+                CHECK_OK(eg_codec_encode(codec, EG_KIND_K, k + s * S * d, S, d, enc, eb));
+                CHECK_OK(eg_codec_decode(codec, EG_KIND_K, enc, eb, S, d, k + s * S * d));
+            }
+            free(enc);
+            eg_route_table *t = build(EG_ROUTER_QUEST, k, nseg, d, S, NULL, NULL);
+            REQUIRE(t);
+            float q[8 * 64], sc[8 * 24];
+            make_queries(q, 8, d, (uint64_t)pat + 100, pat == PAT_HUGE ? 1e-3f : 1.0f);
+            eg_route_rows rows = { .n_rows = 8, .q = q, .scale = 0.125f };
+            CHECK_OK(eg_router_score_all(t, &rows, sc));
+            int bad = 0;
+            for (int r = 0; r < 8; r++)
+                for (size_t s = 0; s < nseg; s++) {
+                    double mx = -INFINITY;
+                    for (int i = 0; i < S; i++) {
+                        double v = dotd(q + r * d, k + (s * S + i) * d, d);
+                        mx = v > mx ? v : mx;
+                    }
+                    if ((double)sc[r * nseg + s] < mx) bad++;
+                }
+            if (bad) fprintf(stderr, "  pattern %s codec %s: %d scores below the max\n", pat_name[pat],
+                             eg_codec_name(codec), bad);
+            CHECK(bad == 0);
+            eg_route_table_free(t);
+            free(k);
+        }
+}
+
+static int same_selection(const eg_route_selection *a, const eg_route_selection *b)
+{
+    if (a->n != b->n || a->n_forced != b->n_forced) return 0;
+    for (size_t i = 0; i < a->n; i++)
+        if (a->segments[i] != b->segments[i] || memcmp(&a->scores[i], &b->scores[i], 4) != 0) return 0;
+    return 1;
+}
+
+/* Hierarchical top-k equals the flat scan's, over sizes around group edges,
+ * ties, tags, positions and budgets; on drifting keys it scores fewer. */
+static void test_hierarchy_equals_flat(void)
+{
+    const int d = 32, S = 16;
+    const size_t sizes[] = { 1, 2, 31, 32, 33, 100, 1000, 5000 };
+    uint64_t rs = 11;
+    int cases = 0, saved = 0;
+    for (size_t zi = 0; zi < sizeof sizes / sizeof *sizes; zi++)
+        for (int pat = 0; pat < PAT_COUNT; pat++) {
+            size_t n = sizes[zi];
+            float *k = make_keys(pat, n * S, d, zi * 31 + (size_t)pat);
+            uint32_t *tags = malloc(sizeof(uint32_t) * n);
+            for (size_t s = 0; s < n; s++) tags[s] = (uint32_t)(s % 3);
+            eg_route_table *t = build(EG_ROUTER_QUEST, k, n, d, S, tags, NULL);
+            REQUIRE(t);
+            for (int trial = 0; trial < 6; trial++) {
+                int nr = 1 + (int)(tu_rand(&rs) % 8);
+                float q[8 * 32];
+                int64_t pos[8];
+                make_queries(q, nr, d, rs + (uint64_t)trial, 1.0f);
+                for (int r = 0; r < nr; r++) pos[r] = (int64_t)(tu_rand(&rs) % (n * S));
+                eg_route_rows rows = { .n_rows = nr, .q = q, .pos = trial % 2 ? pos : NULL, .scale = 0.2f };
+                eg_route_opts o;
+                eg_route_opts_init(&o);
+                o.budget_tokens = (int64_t)(S * (1 + tu_rand(&rs) % 40));
+                o.n_sink_segments = (int)(tu_rand(&rs) % 3);
+                o.recent_tokens = (int64_t)(tu_rand(&rs) % 100);
+                uint32_t want = 1;
+                if (trial == 4) { o.tags = &want; o.n_tags = 1; }
+                eg_route_selection a, b;
+                o.hierarchical = 0;
+                CHECK_OK(eg_router_select(t, &rows, &o, &a));
+                o.hierarchical = 1;
+                CHECK_OK(eg_router_select(t, &rows, &o, &b));
+                if (!same_selection(&a, &b))
+                    fprintf(stderr, "  n=%zu pattern %s trial %d: hierarchical differs from flat\n", n,
+                            pat_name[pat], trial);
+                CHECK(same_selection(&a, &b));
+                cases++;
+                if (pat == PAT_DRIFT && n == 5000 && b.scored < n / 2) saved++;
+                eg_route_selection_free(&a);
+                eg_route_selection_free(&b);
+            }
+            eg_route_table_free(t);
+            free(tags);
+            free(k);
+        }
+    printf("  %d selections compared; %d of 6 drifting 5000-segment cases scored under half\n", cases, saved);
+    CHECK(saved >= 3);
+}
+
+/* True lost mass of row r (double, log domain) and the selection's bound
+ * at every prefix; the bound is never below the truth. */
+static int check_bound(const eg_route_table *quest, const float *k, size_t nseg, int d, int S,
+                       const eg_route_rows *rows, const eg_route_selection *sel, double *tight)
+{
+    size_t n_order = sel->n - sel->n_forced, nr = (size_t)rows->n_rows;
+    double *lub = malloc(sizeof(double) * nr * (n_order + 1));
+    int viol = 0;
+    if (eg_route_unselected_bound(quest, rows, sel, lub) < 0) { free(lub); return -1; }
+    uint8_t *in = calloc(nseg, 1);
+    for (size_t r = 0; r < nr; r++) {
+        int64_t last = rows->pos ? rows->pos[r] : (int64_t)(nseg * S) - 1;
+        if (last >= (int64_t)(nseg * S)) last = (int64_t)(nseg * S) - 1;
+        memset(in, 0, nseg);
+        for (size_t i = 0; i < sel->n_forced; i++) in[sel->segments[i]] = 1;
+        for (size_t i = 0; i <= n_order; i++) {
+            if (i > 0) in[sel->segments[sel->n_forced + i - 1]] = 1;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j <= last; j++) {
+                double v = rows->scale * dotd(rows->q + r * d, k + j * d, d);
+                mx = v > mx ? v : mx;
+            }
+            double zs = 0, zu = 0;
+            for (int64_t j = 0; j <= last; j++) {
+                double e = exp(rows->scale * dotd(rows->q + r * d, k + j * d, d) - mx);
+                if (in[j / S]) zs += e; else zu += e;
+            }
+            double lost = zu / (zs + zu);
+            double lse_sel = zs > 0 ? mx + log(zs) : -INFINITY;
+            double b = eg_lost_mass_bound(lub[r * (n_order + 1) + i], lse_sel);
+            if (b < lost * (1 - 1e-9) - 1e-300) {
+                viol++;
+                fprintf(stderr, "  row %zu prefix %zu: bound %.9g < true lost %.9g\n", r, i, b, lost);
+            }
+            if (tight && lost > 1e-6 && i == n_order) *tight = fmax(*tight, b / lost);
+        }
+    }
+    free(in);
+    free(lub);
+    return viol;
+}
+
+static void test_lost_mass_bound(void)
+{
+    const int d = 32, S = 16;
+    const size_t nseg = 60;
+    uint64_t rs = 5;
+    int total = 0;
+    double tight = 0;
+    for (int pat = 0; pat < PAT_COUNT; pat++)
+        for (int trial = 0; trial < 4; trial++) {
+            float *k = make_keys(pat, nseg * S, d, (uint64_t)pat * 7 + (uint64_t)trial);
+            eg_route_table *quest = build(EG_ROUTER_QUEST, k, nseg, d, S, NULL, NULL);
+            eg_route_table *cent = build(EG_ROUTER_CENTROID, k, nseg, d, S, NULL, NULL);
+            REQUIRE(quest && cent);
+            int nr = 4;
+            float q[4 * 32];
+            int64_t pos[4];
+            make_queries(q, nr, d, rs++, pat == PAT_HUGE ? 1e-4f : (trial == 3 ? 3.0f : 1.0f));
+            for (int r = 0; r < nr; r++) pos[r] = (int64_t)(tu_rand(&rs) % (nseg * S));
+            eg_route_rows rows = { .n_rows = nr, .q = q, .pos = trial % 2 ? pos : NULL, .scale = 0.18f };
+            eg_route_opts o;
+            eg_route_opts_init(&o);
+            o.budget_tokens = S * (2 + trial * 5);
+            o.recent_tokens = 3 * S;
+            eg_route_selection sel;
+            CHECK_OK(eg_router_select(trial == 2 ? cent : quest, &rows, &o, &sel));
+            int v = check_bound(quest, k, nseg, d, S, &rows, &sel, &tight);
+            CHECK(v == 0);
+            total += v;
+            /* max_lost: the prefix found meets the target when the full order does. */
+            size_t n_order = sel.n - sel.n_forced, pre = 0;
+            double *lub = malloc(sizeof(double) * nr * (n_order + 1));
+            double *lse = malloc(sizeof(double) * nr * (n_order + 1));
+            CHECK_OK(eg_route_unselected_bound(quest, &rows, &sel, lub));
+            for (int r = 0; r < nr; r++)
+                for (size_t i = 0; i <= n_order; i++) {
+                    /* exact lse of forced + routed[0..i) for the row */
+                    int64_t last = rows.pos ? pos[r] : (int64_t)(nseg * S) - 1;
+                    double mx = -INFINITY, z = 0;
+                    for (size_t j = 0; j < sel.n_forced + i; j++)
+                        for (int t = 0; t < S; t++) {
+                            int64_t tok = sel.segments[j] * S + t;
+                            if (tok > last) continue;
+                            double val = 0.18 * dotd(q + r * d, k + tok * d, d);
+                            if (val > mx) { z = z * exp(mx - val) + 1; mx = val; } else z += exp(val - mx);
+                        }
+                    lse[r * (n_order + 1) + i] = z > 0 ? mx + log(z) : -INFINITY;
+                }
+            double worst;
+            CHECK_OK(eg_route_prefix_for_bound(lub, lse, nr, n_order, 0.05, &pre, &worst));
+            double full_worst = 0;
+            for (int r = 0; r < nr; r++) {
+                size_t kk = (size_t)r * (n_order + 1) + n_order;
+                full_worst = fmax(full_worst, eg_lost_mass_bound(lub[kk], lse[kk]));
+            }
+            if (full_worst <= 0.05) CHECK(worst <= 0.05 && pre <= n_order);
+            else CHECK(pre == n_order);
+            free(lub); free(lse);
+            eg_route_selection_free(&sel);
+            eg_route_table_free(quest);
+            eg_route_table_free(cent);
+            free(k);
+        }
+    printf("  24 selections, every prefix: %d violations; worst bound/true at full budget %.3g\n", total, tight);
+}
+
+/* A needle far from the query's top-k stays inside the bound: spike keys
+ * that a tight budget leaves out are still counted. */
+static void test_bound_needle_left_out(void)
+{
+    const int d = 16, S = 16;
+    const size_t nseg = 40;
+    float *k = make_keys(PAT_NORMAL, nseg * S, d, 3);
+    float q[16];
+    make_queries(q, 1, d, 9, 1.0f);
+    for (int c = 0; c < d; c++) k[(17 * S + 5) * d + c] = 6.0f * q[c];   /* needle in segment 17 */
+    eg_route_table *quest = build(EG_ROUTER_QUEST, k, nseg, d, S, NULL, NULL);
+    eg_route_table *cent = build(EG_ROUTER_CENTROID, k, nseg, d, S, NULL, NULL);
+    REQUIRE(quest && cent);
+    eg_route_rows rows = { .n_rows = 1, .q = q, .scale = 0.25f };
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    o.budget_tokens = 3 * S;
+    o.recent_tokens = S;
+    eg_route_selection sel;
+    CHECK_OK(eg_router_select(quest, &rows, &o, &sel));
+    int found = 0;
+    for (size_t i = 0; i < sel.n; i++) found |= sel.segments[i] == 17;
+    CHECK(found);   /* quest ranks the needle's segment first */
+    eg_route_selection_free(&sel);
+    o.budget_tokens = S;   /* only forced: the needle is out, the bound must say so */
+    CHECK_OK(eg_router_select(cent, &rows, &o, &sel));
+    double tight = 0;
+    CHECK(check_bound(quest, k, nseg, d, S, &rows, &sel, &tight) == 0);
+    double lub;
+    CHECK_OK(eg_route_unselected_bound(quest, &rows, &sel, &lub));
+    CHECK(lub > 0.25 * dotd(q, k + (17 * S + 5) * d, d) - 1e-3);
+    eg_route_selection_free(&sel);
+    eg_route_table_free(quest);
+    eg_route_table_free(cent);
+    free(k);
+}
+
+/* Indexer scores against a plain loop over the stored q8 keys. */
+static void test_indexer_reference(void)
+{
+    const int d = 24, S = 16, H = 5, nr = 3;
+    const size_t nseg = 20;
+    float *ik = make_keys(PAT_OUTLIER, nseg * S, d, 44);
+    eg_summary_spec sp = { EG_ROUTER_INDEXER, d, S, NULL };
+    size_t b;
+    CHECK_OK(eg_summary_bytes(&sp, &b));
+    CHECK_EQ_INT(b, (size_t)S * (4 + d));
+    uint8_t *sum = malloc(b * nseg);
+    for (size_t s = 0; s < nseg; s++) CHECK_OK(eg_summary_compute(&sp, ik + s * S * d, sum + s * b, b));
+    eg_route_table *t;
+    CHECK_OK(eg_route_table_create(&sp, &t));
+    CHECK_OK(eg_route_table_append(t, sum, nseg, NULL));
+    float iq[3 * 5 * 24], iw[3 * 5], sc[3 * 20];
+    make_queries(iq, nr * H, d, 5, 1.0f);
+    uint64_t s0 = 77;
+    for (int i = 0; i < nr * H; i++) iw[i] = tu_randf(&s0);
+    eg_route_rows rows = { .n_rows = nr, .scale = 1.0f, .n_index_heads = H, .index_q = iq, .index_w = iw };
+    CHECK_OK(eg_router_score_all(t, &rows, sc));
+    double worst = 0, qerr = 0;
+    for (int r = 0; r < nr; r++)
+        for (size_t s = 0; s < nseg; s++) {
+            double best = -INFINITY, best_f = -INFINITY;
+            for (int i = 0; i < S; i++) {
+                const uint8_t *row = sum + s * b + (size_t)i * (4 + d);
+                float scale;
+                memcpy(&scale, row, 4);
+                double v = 0, vf = 0;
+                for (int h = 0; h < H; h++) {
+                    double dot = 0, dotf = 0;
+                    for (int c = 0; c < d; c++) {
+                        dot += (double)iq[(r * H + h) * d + c] * scale * (int8_t)row[4 + c];
+                        dotf += (double)iq[(r * H + h) * d + c] * ik[((s * S) + i) * d + c];
+                    }
+                    v += iw[r * H + h] * (dot > 0 ? dot : 0);
+                    vf += iw[r * H + h] * (dotf > 0 ? dotf : 0);
+                }
+                best = v > best ? v : best;
+                best_f = vf > best_f ? vf : best_f;
+            }
+            worst = fmax(worst, fabs(best - sc[r * nseg + s]) / (1 + fabs(best)));
+            qerr = fmax(qerr, fabs(best_f - sc[r * nseg + s]) / (1 + fabs(best_f)));
+        }
+    printf("  indexer vs plain loop: %.2g relative; vs unquantised keys %.2g\n", worst, qerr);
+    CHECK(worst < 1e-5);
+    CHECK(qerr < 0.2);   /* q8 of an outlier-channel key: what storing it q8 costs */
+    eg_route_table_free(t);
+    free(sum);
+    free(ik);
+}
+
+/* Tags, sinks, recent window, causality, oracle. */
+static void test_forced_tags_causal_oracle(void)
+{
+    const int d = 16, S = 16;
+    const size_t nseg = 50;
+    float *k = make_keys(PAT_NORMAL, nseg * S, d, 8);
+    uint32_t tags[50];
+    for (size_t s = 0; s < nseg; s++) tags[s] = (uint32_t)(s % 4);
+    eg_route_table *t = build(EG_ROUTER_QUEST, k, nseg, d, S, tags, NULL);
+    REQUIRE(t);
+    float q[2 * 16];
+    make_queries(q, 2, d, 1, 1.0f);
+    int64_t pos[2] = { 30 * S + 3, 25 * S };
+    eg_route_rows rows = { .n_rows = 2, .q = q, .pos = pos, .scale = 0.25f };
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    o.budget_tokens = 12 * S;
+    o.n_sink_segments = 2;
+    o.recent_tokens = 2 * S;
+    uint32_t want[2] = { 1, 2 };
+    o.tags = want;
+    o.n_tags = 2;
+    eg_route_selection sel;
+    CHECK_OK(eg_router_select(t, &rows, &o, &sel));
+    CHECK_EQ_INT(sel.n_visible, 31);
+    /* forced: sinks 0, 1 and the segments overlapping tokens 452..483: 28, 29, 30 */
+    CHECK_EQ_INT(sel.n_forced, 5);
+    CHECK(sel.segments[0] == 0 && sel.segments[1] == 1 && sel.segments[2] == 28 &&
+          sel.segments[3] == 29 && sel.segments[4] == 30);
+    CHECK_EQ_INT(sel.n, 12);
+    for (size_t i = sel.n_forced; i < sel.n; i++) {
+        CHECK(sel.segments[i] <= 30);
+        CHECK(tags[sel.segments[i]] == 1 || tags[sel.segments[i]] == 2);
+        if (i > sel.n_forced) CHECK(sel.scores[i] <= sel.scores[i - 1]);
+    }
+    eg_route_selection_free(&sel);
+    eg_route_table_free(t);
+    /* Oracle: the top masses win. */
+    eg_summary_spec osp = { EG_ROUTER_ORACLE, 0, S, NULL };
+    CHECK_OK(eg_route_table_create(&osp, &t));
+    CHECK_OK(eg_route_table_append(t, NULL, nseg, NULL));
+    float mass[50];
+    for (size_t s = 0; s < nseg; s++) mass[s] = (float)((s * 37) % 50);
+    eg_route_rows orow = { .n_rows = 1, .scale = 1.0f, .oracle_mass = mass };
+    o.tags = NULL; o.n_tags = 0; o.n_sink_segments = 0; o.recent_tokens = 0; o.budget_tokens = 3 * S;
+    CHECK_OK(eg_router_select(t, &orow, &o, &sel));
+    CHECK_EQ_INT(sel.n, 3);
+    for (size_t i = 0; i < sel.n; i++) CHECK(mass[sel.segments[i]] == 49.0f - (float)i);
+    eg_route_selection_free(&sel);
+    eg_route_table_free(t);
+    free(k);
+}
+
+/* Bad input: an error code and a message, never a crash. */
+static void test_bad_input(void)
+{
+    const int d = 16, S = 16;
+    eg_route_table *t = NULL;
+    eg_summary_spec sp = { EG_ROUTER_QUEST, 0, S, NULL };
+    CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EDIM);
+    sp.dim = 2000;
+    CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EDIM);
+    sp.dim = d; sp.seg_tokens = 48;
+    CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EDIM);
+    sp.seg_tokens = S; sp.kind = (eg_router_kind)42;
+    CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EKIND);
+    sp.kind = EG_ROUTER_LEARNED;
+    CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EINVAL);   /* no weights */
+    eg_router_kind kk;
+    CHECK_EQ_INT(eg_router_parse("lsh", &kk), EG_IX_EKIND);
+    CHECK_OK(eg_router_parse("indexer", &kk));
+    CHECK(kk == EG_ROUTER_INDEXER);
+    sp.kind = EG_ROUTER_QUEST;
+    float *k = make_keys(PAT_NORMAL, 4 * S, d, 1);
+    uint8_t sum[4 * 64 * 4];
+    CHECK_EQ_INT(eg_summary_compute(&sp, k, sum, 10), EG_IX_EDIM);       /* buffer too small */
+    k[5] = NAN;
+    CHECK_EQ_INT(eg_summary_compute(&sp, k, sum, sizeof sum), EG_IX_ENONFINITE);
+    k[5] = INFINITY;
+    CHECK_EQ_INT(eg_summary_compute(&sp, k, sum, sizeof sum), EG_IX_ENONFINITE);
+    k[5] = 0.5f;
+    for (int s = 0; s < 4; s++) CHECK_OK(eg_summary_compute(&sp, k + s * S * d, sum + s * 4 * d, 4 * d));
+    CHECK_OK(eg_route_table_create(&sp, &t));
+    /* a summary with min > max is corrupt; nothing of the batch is kept */
+    uint8_t bad[4 * 64 * 4];
+    memcpy(bad, sum, sizeof bad);
+    memcpy(bad + 3 * 4 * d, sum + 3 * 4 * d + 2 * d, 2);    /* segment 3: max[0] := min[0] */
+    memcpy(bad + 3 * 4 * d + 2 * d, sum + 3 * 4 * d, 2);    /* min[0] := max[0] */
+    CHECK_EQ_INT(eg_route_table_append(t, bad, 4, NULL), EG_IX_ECORRUPT);
+    CHECK_EQ_INT(eg_route_table_segments(t), 0);
+    CHECK_OK(eg_route_table_append(t, sum, 4, NULL));
+    CHECK_EQ_INT(eg_route_table_truncate(t, 9), EG_IX_ERANGE);
+    float q[16] = { 1 };
+    eg_route_rows rows = { .n_rows = 1, .q = q, .scale = 0.25f };
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    eg_route_selection sel;
+    o.budget_tokens = 0;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EBUDGET);
+    o.budget_tokens = 64;
+    rows.n_rows = 0;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EDIM);
+    rows.n_rows = 1; rows.scale = NAN;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EINVAL);
+    rows.scale = 0.25f; q[3] = NAN;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_ENONFINITE);
+    q[3] = 0; rows.q = NULL;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EINVAL);
+    rows.q = q;
+    int64_t neg = -5;
+    rows.pos = &neg;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_ERANGE);
+    rows.pos = NULL;
+    o.n_tags = 2;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EINVAL);
+    o.n_tags = 0;
+    CHECK_OK(eg_router_select(t, &rows, &o, &sel));
+    /* a selection naming segments beyond the bound's table */
+    sel.segments[0] = 99;
+    double lub[8];
+    CHECK_EQ_INT(eg_route_unselected_bound(t, &rows, &sel, lub), EG_IX_ERANGE);
+    eg_route_selection_free(&sel);
+    CHECK(strlen(eg_index_last_error()) > 10);
+    /* the bound needs a quest table */
+    eg_summary_spec cs = { EG_ROUTER_CENTROID, d, S, NULL };
+    eg_route_table *c = NULL;
+    CHECK_OK(eg_route_table_create(&cs, &c));
+    eg_route_selection empty = { 0 };
+    CHECK_EQ_INT(eg_route_unselected_bound(c, &rows, &empty, lub), EG_IX_EKIND);
+    eg_route_table_free(c);
+    eg_route_table_free(t);
+    free(k);
+    CHECK(eg_lost_mass_bound(-INFINITY, 3.0) == 0.0);
+    CHECK(eg_lost_mass_bound(1.0, -INFINITY) == 1.0);
+    CHECK(fabs(eg_lost_mass_bound(0.0, 0.0) - 0.5) < 1e-12);
+}
+
+int main(void)
+{
+    TEST_RUN(test_quest_bound_every_codec);
+    TEST_RUN(test_hierarchy_equals_flat);
+    TEST_RUN(test_lost_mass_bound);
+    TEST_RUN(test_bound_needle_left_out);
+    TEST_RUN(test_indexer_reference);
+    TEST_RUN(test_forced_tags_causal_oracle);
+    TEST_RUN(test_bad_input);
+    TEST_END();
+}
