@@ -4,7 +4,7 @@
 CC      ?= cc
 OPT     ?= -O2 -g
 WARN    := -std=c11 -Wall -Wextra -Werror
-INC     := -Imemory -Iindex -Iengine -Inet -Itests
+INC     := -Imemory -Iindex -Iengine -Inet -Itests -Itools/gen
 CFLAGS  += $(WARN) $(OPT) -D_GNU_SOURCE -pthread $(INC) $(EXTRA_CFLAGS)
 LDLIBS  := -llmdb -levent -levent_pthreads -lopenblas -lxxhash -lm -pthread
 B       ?= build
@@ -27,6 +27,14 @@ $(foreach m,$(MODULES),$(eval $(call module_rules,$(m))))
 LINKLIBS := $(filter %net.a,$(LIBS)) $(filter %engine.a,$(LIBS)) \
             $(filter %index.a,$(LIBS)) $(filter %memory.a,$(LIBS))
 
+# tools/gen: the seeded workload generator and capture reader, shared by
+# the tests and the benchmarks.
+GEN_SRC    := $(wildcard tools/gen/*.c)
+GEN_LIB    := $(B)/lib/libwl_gen.a
+$(GEN_LIB): $(patsubst %.c,$(B)/%.o,$(GEN_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 TEST_UTIL  := $(B)/tests/testutil.o
@@ -47,12 +55,12 @@ $(B)/%.o: %.c
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
-$(B)/tests/%: $(B)/tests/%.o $(TEST_UTIL) $(LIBS)
-	$(CC) $(CFLAGS) $^ -o $@ $(LINKLIBS) $(LDLIBS)
+$(B)/tests/%: $(B)/tests/%.o $(TEST_UTIL) $(LIBS) $(GEN_LIB)
+	$(CC) $(CFLAGS) $< $(TEST_UTIL) -o $@ $(GEN_LIB) $(LINKLIBS) $(LDLIBS)
 
-$(B)/bin/engram-bench: $(B)/tools/engram-bench.o $(BENCH_OBJ) $(LIBS)
+$(B)/bin/engram-bench: $(B)/tools/engram-bench.o $(BENCH_OBJ) $(LIBS) $(GEN_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LINKLIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(GEN_LIB) $(LINKLIBS) $(LDLIBS)
 
 $(B)/bin/%: $(B)/tools/%.o $(LIBS)
 	@mkdir -p $(dir $@)

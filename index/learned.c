@@ -16,7 +16,7 @@ void eg_learned_config_init(eg_learned_config *c, int dim, int seg_tokens)
     c->dim = dim;
     c->rank = 16;
     c->mode = EG_LEARNED_PQ;
-    c->n_reps = 4;
+    c->n_reps = 1;
     c->seg_tokens = seg_tokens;
     c->steps = 200;
     c->lr = 0.01f;
@@ -97,6 +97,8 @@ static uint64_t rng_next(uint64_t *s)
 }
 static float rng_unit(uint64_t *s) { return (float)((rng_next(s) >> 40) * 0x1p-24) * 2.0f - 1.0f; }
 
+#define IX_BATCH 64           /* calibration queries per training step */
+
 /* The calibration problem, precomputed once. */
 typedef struct {
     const eg_calibration *cal;
@@ -104,10 +106,11 @@ typedef struct {
     size_t nseg;              /* full segments in the keys */
     size_t *c0, *c1;          /* [nq] routable segments [c0, c1) of each query */
     float *mass;              /* [nq][nseg] target mass over [c0, c1), 0 elsewhere */
+    float *mean;              /* REPS: [nseg][d] mean key of each segment */
     int usable;               /* queries with at least 2 routable segments */
 } problem;
 
-static void problem_free(problem *p) { free(p->c0); free(p->c1); free(p->mass); }
+static void problem_free(problem *p) { free(p->c0); free(p->c1); free(p->mass); free(p->mean); }
 
 static int problem_init(problem *p, const eg_learned_config *c, const eg_calibration *cal)
 {
@@ -166,16 +169,29 @@ static int problem_init(problem *p, const eg_learned_config *c, const eg_calibra
     }
     free(sc);
     if (!p->usable) return ix_fail(EG_IX_EEMPTY, "no calibration query can route 2 or more segments");
+    if (c->mode == EG_LEARNED_REPS) {
+        /* REPS trains on the segment mean: what one representative keeps
+         * and a smooth score where the per-token max is mostly noise. */
+        p->mean = calloc(p->nseg * (size_t)p->d, sizeof(float));
+        if (!p->mean) return ix_fail(EG_IX_ENOMEM, "out of memory");
+        for (size_t s = 0; s < p->nseg; s++)
+            for (int t = 0; t < p->S; t++)
+                for (int j = 0; j < p->d; j++)
+                    p->mean[s * p->d + j] += cal->keys[(s * p->S + t) * p->d + j] / (float)p->S;
+    }
     return 0;
 }
 
 /* Loss and (when gq/gk/gt non-NULL) gradients for wq, wk, log tau. */
 static double loss_grad(const problem *p, const eg_learned *w, float *pk, float *tok,
-                        float *gq, float *gk, double *gt)
+                        float *gq, float *gk, double *gt, int batch0, int batch)
 {
     int d = p->d, r = w->cfg.rank, S = p->S;
     size_t T = p->nseg * S;
-    ix_project(w->wk, r, d, p->cal->keys, T, pk);
+    const float *src = p->mean ? p->mean : p->cal->keys;
+    int per = p->mean ? 1 : S;              /* rows per segment */
+    ix_project(w->wk, r, d, src, p->nseg * per, pk);
+    (void)T;
     double loss = 0, dtau = 0;
     float qp[EG_LEARNED_RANK_MAX], a[EG_IX_DIM_MAX], wa[EG_LEARNED_RANK_MAX];
     if (gq) { memset(gq, 0, sizeof(float) * r * d); memset(gk, 0, sizeof(float) * r * d); }
@@ -183,20 +199,23 @@ static double loss_grad(const problem *p, const eg_learned *w, float *pk, float 
     size_t *arg = malloc(sizeof(size_t) * p->nseg);
     if (!u || !arg) { free(u); free(arg); return NAN; }
     double *pr = u + p->nseg;
-    for (int i = 0; i < p->nq; i++) {
+    int used = 0;
+    for (int bi = 0; bi < batch; bi++) {
+        int i = (batch0 + bi) % p->nq;
         size_t c0 = p->c0[i], c1 = p->c1[i];
         if (c1 <= c0) continue;
+        used++;
         const float *q = p->cal->queries + (size_t)i * d;
         ix_project(w->wq, r, d, q, 1, qp);
-        size_t span = (c1 - c0) * S;
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)span, r, 1.0f, pk + c0 * S * r, r, qp, 1, 0.0f, tok, 1);
+        size_t span = (c1 - c0) * per;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)span, r, 1.0f, pk + c0 * per * r, r, qp, 1, 0.0f, tok, 1);
         double mx = -INFINITY;
         for (size_t s = c0; s < c1; s++) {
-            const float *ts = tok + (s - c0) * S;
+            const float *ts = tok + (s - c0) * per;
             size_t bi = 0;
-            for (int t = 1; t < S; t++) if (ts[t] > ts[bi]) bi = (size_t)t;
+            for (int t = 1; t < per; t++) if (ts[t] > ts[bi]) bi = (size_t)t;
             u[s] = ts[bi];
-            arg[s] = s * S + bi;
+            arg[s] = s * per + bi;
             mx = w->tau * u[s] > mx ? w->tau * u[s] : mx;
         }
         double z = 0;
@@ -210,7 +229,7 @@ static double loss_grad(const problem *p, const eg_learned *w, float *pk, float 
             double g = pr[s] - m[s];                 /* dL/dlogit */
             dtau += g * u[s];
             if (gq) {
-                const float *k = p->cal->keys + arg[s] * d;
+                const float *k = src + arg[s] * d;
                 float gg = (float)(g * w->tau);
                 for (int j = 0; j < d; j++) a[j] += gg * k[j];
             }
@@ -223,7 +242,7 @@ static double loss_grad(const problem *p, const eg_learned *w, float *pk, float 
         }
     }
     free(u); free(arg);
-    double n = p->usable;
+    double n = used ? used : 1;
     if (gq) {
         for (int j = 0; j < r * d; j++) { gq[j] /= (float)n; gk[j] /= (float)n; }
         *gt = dtau / n * w->tau;                     /* d/dlog tau */
@@ -335,7 +354,10 @@ int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal, eg_l
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
     for (int step = 0; step < c->steps; step++) {
         double gt = 0;
-        double loss = loss_grad(&p, w, pk, tok, gq, gk, &gt);
+        /* Minibatches of IX_BATCH queries in turn: many calibration queries
+         * at the cost of a few per step, and less overfitting. */
+        int batch = p.nq < IX_BATCH ? p.nq : IX_BATCH;
+        double loss = loss_grad(&p, w, pk, tok, gq, gk, &gt, (int)(((int64_t)step * batch) % p.nq), batch);
         if (loss != loss) { rc = ix_fail(EG_IX_ENOMEM, "out of memory in training"); goto fail; }
         if (loss_curve) loss_curve[step] = (float)loss;
         double bc1 = 1 - pow(b1, step + 1), bc2 = 1 - pow(b2, step + 1);
@@ -383,7 +405,7 @@ int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl)
     size_t T = p.nseg * p.S;
     float *pk = malloc(sizeof(float) * T * (w->cfg.rank + 1));
     if (!pk) { problem_free(&p); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
-    *kl = loss_grad(&p, w, pk, pk + T * w->cfg.rank, NULL, NULL, NULL);
+    *kl = loss_grad(&p, w, pk, pk + T * w->cfg.rank, NULL, NULL, NULL, 0, p.nq);
     free(pk);
     problem_free(&p);
     return 0;

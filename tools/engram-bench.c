@@ -10,7 +10,7 @@ static const struct { const char *name; int (*fn)(const bench_opts *); const cha
     {"ingest", bench_suite_ingest, NULL},
     {"read", bench_suite_read, NULL},
     {"codec", bench_suite_codec, NULL},
-    {"recall", NULL, "issue 5"},
+    {"recall", bench_suite_recall, NULL},
     {"attend", NULL, "issue 6"},
     {"resume", NULL, "issue 6"},
     {"net", NULL, "issue 7"},

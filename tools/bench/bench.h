@@ -24,4 +24,5 @@ void bench_randn(float *x, size_t n, uint64_t seed);
 int bench_suite_ingest(const bench_opts *o);
 int bench_suite_read(const bench_opts *o);
 int bench_suite_codec(const bench_opts *o);
+int bench_suite_recall(const bench_opts *o);
 #endif
