@@ -263,7 +263,7 @@ static void report(run *R, size_t T, double *bpt, const char *extra)
             mean /= (double)A->n; rmean /= (double)A->n; emean /= (double)A->n;
             double p5 = pct(A->recall, A->n, 0.05), tight = A->nt ? pct(A->tight, A->nt, 0.5) : NAN;
             double hit = A->needles ? (double)A->hits / (double)A->needles : NAN;
-            double sv = A->scans ? A->scan_s / A->stream_s : NAN;
+            double sv = A->scans && A->stream_s > 0 ? A->scan_s / A->stream_s : NAN;
             double bft = A->bft_n + A->bft_miss ? (A->bft_miss ? (double)BOUND_CAP : A->bft_sum / (double)A->bft_n) : NAN;
             if (!R->o->json) {
                 if (ri == 0 && bi == 0)
