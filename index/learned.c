@@ -132,7 +132,7 @@ static int problem_init(problem *p, const eg_learned_config *c, const eg_calibra
     p->c0 = malloc(sizeof(size_t) * p->nq);
     p->c1 = malloc(sizeof(size_t) * p->nq);
     p->mass = calloc((size_t)p->nq * p->nseg, sizeof(float));
-    float *sc = malloc(sizeof(float) * (size_t)p->S);
+    float *sc = malloc(sizeof(float) * (size_t)p->nseg * p->S);   /* one query's scores */
     if (!p->c0 || !p->c1 || !p->mass || !sc) { free(sc); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
     for (int i = 0; i < p->nq; i++) {
         int64_t pos = cal->q_pos[i];
@@ -148,20 +148,18 @@ static int problem_init(problem *p, const eg_learned_config *c, const eg_calibra
         p->c1[i] = r0;
         if (p->c1[i] < p->c0[i] + 2) { p->c1[i] = p->c0[i]; continue; }
         p->usable++;
-        /* Exact mass per routable segment (max-shifted exp, double sums). */
+        /* Exact mass per routable segment: the scores in one sgemv, then
+         * max-shifted exp with double sums. */
         const float *q = cal->queries + (size_t)i * p->d;
+        size_t t0 = p->c0[i] * p->S, nt = (p->c1[i] - p->c0[i]) * p->S;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nt, p->d, cal->scale, cal->keys + t0 * p->d, p->d,
+                    q, 1, 0.0f, sc, 1);
         double mx = -INFINITY, tot = 0;
+        for (size_t t = 0; t < nt; t++) mx = sc[t] > mx ? sc[t] : mx;
         float *m = p->mass + (size_t)i * p->nseg;
         for (size_t s = p->c0[i]; s < p->c1[i]; s++) {
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, p->S, p->d, cal->scale,
-                        cal->keys + s * p->S * p->d, p->d, q, 1, 0.0f, sc, 1);
-            for (int t = 0; t < p->S; t++) mx = sc[t] > mx ? sc[t] : mx;
-        }
-        for (size_t s = p->c0[i]; s < p->c1[i]; s++) {
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, p->S, p->d, cal->scale,
-                        cal->keys + s * p->S * p->d, p->d, q, 1, 0.0f, sc, 1);
             double a = 0;
-            for (int t = 0; t < p->S; t++) a += exp(sc[t] - mx);
+            for (int t = 0; t < p->S; t++) a += exp(sc[(s - p->c0[i]) * p->S + t] - mx);
             m[s] = (float)a;
             tot += a;
         }
@@ -187,11 +185,9 @@ static double loss_grad(const problem *p, const eg_learned *w, float *pk, float 
                         float *gq, float *gk, double *gt, int batch0, int batch)
 {
     int d = p->d, r = w->cfg.rank, S = p->S;
-    size_t T = p->nseg * S;
     const float *src = p->mean ? p->mean : p->cal->keys;
     int per = p->mean ? 1 : S;              /* rows per segment */
     ix_project(w->wk, r, d, src, p->nseg * per, pk);
-    (void)T;
     double loss = 0, dtau = 0;
     float qp[EG_LEARNED_RANK_MAX], a[EG_IX_DIM_MAX], wa[EG_LEARNED_RANK_MAX];
     if (gq) { memset(gq, 0, sizeof(float) * r * d); memset(gk, 0, sizeof(float) * r * d); }

@@ -334,7 +334,12 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
     if (!out) { ix_ctx_free(&c); return ix_fail(EG_IX_EINVAL, "out is NULL"); }
     size_t nr = (size_t)c.nr, n = t->n;
     float *buf = malloc(sizeof(float) * nr * CHUNK);
-    if (!buf) { ix_ctx_free(&c); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
+    double *l1 = calloc(nr, sizeof(double));
+    if (!buf || !l1) { free(buf); free(l1); ix_ctx_free(&c); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
+    size_t d = (size_t)t->spec.dim;
+    if (t->spec.kind == EG_ROUTER_QUEST)
+        for (size_t r = 0; r < nr; r++)
+            for (size_t i = 0; i < d; i++) l1[r] += fabs((double)rows->q[r * d + i]);
     for (size_t a = 0; a < n; a += CHUNK) {
         size_t b = a + CHUNK < n ? a + CHUNK : n;
         score_range(&c, a, b, buf);
@@ -343,16 +348,14 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
                 float v = s < c.row_vis[r] ? buf[(s - a) * nr + r] : -INFINITY;
                 if (t->spec.kind == EG_ROUTER_QUEST && v > -INFINITY) {
                     /* A true bound: add the rounding slack of the f32 dot. */
-                    size_t d = (size_t)t->spec.dim;
-                    double l1 = 0;
-                    for (size_t i = 0; i < d; i++) l1 += fabs((double)rows->q[r * d + i]);
-                    v = (float)((double)v + ix_quest_slack((int)d, l1, t->gabs[s / EG_IX_GROUP]));
+                    v = (float)((double)v + ix_quest_slack((int)d, l1[r], t->gabs[s / EG_IX_GROUP]));
                     v = nextafterf(v, INFINITY);   /* the float cast rounds to nearest */
                 }
                 out[r * n + s] = v;
             }
     }
     free(buf);
+    free(l1);
     ix_ctx_free(&c);
     return 0;
 }

@@ -46,6 +46,14 @@ static double pct(double *x, size_t n, double p)
     return x[(size_t)(p * (double)(n - 1))];
 }
 
+/* log(e^a + e^b), either may be -inf. */
+static double lse2(double a, double b)
+{
+    if (b == -INFINITY) return a;
+    if (a == -INFINITY) return b;
+    return a > b ? a + log1p(exp(b - a)) : b + log1p(exp(a - b));
+}
+
 static eg_route_table *build(eg_router_kind kind, const float *keys, size_t nseg, int d,
                              const eg_learned *w)
 {
@@ -180,7 +188,7 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
                     if (!in[s]) continue;
                     m += seg_m[g * nseg + s];
                     double l = seg_lse[g * nseg + s];
-                    if (l > -INFINITY) lz = lz > l ? lz + log1p(exp(l - lz)) : l + log1p(exp(lz - l));
+                    lz = lse2(lz, l);
                     for (int i = 0; i < d; i++) os[i] += seg_o[((size_t)g * nseg + s) * d + i];
                 }
                 for (int i = 0; i < d; i++) {
@@ -227,13 +235,13 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
                 double lz = -INFINITY;
                 for (size_t i = 0; i < sel.n_forced; i++) {
                     double l = seg_lse[g * nseg + sel.segments[i]];
-                    if (l > -INFINITY) lz = lz > l ? lz + log1p(exp(l - lz)) : l + log1p(exp(lz - l));
+                    lz = lse2(lz, l);
                 }
                 for (size_t i = 0; i <= n_order; i++) {
                     lse[g * (n_order + 1) + i] = lz;
                     if (i == n_order) break;
                     double l = seg_lse[g * nseg + sel.segments[sel.n_forced + i]];
-                    if (l > -INFINITY) lz = lz > l ? lz + log1p(exp(l - lz)) : l + log1p(exp(lz - l));
+                    lz = lse2(lz, l);
                 }
             }
             double worst;
