@@ -497,6 +497,21 @@ static void test_bad_input(void)
     eg_route_table_free(c);
     eg_route_table_free(t);
     free(k);
+    /* Empty things: a table with no segments routes nothing and bounds nothing. */
+    CHECK_OK(eg_route_table_create(&sp, &t));
+    CHECK_EQ_INT(eg_route_table_append(t, NULL, 2, NULL), EG_IX_EINVAL);
+    CHECK_EQ_INT(eg_summary_compute(&sp, NULL, sum, sizeof sum), EG_IX_EINVAL);
+    eg_route_selection none;
+    o.budget_tokens = 1024;
+    CHECK_OK(eg_router_select(t, &rows, &o, &none));
+    CHECK_EQ_INT(none.n, 0);
+    double lub0 = 0;
+    CHECK_OK(eg_route_unselected_bound(t, &rows, &none, &lub0));
+    CHECK(lub0 == -INFINITY);
+    eg_route_selection_free(&none);
+    eg_route_table_free(t);
+    eg_summary_spec osp = { EG_ROUTER_ORACLE, 0, S, NULL };
+    CHECK_EQ_INT(eg_summary_compute(&osp, q, sum, sizeof sum), EG_IX_EKIND);
     CHECK(eg_lost_mass_bound(-INFINITY, 3.0) == 0.0);
     CHECK(eg_lost_mass_bound(1.0, -INFINITY) == 1.0);
     CHECK(fabs(eg_lost_mass_bound(0.0, 0.0) - 0.5) < 1e-12);
