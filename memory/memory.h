@@ -269,11 +269,21 @@ int eg_append(eg_msession *s, const eg_append_req *req, uint64_t *out_n_tokens);
  * names session, layer, kv-head and segment). */
 int eg_read_block(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t segment,
                   float *keys, float *values);
-/* Read the open segment's raw rows of one (layer, kv-head): tokens
- * [n_sealed*S, layer_count) into keys/values (caller sizes them for S rows);
- * *out_rows = rows written. */
+/* Read the open segment's raw rows of one (layer, kv-head): the complete
+ * tokens [n_sealed*S, n_tokens) into keys/values (caller sizes them for S
+ * rows); *out_rows = rows written. */
 int eg_read_tail(eg_msession *s, uint32_t layer, uint32_t kv_head, float *keys, float *values,
                  uint32_t *out_rows);
+/* Tokens one layer holds (>= n_tokens while a layer-by-layer append is
+ * under way). Errors: EG_ERANGE (layer), EG_ECLOSED. */
+int eg_session_layer_tokens(eg_msession *s, uint32_t layer, uint64_t *out);
+/* Unsealed rows [first, first+n) of one layer, every kv-head, raw f32:
+ * keys [n][n_kv_heads][head_dim_k], values [n][n_kv_heads][head_dim_v]
+ * (either may be NULL; caller's buffers). The rows must lie in
+ * [n_sealed*S, layer tokens): a layer appended ahead of the others has
+ * more than S of them. Errors: EG_ERANGE, EG_ECORRUPT, EG_ECLOSED. */
+int eg_read_rows(eg_msession *s, uint32_t layer, uint64_t first, uint32_t n, float *keys,
+                 float *values);
 /* Token ids and tags of tokens [first, first+n) (either array may be NULL). */
 int eg_read_tokens(eg_msession *s, uint64_t first, uint32_t n, uint32_t *token_ids,
                    uint32_t *tags);

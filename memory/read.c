@@ -9,6 +9,7 @@
 /* Copy of the committed header (lineage, counts) for a reader. */
 static int snapshot(eg_msession *s, eg_sess_hdr *h, uint64_t *layer_tokens, uint32_t layer)
 {
+    memset(h, 0, sizeof *h);
     if (!s) return eg_mem_fail(EG_EINVAL, "NULL session");
     pthread_mutex_lock(&s->mu);
     *h = s->state.h;
@@ -132,6 +133,55 @@ int eg_read_tail(eg_msession *s, uint32_t layer, uint32_t kvh, float *keys, floa
     }
     eg_rtxn_end(s->st, txn);
     if (!rc) *out_rows = (uint32_t)n;
+    return rc;
+}
+
+int eg_session_layer_tokens(eg_msession *s, uint32_t layer, uint64_t *out)
+{
+    eg_sess_hdr h;
+    uint64_t n = 0;
+    int rc;
+    if ((rc = snapshot(s, &h, &n, layer)) || (rc = check_lh(&h, layer, 0))) return rc;
+    if (!out) return eg_mem_fail(EG_EINVAL, "eg_session_layer_tokens: NULL output");
+    *out = n;
+    return 0;
+}
+
+int eg_read_rows(eg_msession *s, uint32_t layer, uint64_t first, uint32_t n, float *keys,
+                 float *values)
+{
+    eg_sess_hdr h;
+    uint64_t lt = 0;
+    int rc;
+    if ((rc = snapshot(s, &h, &lt, layer)) || (rc = check_lh(&h, layer, 0))) return rc;
+    uint64_t t0 = h.n_sealed * h.cfg.seg_tokens;
+    if (first < t0 || first > lt || n > lt - first)
+        return eg_mem_fail(EG_ERANGE, "session '%s' layer %u: rows %llu..%llu are not unsealed rows "
+                           "(unsealed: %llu..%llu)", s->name, layer, (unsigned long long)first,
+                           (unsigned long long)(first + n), (unsigned long long)t0,
+                           (unsigned long long)lt);
+    uint32_t H = h.cfg.n_kv_heads, dk = h.cfg.head_dim_k, dv = h.cfg.head_dim_v;
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    size_t want = (size_t)H * (dk + dv) * 4;
+    for (uint32_t i = 0; i < n && !rc; i++) {
+        unsigned char kb[20];
+        eg_be64(kb, h.id);
+        eg_be32(kb + 8, layer);
+        eg_be64(kb + 12, first + i);
+        MDB_val k = {20, kb}, v;
+        int r = mdb_get(txn, s->st->db_tail, &k, &v);
+        if (r == 0 && v.mv_size != want) r = MDB_CORRUPTED;
+        if (r) {
+            rc = eg_mem_fail(EG_ECORRUPT, "session '%s': tail row layer %u token %llu missing or "
+                             "damaged", s->name, layer, (unsigned long long)(first + i));
+            break;
+        }
+        const char *p = v.mv_data;
+        if (keys) memcpy(keys + (size_t)i * H * dk, p, (size_t)H * dk * 4);
+        if (values) memcpy(values + (size_t)i * H * dv, p + (size_t)H * dk * 4, (size_t)H * dv * 4);
+    }
+    eg_rtxn_end(s->st, txn);
     return rc;
 }
 

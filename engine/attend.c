@@ -1,0 +1,688 @@
+/* attend.c: ATTEND and the dense reference.
+ *
+ * One task per kv-head, run on the pool. A task's rows are its q heads at
+ * every query position (row r = query i, head g: r = i*G + g). Attention is
+ * an online softmax over blocks of keys (a segment, the open rows, or for
+ * the dense path a run of segments): per block one sgemm for the scores,
+ * one for P*V, so a single query is matrix-vector work and a chunk is
+ * matrix-matrix work. Keys of RoPE sessions are rotated at their true
+ * positions when paged in; remapped positions rotate the queries instead
+ * (R(a)q . R(b)k = q . R(b-a)k), so cached keys serve every mapping.
+ */
+#include "en_internal.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DENSE_BLOCK_SEGS 16   /* segments per sgemm on the dense path */
+
+/* Running softmax state of the rows of one task. */
+typedef struct {
+    int nr;
+    uint32_t dv;
+    float *m;        /* [nr] running max of scaled scores */
+    double *l;       /* [nr] running sum of exp(score - m) */
+    float *acc;      /* [nr][dv] or NULL: lse only */
+} attn_state;
+
+/* Per-call context shared by the tasks. */
+typedef struct {
+    en_sess *s;
+    const eg_attend_req *req;
+    eg_attend_result *res;
+    en_view v;
+    int dense;
+    float scale;
+    eg_route_table **quest, **route;
+    const float *tail_k, *tail_v;  /* [n_tail][H][dk], [n_tail][H][dv] */
+    uint32_t n_tail;
+    float *seg_mass;
+    int *rc;                       /* [H] */
+    char (*msg)[256];              /* [H] */
+    uint64_t *page_ins, *segs, *toks;
+    double *worst;
+} call_ctx;
+
+/* Scores of one block of n keys starting at token tok0, folded into st.
+ * q [nr][dk] (already rotated for this block), vis[r] the last token row r
+ * sees; sc scratch [nr][n]. seg_lse (dense oracle input), when not NULL,
+ * receives per row and per S keys the log-sum-exp of that segment. */
+static void attn_block(attn_state *st, const float *q, uint32_t dk, const float *K, const float *V,
+                       uint32_t n, int64_t tok0, const int64_t *vis, float scale, float *sc,
+                       float *seg_lse, uint32_t S, size_t seg_stride)
+{
+    int nr = st->nr;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K,
+                (int)dk, 0.0f, sc, (int)n);
+    int any = 0;
+    for (int r = 0; r < nr; r++) {
+        float *row = sc + (size_t)r * n;
+        int64_t lim64 = vis[r] - tok0 + 1;
+        uint32_t lim = lim64 <= 0 ? 0 : lim64 >= n ? n : (uint32_t)lim64;
+        if (seg_lse) {
+            for (uint32_t s0 = 0; s0 < n; s0 += S) {
+                float mx = -INFINITY;
+                double sum = 0;
+                for (uint32_t j = s0; j < s0 + S && j < lim; j++) mx = row[j] > mx ? row[j] : mx;
+                for (uint32_t j = s0; j < s0 + S && j < lim; j++) sum += exp((double)row[j] - mx);
+                seg_lse[(size_t)r * seg_stride + s0 / S] = sum > 0 ? (float)(mx + log(sum)) : -INFINITY;
+            }
+        }
+        if (lim == 0) { memset(row, 0, n * sizeof(float)); continue; }
+        any = 1;
+        float mx = row[0];
+        for (uint32_t j = 1; j < lim; j++) mx = row[j] > mx ? row[j] : mx;
+        float m_new = mx > st->m[r] ? mx : st->m[r];
+        double corr = st->m[r] == -INFINITY ? 0.0 : exp((double)st->m[r] - m_new);
+        double sum = 0;
+        for (uint32_t j = 0; j < lim; j++) {
+            float p = expf(row[j] - m_new);
+            row[j] = p;
+            sum += p;
+        }
+        if (lim < n) memset(row + lim, 0, (n - lim) * sizeof(float));
+        st->l[r] = st->l[r] * corr + sum;
+        st->m[r] = m_new;
+        if (st->acc && corr != 1.0) {
+            float c = (float)corr, *a = st->acc + (size_t)r * st->dv;
+            for (uint32_t d = 0; d < st->dv; d++) a[d] *= c;
+        }
+    }
+    if (st->acc && any)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, (int)st->dv, (int)n, 1.0f, sc,
+                    (int)n, V, (int)st->dv, 1.0f, st->acc, (int)st->dv);
+}
+
+static double state_lse(const attn_state *st, int r)
+{
+    return st->l[r] > 0 ? st->m[r] + log(st->l[r]) : -INFINITY;
+}
+
+static void state_reset(attn_state *st)
+{
+    for (int r = 0; r < st->nr; r++) { st->m[r] = -INFINITY; st->l[r] = 0; }
+    if (st->acc) memset(st->acc, 0, (size_t)st->nr * st->dv * sizeof(float));
+}
+
+/* ---- page-in -------------------------------------------------------------------- */
+/* The decoded segment (keys rotated at true positions), pinned. */
+static int page_in(call_ctx *c, uint32_t kvh, uint64_t seg, en_wentry **out, uint64_t *n_in)
+{
+    en_sess *s = c->s;
+    uint32_t layer = c->req->layer;
+    en_wentry *e = en_window_get(s->win, layer, kvh, seg);
+    if (!e) {
+        e = en_wentry_alloc((size_t)c->v.S * c->v.dk, (size_t)c->v.S * c->v.dv);
+        if (!e) return en_fail(EG_EN_ENOMEM, "window: out of memory");
+        e->layer = layer;
+        e->kvh = kvh;
+        e->seg = seg;
+        int rc = eg_read_block(s->ms, layer, kvh, seg, e->k, e->v);
+        if (rc) { en_wentry_free(e); return en_pass(rc, "page-in"); }
+        en_rope_run(&s->rope, e->k, c->v.S, (int64_t)(seg * c->v.S));
+        e = en_window_put(s->win, e);
+        (*n_in)++;
+    }
+    *out = e;
+    return 0;
+}
+
+/* ---- one kv-head ------------------------------------------------------------------ */
+typedef struct {
+    int nr;
+    float *qraw, *qt, *qe, *sc;     /* [nr][dk] x3, scores [nr][block] */
+    int64_t *vis;                   /* [nr] last visible token, -1: none */
+    int64_t *rpos;                  /* [nr] routing positions (vis clamped at 0) */
+    float *tk, *tv;                 /* open rows of this kv-head [n_tail][d] */
+    attn_state st, tr;              /* attention (true or remapped), lse at true positions */
+    en_wentry **pinned;
+    size_t n_pinned, cap_pinned;
+} task_buf;
+
+static void task_buf_free(task_buf *b)
+{
+    free(b->qraw); free(b->sc); free(b->vis); free(b->tk);
+    free(b->st.m); free(b->st.l); free(b->st.acc);
+    free(b->tr.m); free(b->tr.l);
+    free(b->pinned);
+}
+
+static int task_buf_init(call_ctx *c, task_buf *b, size_t block)
+{
+    const en_view *v = &c->v;
+    int nr = b->nr = (int)(c->req->n_queries * v->G);
+    b->qraw = malloc((size_t)nr * v->dk * 3 * sizeof(float));
+    b->sc = malloc((size_t)nr * block * sizeof(float));
+    b->vis = malloc((size_t)nr * 2 * sizeof(int64_t));
+    b->tk = malloc(((size_t)c->n_tail * (v->dk + v->dv) + 1) * sizeof(float));
+    b->st.m = malloc(nr * sizeof(float));
+    b->st.l = malloc(nr * sizeof(double));
+    b->st.acc = malloc((size_t)nr * v->dv * sizeof(float));
+    b->tr.m = malloc(nr * sizeof(float));
+    b->tr.l = malloc(nr * sizeof(double));
+    if (!b->qraw || !b->sc || !b->vis || !b->tk || !b->st.m || !b->st.l || !b->st.acc || !b->tr.m ||
+        !b->tr.l)
+        return en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    b->qt = b->qraw + (size_t)nr * v->dk;
+    b->qe = b->qt + (size_t)nr * v->dk;
+    b->rpos = b->vis + nr;
+    b->tv = b->tk + (size_t)c->n_tail * v->dk;
+    b->st.nr = b->tr.nr = nr;
+    b->st.dv = b->tr.dv = v->dv;
+    b->tr.acc = NULL;
+    return 0;
+}
+
+/* Rows of kv-head h: raw queries, queries rotated at true positions, and
+ * what each row sees; the open rows of this kv-head, rotated likewise. */
+static void task_rows(call_ctx *c, task_buf *b, uint32_t kvh)
+{
+    const en_view *v = &c->v;
+    const eg_attend_req *q = c->req;
+    uint32_t nqh = v->H * v->G;
+    for (uint32_t i = 0; i < q->n_queries; i++)
+        for (uint32_t g = 0; g < v->G; g++) {
+            size_t r = (size_t)i * v->G + g;
+            memcpy(b->qraw + r * v->dk, q->q + ((size_t)i * nqh + kvh * v->G + g) * v->dk,
+                   v->dk * sizeof(float));
+            memcpy(b->qt + r * v->dk, b->qraw + r * v->dk, v->dk * sizeof(float));
+            en_rope_one(&c->s->rope, b->qt + r * v->dk, (double)q->pos[i]);
+            b->vis[r] = q->pos[i] - 1 + (q->include_self ? 1 : 0);
+            b->rpos[r] = b->vis[r] < 0 ? 0 : b->vis[r];
+        }
+    for (uint32_t t = 0; t < c->n_tail; t++) {
+        memcpy(b->tk + (size_t)t * v->dk, c->tail_k + ((size_t)t * v->H + kvh) * v->dk, v->dk * sizeof(float));
+        memcpy(b->tv + (size_t)t * v->dv, c->tail_v + ((size_t)t * v->H + kvh) * v->dv, v->dv * sizeof(float));
+    }
+    en_rope_run(&c->s->rope, b->tk, c->n_tail, (int64_t)(v->n_sealed * v->S));
+}
+
+/* The open rows, in blocks of S, folded into st with queries q. */
+static void task_tail(call_ctx *c, task_buf *b, attn_state *st, const float *q)
+{
+    const en_view *v = &c->v;
+    int64_t t0 = (int64_t)(v->n_sealed * v->S);
+    for (uint32_t t = 0; t < c->n_tail; t += v->S) {
+        uint32_t n = c->n_tail - t < v->S ? c->n_tail - t : v->S;
+        attn_block(st, q, v->dk, b->tk + (size_t)t * v->dk, st->acc ? b->tv + (size_t)t * v->dv : NULL,
+                   n, t0 + t, b->vis, c->scale, b->sc, NULL, v->S, 0);
+    }
+}
+
+static void write_rows(call_ctx *c, task_buf *b, uint32_t kvh, const double *lost)
+{
+    const en_view *v = &c->v;
+    uint32_t nqh = v->H * v->G;
+    double worst = 0;
+    for (int r = 0; r < b->nr; r++) {
+        uint32_t i = (uint32_t)r / v->G, g = (uint32_t)r % v->G;
+        size_t o = (size_t)i * nqh + kvh * v->G + g;
+        float *out = c->res->out + o * v->dv;
+        const float *a = b->st.acc + (size_t)r * v->dv;
+        double l = b->st.l[r];
+        for (uint32_t d = 0; d < v->dv; d++) out[d] = l > 0 ? (float)(a[d] / l) : 0.0f;
+        if (c->res->lse) c->res->lse[o] = (float)state_lse(&b->st, r);
+        double lo = lost ? lost[r] : 0.0;
+        if (c->res->lost) c->res->lost[o] = (float)lo;
+        if (lo > worst) worst = lo;
+    }
+    c->worst[kvh] = worst;
+}
+
+/* Dense: every visible sealed segment in runs, then the open rows. */
+static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
+{
+    const en_view *v = &c->v;
+    int64_t maxvis = -1;
+    for (int r = 0; r < b->nr; r++) maxvis = b->vis[r] > maxvis ? b->vis[r] : maxvis;
+    uint64_t nseg = maxvis < 0 ? 0 : (uint64_t)maxvis / v->S + 1;
+    if (nseg > v->n_sealed) nseg = v->n_sealed;
+    size_t bk = (size_t)DENSE_BLOCK_SEGS * v->S;
+    float *K = malloc(bk * (v->dk + v->dv) * sizeof(float)), *V = K ? K + bk * v->dk : NULL;
+    float *seg_lse = NULL;
+    if (c->seg_mass && v->n_sealed) seg_lse = malloc((size_t)b->nr * v->n_sealed * sizeof(float));
+    if (!K || (c->seg_mass && v->n_sealed && !seg_lse)) {
+        free(K); free(seg_lse);
+        return en_fail(EG_EN_ENOMEM, "dense: out of memory");
+    }
+    for (size_t i = 0; seg_lse && i < (size_t)b->nr * v->n_sealed; i++) seg_lse[i] = -INFINITY;
+    state_reset(&b->st);
+    int rc = 0;
+    for (uint64_t s0 = 0; s0 < nseg && !rc; s0 += DENSE_BLOCK_SEGS) {
+        uint64_t n = nseg - s0 < DENSE_BLOCK_SEGS ? nseg - s0 : DENSE_BLOCK_SEGS;
+        for (uint64_t j = 0; j < n && !rc; j++) {
+            float *kj = K + j * v->S * v->dk;
+            rc = en_pass(eg_read_block(c->s->ms, c->req->layer, kvh, s0 + j, kj, V + j * v->S * v->dv),
+                         "dense read");
+            if (!rc) en_rope_run(&c->s->rope, kj, v->S, (int64_t)((s0 + j) * v->S));
+        }
+        if (!rc)
+            attn_block(&b->st, b->qt, v->dk, K, V, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
+                       c->scale, b->sc, seg_lse ? seg_lse + s0 : NULL, v->S, v->n_sealed);
+    }
+    if (!rc) {
+        task_tail(c, b, &b->st, b->qt);
+        c->toks[kvh] = nseg * v->S + c->n_tail;
+        c->segs[kvh] = nseg;
+        write_rows(c, b, kvh, NULL);
+        if (seg_lse) {
+            float *mass = c->seg_mass + (size_t)kvh * v->n_sealed;
+            memset(mass, 0, v->n_sealed * sizeof(float));
+            for (int r = 0; r < b->nr; r++) {
+                double lse = state_lse(&b->st, r);
+                for (uint64_t sg = 0; sg < v->n_sealed; sg++)
+                    if (seg_lse[(size_t)r * v->n_sealed + sg] > -INFINITY)
+                        mass[sg] += (float)exp(seg_lse[(size_t)r * v->n_sealed + sg] - lse);
+            }
+        }
+    }
+    free(K);
+    free(seg_lse);
+    return rc;
+}
+
+/* ---- routing ------------------------------------------------------------------------ */
+static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
+{
+    memset(rows, 0, sizeof *rows);
+    rows->n_rows = b->nr;
+    rows->q = b->qt;
+    rows->pos = b->rpos;
+    rows->scale = c->scale;
+    if (c->req->router == EG_ROUTER_ORACLE)
+        rows->oracle_mass = c->req->oracle_mass + (size_t)kvh * c->v.n_sealed;
+}
+
+static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows,
+                     eg_route_selection *sel)
+{
+    const eg_attend_req *q = c->req;
+    rows_of(c, b, kvh, rows);
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    o.budget_tokens = q->budget_tokens;
+    o.n_sink_segments = q->n_sink_segments;
+    o.recent_tokens = q->recent_tokens;
+    o.tags = q->tags;
+    o.n_tags = q->n_tags;
+    eg_route_table *t = c->route ? c->route[kvh] : NULL, *own = NULL;
+    int rc = 0;
+    if (!t) { /* oracle: a table of counts only */
+        eg_summary_spec spec = {EG_ROUTER_ORACLE, (int)c->v.dk, (int)c->v.S, NULL};
+        rc = eg_route_table_create(&spec, &own);
+        if (!rc) rc = eg_route_table_append(own, NULL, c->v.n_sealed, NULL);
+        t = own;
+    }
+    if (!rc) rc = eg_router_select(t, rows, &o, sel);
+    eg_route_table_free(own);
+    return en_pass(rc, "route");
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry **e)
+{
+    if (b->n_pinned == b->cap_pinned) {
+        size_t cap = b->cap_pinned ? 2 * b->cap_pinned : 64;
+        en_wentry **p = realloc(b->pinned, cap * sizeof *p);
+        if (!p) return en_fail(EG_EN_ENOMEM, "attend: out of memory");
+        b->pinned = p;
+        b->cap_pinned = cap;
+    }
+    int rc = page_in(c, kvh, seg, e, &c->page_ins[kvh]);
+    if (!rc) b->pinned[b->n_pinned++] = *e;
+    return rc;
+}
+
+/* Second pass with remapped positions: sinks at their places, routed
+ * segments packed after them in order, the recent window and open rows at
+ * their true distance from the query. */
+static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_selection *sel,
+                      size_t n_used)
+{
+    const en_view *v = &c->v;
+    const en_rope *rope = &c->s->rope;
+    uint32_t S = v->S;
+    size_t nf = sel->n_forced, n_sink = 0;
+    while (n_sink < nf && sel->segments[n_sink] < c->req->n_sink_segments) n_sink++;
+    int64_t *routed = malloc((n_used + 1) * sizeof *routed);
+    if (!routed) return en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    memcpy(routed, sel->segments + nf, n_used * sizeof *routed);
+    qsort(routed, n_used, sizeof *routed, cmp_i64);
+    int64_t p_end = (int64_t)(n_sink + n_used) * S;
+    int64_t r0 = nf > n_sink ? sel->segments[n_sink] * (int64_t)S : (int64_t)(v->n_sealed * S);
+    int64_t d_rec = p_end - r0;
+    /* q_base = R(p + d_rec) q: the query at its remapped position. */
+    for (int r = 0; r < b->nr; r++) {
+        float *qb = b->qe + (size_t)r * v->dk;
+        memcpy(qb, b->qraw + (size_t)r * v->dk, v->dk * sizeof(float));
+        en_rope_one(rope, qb, (double)(c->req->pos[r / v->G] + d_rec));
+    }
+    state_reset(&b->st);
+    int rc = 0;
+    double cs[EG_HEAD_DIM_MAX];
+    for (size_t i = 0; i < n_sink + n_used && !rc; i++) {
+        int64_t seg = i < n_sink ? sel->segments[i] : routed[i - n_sink];
+        en_wentry *e;
+        if ((rc = pin(c, b, kvh, (uint64_t)seg, &e))) break;
+        const float *q = b->qe;
+        if (i >= n_sink) { /* R(-delta) q_base, delta = remapped start - true start */
+            int64_t delta = (int64_t)i * S - seg * (int64_t)S;
+            memcpy(b->qraw, b->qe, (size_t)b->nr * v->dk * sizeof(float));
+            en_rope_table(rope, (double)-delta, cs);
+            en_rope_apply_table(rope, cs, b->qraw, (size_t)b->nr);
+            q = b->qraw;
+        }
+        attn_block(&b->st, q, v->dk, e->k, e->v, S, seg * (int64_t)S, b->vis, c->scale, b->sc, NULL, S, 0);
+    }
+    for (size_t i = n_sink; i < nf && !rc; i++) {
+        en_wentry *e;
+        if ((rc = pin(c, b, kvh, (uint64_t)sel->segments[i], &e))) break;
+        attn_block(&b->st, b->qt, v->dk, e->k, e->v, S, sel->segments[i] * (int64_t)S, b->vis, c->scale,
+                   b->sc, NULL, S, 0);
+    }
+    if (!rc) task_tail(c, b, &b->st, b->qt);
+    free(routed);
+    return rc;
+}
+
+static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
+{
+    const en_view *v = &c->v;
+    const eg_attend_req *q = c->req;
+    uint32_t S = v->S;
+    int remap = q->remap_positions;
+    attn_state *T = remap ? &b->tr : &b->st;
+    state_reset(T);
+    if (v->n_sealed == 0) {
+        task_tail(c, b, T, b->qt);
+        if (remap) { state_reset(&b->st); task_tail(c, b, &b->st, b->qt); }
+        c->toks[kvh] = c->n_tail;
+        write_rows(c, b, kvh, NULL);
+        return 0;
+    }
+    eg_route_rows rows;
+    eg_route_selection sel = {0};
+    int rc = route_kvh(c, b, kvh, &rows, &sel);
+    if (rc) return rc;
+    size_t nf = sel.n_forced, n_order = sel.n - nf, n_used = 0;
+    double *log_ub = malloc((size_t)b->nr * (n_order + 1) * sizeof(double));
+    double *lost = malloc((size_t)b->nr * sizeof(double));
+    if (!log_ub || !lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    if (!rc) rc = en_pass(eg_route_unselected_bound(c->quest[kvh], &rows, &sel, log_ub), "bound");
+    /* Pass at true positions: forced segments, open rows, then routed ones
+     * in score order (until the bound holds, with max_lost). */
+    for (size_t i = 0; i < nf && !rc; i++) {
+        en_wentry *e;
+        if ((rc = pin(c, b, kvh, (uint64_t)sel.segments[i], &e))) break;
+        attn_block(T, b->qt, v->dk, e->k, remap ? NULL : e->v, S, sel.segments[i] * (int64_t)S, b->vis,
+                   c->scale, b->sc, NULL, S, 0);
+    }
+    if (!rc) task_tail(c, b, T, b->qt);
+    while (!rc) {
+        if (q->max_lost > 0) {
+            int ok = 1;
+            for (int r = 0; r < b->nr && ok; r++)
+                if (b->vis[r] >= 0 &&
+                    eg_lost_mass_bound(log_ub[(size_t)r * (n_order + 1) + n_used], state_lse(T, r)) > q->max_lost)
+                    ok = 0;
+            if (ok) break;
+        }
+        if (n_used == n_order) break;
+        int64_t seg = sel.segments[nf + n_used];
+        en_wentry *e;
+        if ((rc = pin(c, b, kvh, (uint64_t)seg, &e))) break;
+        attn_block(T, b->qt, v->dk, e->k, remap ? NULL : e->v, S, seg * (int64_t)S, b->vis, c->scale,
+                   b->sc, NULL, S, 0);
+        n_used++;
+    }
+    if (!rc && remap) rc = task_remap(c, b, kvh, &sel, n_used);
+    if (!rc) {
+        for (int r = 0; r < b->nr; r++)
+            lost[r] = b->vis[r] < 0 ? 0.0
+                    : eg_lost_mass_bound(log_ub[(size_t)r * (n_order + 1) + n_used], state_lse(T, r));
+        c->segs[kvh] = nf + n_used;
+        c->toks[kvh] = (nf + n_used) * S + c->n_tail;
+        write_rows(c, b, kvh, lost);
+    }
+    free(log_ub);
+    free(lost);
+    eg_route_selection_free(&sel);
+    return rc;
+}
+
+static void task_fn(void *arg, int kvh)
+{
+    call_ctx *c = arg;
+    task_buf b;
+    memset(&b, 0, sizeof b);
+    size_t block = c->dense ? (size_t)DENSE_BLOCK_SEGS * c->v.S : c->v.S;
+    int rc = task_buf_init(c, &b, block);
+    if (!rc) {
+        task_rows(c, &b, (uint32_t)kvh);
+        rc = c->dense ? task_dense(c, &b, (uint32_t)kvh) : task_sparse(c, &b, (uint32_t)kvh);
+    }
+    for (size_t i = 0; i < b.n_pinned; i++) en_window_unpin(c->s->win, b.pinned[i]);
+    task_buf_free(&b);
+    c->rc[kvh] = rc;
+    if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
+}
+
+/* ---- calls ------------------------------------------------------------------------------ */
+void eg_attend_req_init(eg_attend_req *r)
+{
+    memset(r, 0, sizeof *r);
+    r->budget_tokens = 2048;
+    r->n_sink_segments = 1;
+    r->recent_tokens = 256;
+    r->router = EG_ROUTER_QUEST;
+}
+
+/* Check req against the session (read lock held) and fill c's view, scale
+ * and open rows. */
+static int call_setup(en_sess *s, const eg_attend_req *q, int dense, call_ctx *c, float **tail)
+{
+    memset(c, 0, sizeof *c);
+    *tail = NULL;
+    if (!q) return en_fail(EG_EN_EINVAL, "attend: NULL request");
+    if (q->layer >= s->cfg.n_layers)
+        return en_fail(EG_EN_ELAYER, "layer %u out of range (session has %u)", q->layer, s->cfg.n_layers);
+    int rc = en_view_get(s, q->layer, &c->v);
+    if (rc) return rc;
+    const en_view *v = &c->v;
+    if (q->n_queries == 0 || q->n_queries > EG_EN_QUERIES_MAX)
+        return en_fail(EG_EN_ESHAPE, "n_queries %u must be 1..%d", q->n_queries, EG_EN_QUERIES_MAX);
+    if ((size_t)q->n_queries * v->G > EG_IX_ROWS_MAX)
+        return en_fail(EG_EN_ESHAPE, "%u queries x %u q heads per kv-head = %zu rows, over the %d a "
+                       "call may route", q->n_queries, v->G, (size_t)q->n_queries * v->G, EG_IX_ROWS_MAX);
+    if (!q->q || !q->pos) return en_fail(EG_EN_EINVAL, "attend: NULL queries or positions");
+    if (!en_all_finite(q->q, (size_t)q->n_queries * v->H * v->G * v->dk))
+        return en_fail(EG_EN_ENONFINITE, "NaN or Inf in the queries");
+    int64_t maxvis = -1;
+    for (uint32_t i = 0; i < q->n_queries; i++) {
+        int64_t p = q->pos[i], lim = (int64_t)v->layer_tokens - (q->include_self ? 1 : 0);
+        if (p < 0 || p > lim)
+            return en_fail(EG_EN_EPOS, "query %u at position %lld: the layer holds %llu tokens, so "
+                           "positions run 0..%lld%s", i, (long long)p, (unsigned long long)v->layer_tokens,
+                           (long long)lim, q->include_self ? " with include_self" : "");
+        if (p - 1 + (q->include_self ? 1 : 0) > maxvis) maxvis = p - 1 + (q->include_self ? 1 : 0);
+    }
+    c->scale = q->scale ? q->scale : 1.0f / sqrtf((float)v->dk);
+    if (!isfinite(c->scale) || c->scale <= 0)
+        return en_fail(EG_EN_ENONFINITE, "scale %g must be finite and positive", (double)q->scale);
+    if (!dense) {
+        if (q->budget_tokens <= 0)
+            return en_fail(EG_EN_EBUDGET, "budget of %lld tokens: it must be positive", (long long)q->budget_tokens);
+        if (q->n_sink_segments < 0 || q->recent_tokens < 0 || q->n_tags < 0 || (q->n_tags && !q->tags))
+            return en_fail(EG_EN_EINVAL, "negative sinks, recent window or tag count, or NULL tags");
+        if (!(q->max_lost >= 0 && q->max_lost <= 1))
+            return en_fail(EG_EN_ENONFINITE, "max_lost %g must be in [0, 1]", q->max_lost);
+        if (q->remap_positions && s->cfg.rope_mode == EG_ROPE_NONE)
+            return en_fail(EG_EN_EOPTION, "remap_positions needs a session that stores keys before "
+                           "RoPE (rope_mode half or interleaved)");
+        if (q->router != EG_ROUTER_QUEST && q->router != EG_ROUTER_CENTROID && q->router != EG_ROUTER_ORACLE)
+            return en_fail(EG_EN_EROUTER, "router %d is not served by ATTEND (quest, centroid, oracle)",
+                           (int)q->router);
+        if (q->router == EG_ROUTER_ORACLE && !q->oracle_mass)
+            return en_fail(EG_EN_EROUTER, "the oracle router needs oracle_mass");
+        if (v->n_sealed) {
+            if ((rc = en_tables(s, q->layer, EG_ROUTER_QUEST, &c->quest))) return rc;
+            c->route = c->quest;
+            if (q->router == EG_ROUTER_CENTROID && (rc = en_tables(s, q->layer, EG_ROUTER_CENTROID, &c->route)))
+                return rc;
+            if (q->router == EG_ROUTER_ORACLE) c->route = NULL;
+        }
+    }
+    /* Open rows the queries can see: one read for every kv-head. */
+    int64_t t0 = (int64_t)(v->n_sealed * v->S), t1 = maxvis + 1;
+    if (t1 > (int64_t)v->layer_tokens) t1 = (int64_t)v->layer_tokens;
+    c->n_tail = t1 > t0 ? (uint32_t)(t1 - t0) : 0;
+    if (c->n_tail) {
+        float *t = malloc((size_t)c->n_tail * v->H * (v->dk + v->dv) * sizeof(float));
+        if (!t) return en_fail(EG_EN_ENOMEM, "attend: out of memory");
+        float *tv = t + (size_t)c->n_tail * v->H * v->dk;
+        if ((rc = eg_read_rows(s->ms, q->layer, (uint64_t)t0, c->n_tail, t, tv))) {
+            free(t);
+            return en_pass(rc, "open rows");
+        }
+        c->tail_k = t;
+        c->tail_v = tv;
+        *tail = t;
+    }
+    return 0;
+}
+
+static int run_call(eg_engine_session *h, const eg_attend_req *q, eg_attend_result *res, int dense,
+                    float *seg_mass)
+{
+    en_sess *s = NULL;
+    int rc = en_handle(h, &s);
+    if (rc) return rc;
+    if (!res || !res->out) return en_fail(EG_EN_EINVAL, "attend: NULL result or output buffer");
+    pthread_rwlock_rdlock(&s->rw);
+    call_ctx c;
+    float *tail;
+    rc = call_setup(s, q, dense, &c, &tail);
+    uint32_t H = c.v.H;
+    if (!rc) {
+        c.s = s;
+        c.req = q;
+        c.res = res;
+        c.dense = dense;
+        c.seg_mass = seg_mass;
+        c.rc = calloc(H, sizeof *c.rc);
+        c.msg = calloc(H, sizeof *c.msg);
+        c.page_ins = calloc(H * 3, sizeof *c.page_ins);
+        c.worst = calloc(H, sizeof *c.worst);
+        if (!c.rc || !c.msg || !c.page_ins || !c.worst) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    }
+    if (!rc) {
+        c.segs = c.page_ins + H;
+        c.toks = c.segs + H;
+        en_pool_run(s->e->pool, (int)H, task_fn, &c);
+        res->page_ins = res->segments = res->tokens = 0;
+        res->worst_lost = 0;
+        for (uint32_t k = 0; k < H; k++) {
+            if (c.rc[k] && !rc) rc = en_fail(c.rc[k], "kv-head %u: %s", k, c.msg[k]);
+            res->page_ins += c.page_ins[k];
+            res->segments += c.segs[k];
+            res->tokens += c.toks[k];
+            if (c.worst[k] > res->worst_lost) res->worst_lost = c.worst[k];
+        }
+        pthread_mutex_lock(&s->st_mu);
+        s->attends++;
+        s->page_ins += res->page_ins;
+        pthread_mutex_unlock(&s->st_mu);
+    }
+    pthread_rwlock_unlock(&s->rw);
+    free(tail);
+    free(c.rc);
+    free(c.msg);
+    free(c.page_ins);
+    free(c.worst);
+    return rc;
+}
+
+int eg_engine_attend(eg_engine_session *h, const eg_attend_req *q, eg_attend_result *res)
+{
+    return run_call(h, q, res, 0, NULL);
+}
+
+int eg_engine_attend_dense(eg_engine_session *h, const eg_attend_req *q, eg_attend_result *res,
+                           float *seg_mass)
+{
+    return run_call(h, q, res, 1, seg_mass);
+}
+
+/* ---- select ------------------------------------------------------------------------------ */
+int eg_engine_select(eg_engine_session *h, const eg_attend_req *q, eg_select_result *out)
+{
+    en_sess *s = NULL;
+    int rc = en_handle(h, &s);
+    if (rc) return rc;
+    if (!out) return en_fail(EG_EN_EINVAL, "select: NULL result");
+    memset(out, 0, sizeof *out);
+    pthread_rwlock_rdlock(&s->rw);
+    call_ctx c;
+    float *tail;
+    rc = call_setup(s, q, 0, &c, &tail);
+    free(tail);
+    uint32_t H = c.v.H;
+    eg_route_selection *sel = NULL;
+    if (!rc) {
+        c.s = s;
+        c.req = q;
+        sel = calloc(H, sizeof *sel);
+        out->offsets = calloc(H + 1, sizeof *out->offsets);
+        out->n_forced = calloc(H, sizeof *out->n_forced);
+        if (!sel || !out->offsets || !out->n_forced) rc = en_fail(EG_EN_ENOMEM, "select: out of memory");
+    }
+    /* Routing is cheap next to attention: kv-heads one after another. */
+    for (uint32_t k = 0; k < H && !rc && c.v.n_sealed; k++) {
+        task_buf b;
+        memset(&b, 0, sizeof b);
+        c.n_tail = 0;
+        rc = task_buf_init(&c, &b, c.v.S);
+        if (!rc) {
+            eg_route_rows rows;
+            task_rows(&c, &b, k);
+            rc = route_kvh(&c, &b, k, &rows, &sel[k]);
+        }
+        task_buf_free(&b);
+    }
+    if (!rc) {
+        out->n_kv_heads = H;
+        out->n_sealed = c.v.n_sealed;
+        for (uint32_t k = 0; k < H; k++) out->offsets[k + 1] = out->offsets[k] + sel[k].n;
+        size_t n = out->offsets[H];
+        out->segments = malloc((n + 1) * sizeof *out->segments);
+        out->scores = malloc((n + 1) * sizeof *out->scores);
+        if (!out->segments || !out->scores) rc = en_fail(EG_EN_ENOMEM, "select: out of memory");
+        for (uint32_t k = 0; k < H && !rc; k++) {
+            if (!sel[k].n) continue;
+            memcpy(out->segments + out->offsets[k], sel[k].segments, sel[k].n * sizeof(int64_t));
+            memcpy(out->scores + out->offsets[k], sel[k].scores, sel[k].n * sizeof(float));
+            out->n_forced[k] = sel[k].n_forced;
+        }
+    }
+    for (uint32_t k = 0; sel && k < H; k++) eg_route_selection_free(&sel[k]);
+    free(sel);
+    pthread_rwlock_unlock(&s->rw);
+    if (rc) eg_select_result_free(out);
+    return rc;
+}
+
+void eg_select_result_free(eg_select_result *r)
+{
+    if (!r) return;
+    free(r->offsets);
+    free(r->n_forced);
+    free(r->segments);
+    free(r->scores);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,116 @@
+/* en_internal.h: declarations shared by the .c files of engine/ only. */
+#ifndef ENGRAM_EN_INTERNAL_H
+#define ENGRAM_EN_INTERNAL_H
+#include "engine.h"
+#include <pthread.h>
+
+/* Record this thread's message and return code. */
+int en_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Pass a memory/ or index/ failure on, with that module's message. */
+int en_pass(int code, const char *what);
+int en_all_finite(const float *x, size_t n);
+
+/* ---- RoPE ---------------------------------------------------------------- */
+typedef struct {
+    int mode;                 /* EG_ROPE_* */
+    uint32_t rot, dim;        /* rotary dims, vector dims */
+    double inv_freq[EG_HEAD_DIM_MAX / 2];
+} en_rope;
+int en_rope_init(en_rope *r, int mode, uint32_t rot_dims, float theta, uint32_t dim);
+/* Rotate n consecutive vectors at positions pos0, pos0+1, ... The result
+ * depends only on (pos0, n, x): the seal hook and the window use it on the
+ * same segments and get the same bits. */
+void en_rope_run(const en_rope *r, float *x, size_t n, int64_t pos0);
+/* Rotate one vector by the angle of position p (p may be negative). */
+void en_rope_one(const en_rope *r, float *x, double p);
+/* cs[2*i], cs[2*i+1] = cos, sin of p * inv_freq[i]; then apply to n vectors. */
+void en_rope_table(const en_rope *r, double p, double *cs);
+void en_rope_apply_table(const en_rope *r, const double *cs, float *x, size_t n);
+
+/* ---- worker pool ----------------------------------------------------------- */
+typedef struct en_pool en_pool;
+int en_pool_create(int n_threads, en_pool **out);
+void en_pool_destroy(en_pool *p);
+/* Run fn(arg, i) for i in 0..n-1 on the workers and the calling thread;
+ * returns when all are done. Safe to call from many threads at once. */
+void en_pool_run(en_pool *p, int n, void (*fn)(void *arg, int i), void *arg);
+
+/* ---- active window ----------------------------------------------------------- */
+/* Decoded segments of one session (keys rotated at their true positions
+ * when the session applies RoPE), LRU within a byte budget. Entries in use
+ * are pinned and never evicted; the budget may be passed while they are. */
+typedef struct en_window en_window;
+typedef struct en_wentry {
+    uint32_t layer, kvh;
+    uint64_t seg;
+    float *k, *v;             /* [S][dk], [S][dv] */
+    int pins;
+    struct en_wentry *prev, *next, *hnext;
+} en_wentry;
+int en_window_create(size_t cap_bytes, size_t entry_bytes, en_window **out);
+void en_window_free(en_window *w);
+/* Pinned entry or NULL. */
+en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t seg);
+/* Insert a filled entry (taken over). If another thread inserted the same
+ * segment meanwhile, e is freed and that one returned, pinned. */
+en_wentry *en_window_put(en_window *w, en_wentry *e);
+void en_window_unpin(en_window *w, en_wentry *e);
+en_wentry *en_wentry_alloc(size_t nk, size_t nv);
+void en_wentry_free(en_wentry *e);
+/* Drop every entry of segments >= first_seg (after truncate). */
+void en_window_drop_from(en_window *w, uint64_t first_seg);
+void en_window_counters(en_window *w, uint64_t *hits, uint64_t *bytes, uint64_t *entries,
+                        uint64_t *evictions);
+
+/* ---- engine and sessions ------------------------------------------------------- */
+#define EN_REC_QUEST 1u      /* record: u32 tag of the segment's first token, quest summary */
+#define EN_REC_CENTROID 2u   /* record: centroid summary */
+
+/* Route tables of one layer, loaded on first use. */
+typedef struct {
+    pthread_mutex_t mu;
+    int loaded[3];            /* by kind index: 0 quest, 1 centroid */
+    eg_route_table **tab[2];  /* [n_kv_heads] each */
+} en_layer_tabs;
+
+typedef struct en_sess {
+    eg_engine *e;
+    eg_msession *ms;
+    char name[EG_NAME_MAX + 1];
+    uint64_t id;
+    eg_session_config cfg;
+    en_rope rope;
+    int refs;                 /* open handles (engine mutex) */
+    pthread_rwlock_t rw;      /* readers: attend/select/fetch; writer: append/truncate */
+    en_layer_tabs *layers;    /* [n_layers] */
+    en_window *win;
+    pthread_mutex_t st_mu;
+    uint64_t attends, page_ins;
+    struct en_sess *next;
+} en_sess;
+
+struct eg_engine_session {
+    en_sess *s;               /* NULL once closed */
+    struct eg_engine_session *next_handle;
+};
+
+struct eg_engine {
+    eg_store *st;
+    en_pool *pool;
+    eg_engine_options opt;
+    pthread_mutex_t mu;       /* sessions list, handles */
+    en_sess *sessions;
+    eg_engine_session *handles;
+};
+
+/* Session snapshot for one call, taken under the session's read lock. */
+typedef struct {
+    uint64_t n_sealed, layer_tokens;
+    uint32_t S, H, G, dk, dv;
+} en_view;
+int en_view_get(en_sess *s, uint32_t layer, en_view *v);
+/* The layer's tables of `kind` (quest or centroid), loading them first. */
+int en_tables(en_sess *s, uint32_t layer, eg_router_kind kind, eg_route_table ***out);
+/* Handle -> session, or EG_EN_ECLOSED. */
+int en_handle(eg_engine_session *h, en_sess **out);
+#endif

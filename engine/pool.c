@@ -1,0 +1,117 @@
+/* pool.c: a small worker pool. A call is a job of n tasks; the caller works
+ * on its own job too, so a call never waits on a busy pool, and many
+ * threads may submit at once. */
+#include "en_internal.h"
+#include <stdlib.h>
+
+typedef struct en_job {
+    void (*fn)(void *, int);
+    void *arg;
+    int n, next, done;
+    struct en_job *link;
+} en_job;
+
+struct en_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t work, fin;
+    en_job *jobs;             /* jobs with tasks not yet taken */
+    int stop, n_threads;
+    pthread_t th[EG_EN_THREADS_MAX];
+};
+
+/* Take a task of the first job with one left (mutex held). */
+static en_job *take(en_pool *p, int *idx)
+{
+    en_job *j = p->jobs;
+    if (!j) return NULL;
+    *idx = j->next++;
+    if (j->next == j->n) p->jobs = j->link; /* all handed out */
+    return j;
+}
+
+static void finish(en_pool *p, en_job *j)
+{
+    if (++j->done == j->n) pthread_cond_broadcast(&p->fin);
+}
+
+static void *worker(void *arg)
+{
+    en_pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        int i;
+        en_job *j = take(p, &i);
+        if (!j) {
+            if (p->stop) break;
+            pthread_cond_wait(&p->work, &p->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        j->fn(j->arg, i);
+        pthread_mutex_lock(&p->mu);
+        finish(p, j);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int en_pool_create(int n, en_pool **out)
+{
+    en_pool *p = calloc(1, sizeof *p);
+    if (!p) return en_fail(EG_EN_ENOMEM, "pool: out of memory");
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->fin, NULL);
+    if (n > EG_EN_THREADS_MAX) n = EG_EN_THREADS_MAX;
+    /* The caller of every job works too: n threads in all means n-1 workers. */
+    for (int i = 0; i < n - 1; i++) {
+        if (pthread_create(&p->th[i], NULL, worker, p)) break;
+        p->n_threads++;
+    }
+    *out = p;
+    return 0;
+}
+
+void en_pool_destroy(en_pool *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_threads; i++) pthread_join(p->th[i], NULL);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->fin);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg)
+{
+    if (n <= 0) return;
+    if (!p || p->n_threads == 0 || n == 1) {
+        for (int i = 0; i < n; i++) fn(arg, i);
+        return;
+    }
+    en_job j = {fn, arg, n, 0, 0, NULL};
+    pthread_mutex_lock(&p->mu);
+    en_job **tail = &p->jobs;
+    while (*tail) tail = &(*tail)->link;
+    *tail = &j;
+    pthread_cond_broadcast(&p->work);
+    /* Work on our own job until its tasks are all handed out. */
+    while (j.next < j.n) {
+        int i = j.next++;
+        if (j.next == j.n) { /* unlink */
+            en_job **q = &p->jobs;
+            while (*q != &j) q = &(*q)->link;
+            *q = j.link;
+        }
+        pthread_mutex_unlock(&p->mu);
+        fn(arg, i);
+        pthread_mutex_lock(&p->mu);
+        finish(p, &j);
+    }
+    while (j.done < j.n) pthread_cond_wait(&p->fin, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
