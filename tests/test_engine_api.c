@@ -1,0 +1,559 @@
+/* test_engine_api.c: RoPE against a plain loop (both layouts, true and
+ * remapped positions), tag filters, the oracle router, the active window,
+ * truncate/fork/drop through the engine, concurrent ATTEND, and every bad
+ * input the engine must refuse with a code. */
+#include "engineutil.h"
+#include <pthread.h>
+
+typedef struct {
+    eg_engine *e;
+    eg_engine_session *s;
+    char dir[512];
+} fx;
+
+static int fx_open2(fx *f, const char *tag, const eg_session_config *c, size_t window)
+{
+    tu_tmpdir(f->dir, sizeof f->dir, tag);
+    eg_engine_options o;
+    eg_engine_options_init(&o);
+    o.store.sync_mode = EG_SYNC_NONE;
+    o.n_threads = 2;
+    o.window_bytes = window;
+    int rc = eg_engine_open(f->dir, &o, &f->e);
+    if (!rc) rc = eg_engine_session_create(f->e, "s", c);
+    if (!rc) rc = eg_engine_session_open(f->e, "s", NULL, &f->s);
+    return rc;
+}
+static int fx_open(fx *f, const char *tag, const eg_session_config *c) { return fx_open2(f, tag, c, 0); }
+static void fx_close(fx *f) { eg_engine_close(f->e); tu_rmrf(f->dir); }
+
+/* RoPE by the book: pair i turns by p * theta^(-2i/rot). */
+static void ref_rope(int mode, uint32_t rot, double theta, float *x, uint32_t dim, double p)
+{
+    if (!rot) rot = dim;
+    for (uint32_t i = 0; i < rot / 2; i++) {
+        uint32_t a = mode == EG_ROPE_INTERLEAVED ? 2 * i : i;
+        uint32_t b = mode == EG_ROPE_INTERLEAVED ? 2 * i + 1 : i + rot / 2;
+        double ang = p * pow(theta, -2.0 * i / rot), x0 = x[a], x1 = x[b];
+        x[a] = (float)(x0 * cos(ang) - x1 * sin(ang));
+        x[b] = (float)(x0 * sin(ang) + x1 * cos(ang));
+    }
+}
+
+static void t_rope_kernel(void)
+{
+    uint64_t s = 3;
+    for (int mode = EG_ROPE_HALF; mode <= EG_ROPE_INTERLEAVED; mode++)
+        for (int rot = 0; rot <= 24; rot += 24) {
+            enum { N = 70, D = 32 };
+            float x[N * D], a[N * D], b[N * D];
+            for (int i = 0; i < N * D; i++) x[i] = tu_randn(&s);
+            int64_t pos[N];
+            for (int i = 0; i < N; i++) pos[i] = i % 3 == 0 ? 1000003 + i : i * 37;
+            memcpy(a, x, sizeof x);
+            memcpy(b, x, sizeof x);
+            CHECK_EN(eg_rope_apply(mode, (uint32_t)rot, 10000.0f, a, N, D, pos, 0));
+            for (int i = 0; i < N; i++) ref_rope(mode, (uint32_t)rot, 10000.0, b + i * D, D, (double)pos[i]);
+            double e = 0;
+            for (int i = 0; i < N * D; i++) e = fmax(e, fabs(a[i] - b[i]));
+            CHECK(e < 2e-6);
+            /* consecutive positions from pos0, the path the window uses */
+            memcpy(a, x, sizeof x);
+            memcpy(b, x, sizeof x);
+            CHECK_EN(eg_rope_apply(mode, (uint32_t)rot, 500000.0f, a, N, D, NULL, 999936));
+            for (int i = 0; i < N; i++) ref_rope(mode, (uint32_t)rot, 500000.0, b + i * D, D, 999936.0 + i);
+            e = 0;
+            for (int i = 0; i < N * D; i++) e = fmax(e, fabs(a[i] - b[i]));
+            CHECK(e < 2e-6);
+            /* rotary dims beyond rot stay */
+            for (int i = 0; rot && mode == EG_ROPE_HALF && i < N; i++)
+                for (int d = rot; d < D; d++) CHECK(a[i * D + d] == x[i * D + d]);
+        }
+    float v[4] = {1, 2, 3, 4};
+    CHECK_CODE(eg_rope_apply(EG_ROPE_HALF, 3, 10000.0f, v, 1, 4, NULL, 0), EG_EN_EOPTION);
+    CHECK_CODE(eg_rope_apply(EG_ROPE_NONE, 0, 10000.0f, v, 1, 4, NULL, 0), EG_EN_EOPTION);
+    CHECK_CODE(eg_rope_apply(EG_ROPE_HALF, 0, 0.5f, v, 1, 4, NULL, 0), EG_EN_EOPTION);
+    CHECK_CODE(eg_rope_apply(EG_ROPE_HALF, 0, 10000.0f, NULL, 1, 4, NULL, 0), EG_EN_EINVAL);
+}
+
+/* Reference over keys rotated at kpos[j] and the query at qp, tokens in
+ * inc (NULL: all) up to vis. */
+static void ref_rot_row(int mode, uint32_t rot, const float *q, double qp, tm_model *m, uint32_t h,
+                        const int64_t *kpos, const uint8_t *inc, int64_t vis, double *out, double *lse)
+{
+    uint64_t T = m->T;
+    float *K = malloc(T * m->dk * 4), qr[64];
+    for (uint64_t j = 0; j < T; j++) {
+        memcpy(K + j * m->dk, tm_k(m, 0, h, j), m->dk * 4);
+        ref_rope(mode, rot, 10000.0, K + j * m->dk, m->dk, (double)kpos[j]);
+    }
+    memcpy(qr, q, m->dk * 4);
+    ref_rope(mode, rot, 10000.0, qr, m->dk, qp);
+    ref_row(qr, K, tm_v(m, 0, h, 0), T, inc, vis, m->dk, m->dv, 1 / sqrt(m->dk), out, lse);
+    free(K);
+}
+
+static void t_rope_session(void)
+{
+    for (int mode = EG_ROPE_HALF; mode <= EG_ROPE_INTERLEAVED; mode++) {
+        eg_session_config c;
+        tm_config(&c, 1, 2, 4, 32, 16, 16, EG_CODEC_F32);
+        c.rope_mode = (uint32_t)mode;
+        c.rope_dims = 16;
+        fx f;
+        tm_model m;
+        tm_init(&m, &c, 320, 200 + mode);
+        REQUIRE(fx_open(&f, "eng-rope", &c) == 0);
+        CHECK_EN(tm_append(&m, f.s, 300, -1, 0));
+        int64_t *kpos = malloc(300 * sizeof(int64_t));
+        float q[4 * 32];
+        tm_queries(q, 4 * 32, 9 + mode, 0.5f);
+        int64_t p = 300;
+        for (int remap = 0; remap < 2; remap++) {
+            eg_attend_req r;
+            eg_attend_req_init(&r);
+            r.n_queries = 1; r.q = q; r.pos = &p; r.remap_positions = remap;
+            r.budget_tokens = remap ? 16 * 5 : 4096;
+            r.recent_tokens = 32;
+            float out[4 * 16], lse[4], lost[4];
+            eg_attend_result res = {out, lse, lost, 0, 0, 0, 0};
+            eg_select_result sr;
+            CHECK_EN(eg_engine_attend(f.s, &r, &res));
+            CHECK_EN(eg_engine_select(f.s, &r, &sr));
+            int bad = 0;
+            for (uint32_t h = 0; h < 2 && sr.offsets; h++) {
+                /* Remapped positions as specified: sinks first, routed
+                 * segments packed in order, recent window and open rows at
+                 * their true distance from the query. */
+                uint8_t *inc = calloc(300, 1);
+                size_t a = sr.offsets[h], nf = sr.n_forced[h], n = sr.offsets[h + 1] - a, ns = 0;
+                int64_t routed[64];
+                size_t nr = 0;
+                for (size_t i = 0; i < n; i++) {
+                    int64_t sg = sr.segments[a + i];
+                    for (int t = 0; t < 16; t++) inc[sg * 16 + t] = 1;
+                    if (i < nf && sg < 1) ns++;
+                    if (i >= nf) routed[nr++] = sg;
+                }
+                for (int t = (int)sr.n_sealed * 16; t < 300; t++) inc[t] = 1;
+                for (size_t i = 0; i < nr; i++)
+                    for (size_t j = i + 1; j < nr; j++)
+                        if (routed[j] < routed[i]) { int64_t x = routed[i]; routed[i] = routed[j]; routed[j] = x; }
+                for (int64_t j = 0; j < 300; j++) kpos[j] = j;
+                int64_t d_rec = 0;
+                if (remap) {
+                    for (size_t k = 0; k < nr; k++)
+                        for (int t = 0; t < 16; t++) kpos[routed[k] * 16 + t] = (int64_t)(ns + k) * 16 + t;
+                    int64_t r0 = nf > ns ? sr.segments[a + ns] * 16 : (int64_t)sr.n_sealed * 16;
+                    d_rec = (int64_t)(ns + nr) * 16 - r0;
+                    for (int64_t j = r0; j < 300; j++) kpos[j] = j + d_rec;
+                    CHECK(d_rec < 0); /* the budget left segments out */
+                }
+                for (uint32_t g = 0; g < 2; g++) {
+                    double ro[16], rl;
+                    size_t o = h * 2 + g;
+                    ref_rot_row(mode, 16, q + o * 32, (double)(p + d_rec), &m, h, kpos, remap ? inc : NULL,
+                                p - 1, ro, &rl);
+                    for (int d = 0; d < 16; d++)
+                        if (fabs(out[o * 16 + d] - ro[d]) > 1e-4 * fmax(1, fabs(ro[d]))) bad++;
+                    if (fabs(lse[o] - rl) > 1e-4 * fmax(1, fabs(rl))) bad++;
+                }
+                free(inc);
+            }
+            if (bad) fprintf(stderr, "  rope mode %d remap %d: %d values off\n", mode, remap, bad);
+            CHECK_EQ_INT(bad, 0);
+            eg_select_result_free(&sr);
+            if (!remap) { /* dense agrees too */
+                float o2[4 * 16];
+                eg_attend_result rd = {o2, NULL, NULL, 0, 0, 0, 0};
+                CHECK_EN(eg_engine_attend_dense(f.s, &r, &rd, NULL));
+                double e = 0;
+                for (int i = 0; i < 64; i++) e = fmax(e, fabs(o2[i] - out[i]));
+                CHECK(e < 1e-5);
+            }
+        }
+        free(kpos);
+        fx_close(&f);
+        tm_free(&m);
+    }
+    /* Remapping needs keys stored before RoPE. */
+    eg_session_config c;
+    tm_config(&c, 1, 1, 1, 16, 16, 16, EG_CODEC_F32);
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 40, 1);
+    REQUIRE(fx_open(&f, "eng-rope2", &c) == 0);
+    CHECK_EN(tm_append(&m, f.s, 40, -1, 0));
+    float q[16] = {1}, out[16];
+    int64_t p = 40;
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &p; r.remap_positions = 1;
+    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    CHECK_CODE(eg_engine_attend(f.s, &r, &res), EG_EN_EOPTION);
+    fx_close(&f);
+    tm_free(&m);
+}
+
+/* Tags: routed segments carry one of the given tags; sinks, recent window
+ * and open rows stay. */
+static void t_tags(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 1, 2, 16, 16, 16, EG_CODEC_Q8);
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 320, 300);
+    REQUIRE(fx_open(&f, "eng-tags", &c) == 0);
+    uint32_t docs[5] = {1, 2, 3, 2, 1};
+    uint32_t lens[5] = {64, 64, 64, 64, 40};
+    for (int i = 0; i < 5; i++) CHECK_EN(tm_append(&m, f.s, lens[i], -1, docs[i]));
+    float q[32];
+    tm_queries(q, 32, 4, 0.5f);
+    int64_t p = 296;
+    uint32_t want = 2;
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &p; r.recent_tokens = 0; r.budget_tokens = 4096;
+    r.tags = &want; r.n_tags = 1;
+    eg_select_result sr;
+    CHECK_EN(eg_engine_select(f.s, &r, &sr));
+    REQUIRE(sr.offsets);
+    CHECK_EQ_INT(sr.n_forced[0], 1);
+    CHECK_EQ_INT(sr.segments[0], 0);
+    CHECK_EQ_INT(sr.offsets[1], 9);
+    uint8_t inc[296] = {0};
+    for (size_t i = 0; i < sr.offsets[1]; i++) {
+        int64_t sg = sr.segments[i];
+        if (i >= 1) CHECK((sg >= 4 && sg <= 7) || (sg >= 12 && sg <= 15));
+        for (int t = 0; t < 16; t++) inc[sg * 16 + t] = 1;
+    }
+    for (int t = 288; t < 296; t++) inc[t] = 1;
+    /* attention over exactly that set (decoded keys) */
+    float K[296 * 16], V[296 * 16], out[32], lse[2];
+    for (int sg = 0; sg < 19; sg++) {
+        uint32_t rows;
+        CHECK_EN(eg_engine_fetch(f.s, 0, 0, (uint64_t)sg, K + sg * 16 * 16, V + sg * 16 * 16, &rows));
+    }
+    eg_attend_result res = {out, lse, NULL, 0, 0, 0, 0};
+    CHECK_EN(eg_engine_attend(f.s, &r, &res));
+    for (int g = 0; g < 2; g++) {
+        double ro[16], rl;
+        ref_row(q + g * 16, K, V, 296, inc, 295, 16, 16, 0.25, ro, &rl);
+        for (int d = 0; d < 16; d++) CHECK(fabs(out[g * 16 + d] - ro[d]) < 1e-5 * fmax(1, fabs(ro[d])));
+    }
+    eg_select_result_free(&sr);
+    fx_close(&f);
+    tm_free(&m);
+}
+
+/* The oracle router (dense's per-segment mass) keeps at least as much mass
+ * as quest at the same budget, summed over a kv-head's rows. */
+static void t_oracle(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 4, 32, 16, 16, EG_CODEC_Q8);
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 1100, 400);
+    REQUIRE(fx_open(&f, "eng-oracle", &c) == 0);
+    CHECK_EN(tm_append(&m, f.s, 1024, -1, 0));
+    float q[4 * 32], out[4 * 16], lall[4], lq[4], lo[4], mass[2 * 64];
+    tm_queries(q, 4 * 32, 5, 0.6f);
+    int64_t p = 1024;
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &p; r.budget_tokens = 16 * 6; r.recent_tokens = 0;
+    eg_attend_result rd = {out, lall, NULL, 0, 0, 0, 0}, rq = {out, lq, NULL, 0, 0, 0, 0},
+                     ro = {out, lo, NULL, 0, 0, 0, 0};
+    CHECK_EN(eg_engine_attend_dense(f.s, &r, &rd, mass));
+    double tot = 0;
+    for (int i = 0; i < 128; i++) tot += mass[i];
+    CHECK(fabs(tot - 4.0) < 1e-3); /* four rows, each mass 1 */
+    CHECK_EN(eg_engine_attend(f.s, &r, &rq));
+    r.router = EG_ROUTER_ORACLE;
+    r.oracle_mass = mass;
+    CHECK_EN(eg_engine_attend(f.s, &r, &ro));
+    for (int h = 0; h < 2; h++) {
+        double fq = 0, fo = 0;
+        for (int g = 0; g < 2; g++) {
+            fq += exp(lq[h * 2 + g] - lall[h * 2 + g]);
+            fo += exp(lo[h * 2 + g] - lall[h * 2 + g]);
+        }
+        CHECK(fo >= fq - 1e-5);
+    }
+    r.oracle_mass = NULL;
+    CHECK_CODE(eg_engine_attend(f.s, &r, &ro), EG_EN_EROUTER);
+    r.router = EG_ROUTER_CENTROID;
+    CHECK_EN(eg_engine_attend(f.s, &r, &ro));
+    r.router = EG_ROUTER_LEARNED;
+    CHECK_CODE(eg_engine_attend(f.s, &r, &ro), EG_EN_EROUTER);
+    fx_close(&f);
+    tm_free(&m);
+}
+
+/* Consecutive identical queries page nothing in; a window too small for
+ * one step still answers the same. */
+static void t_window(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 4, 32, 16, 16, EG_CODEC_Q4);
+    for (int small = 0; small < 2; small++) {
+        fx f;
+        tm_model m;
+        tm_init(&m, &c, 800, 500);
+        REQUIRE(fx_open2(&f, "eng-win", &c, small ? 4096 : 0) == 0);
+        CHECK_EN(tm_append(&m, f.s, 800, -1, 0));
+        float q[4 * 32], o1[64], o2[64];
+        tm_queries(q, 128, 8, 0.5f);
+        int64_t p = 800;
+        eg_attend_req r;
+        eg_attend_req_init(&r);
+        r.n_queries = 1; r.q = q; r.pos = &p; r.budget_tokens = 16 * 8;
+        eg_attend_result a = {o1, NULL, NULL, 0, 0, 0, 0}, b = {o2, NULL, NULL, 0, 0, 0, 0};
+        CHECK_EN(eg_engine_attend(f.s, &r, &a));
+        CHECK_EN(eg_engine_attend(f.s, &r, &b));
+        CHECK(a.page_ins > 0);
+        CHECK(a.page_ins == a.segments);
+        if (small) CHECK(b.page_ins > 0);
+        else CHECK_EQ_INT(b.page_ins, 0);
+        CHECK(memcmp(o1, o2, sizeof o1) == 0);
+        eg_engine_session_stats st;
+        CHECK_EN(eg_engine_session_stats_get(f.s, &st));
+        CHECK_EQ_INT(st.attends, 2);
+        CHECK_EQ_INT(st.page_ins, a.page_ins + b.page_ins);
+        if (small) CHECK(st.window_bytes <= 4096 && st.window_evictions > 0);
+        else CHECK(st.window_hits >= a.segments);
+        fx_close(&f);
+        tm_free(&m);
+    }
+}
+
+static void check_ref(fx *f, tm_model *m, eg_engine_session *s, int64_t p, const char *what)
+{
+    float q[4 * 32], out[4 * 16];
+    tm_queries(q, 128, (uint64_t)p, 0.5f);
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &p; r.budget_tokens = 1 << 20;
+    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    CHECK_EN(eg_engine_attend(s, &r, &res));
+    int bad = 0;
+    for (int qh = 0; qh < 4; qh++) {
+        double ro[16], rl;
+        ref_row(q + qh * 32, tm_k(m, 0, qh / 2, 0), tm_v(m, 0, qh / 2, 0), m->T, NULL, p - 1, 32, 16,
+                1 / sqrt(32), ro, &rl);
+        for (int d = 0; d < 16; d++) if (fabs(out[qh * 16 + d] - ro[d]) > 1e-5 * fmax(1, fabs(ro[d]))) bad++;
+    }
+    if (bad) fprintf(stderr, "  %s: %d values off\n", what, bad);
+    CHECK_EQ_INT(bad, 0);
+    (void)f;
+}
+
+/* Truncate, re-append other data, fork and drop: attention always follows. */
+static void t_lifecycle(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 4, 32, 16, 16, EG_CODEC_F32);
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 400, 600);
+    REQUIRE(fx_open(&f, "eng-life", &c) == 0);
+    CHECK_EN(tm_append(&m, f.s, 300, -1, 0));
+    check_ref(&f, &m, f.s, 300, "before truncate");
+    CHECK_EN(eg_engine_session_truncate(f.s, 150));
+    m.T = m.lt[0] = 150;
+    check_ref(&f, &m, f.s, 150, "after truncate");
+    m.seed = 601; /* other data at the same positions: stale summaries or window would show */
+    CHECK_EN(tm_append(&m, f.s, 100, -1, 0));
+    check_ref(&f, &m, f.s, 250, "re-appended");
+    check_ref(&f, &m, f.s, 170, "re-appended, mid");
+    CHECK_EN(eg_engine_session_fork(f.e, "s", "child", 200));
+    eg_engine_session *ch;
+    CHECK_EN(eg_engine_session_open(f.e, "child", NULL, &ch));
+    check_ref(&f, &m, ch, 200, "fork");
+    CHECK_CODE(eg_engine_session_drop(f.e, "child"), EG_EBUSY);
+    CHECK_EN(eg_engine_session_close(ch));
+    CHECK_CODE(eg_engine_session_close(ch), EG_EN_ECLOSED);
+    CHECK_EN(eg_engine_session_drop(f.e, "child"));
+    CHECK_CODE(eg_engine_session_open(f.e, "child", NULL, &ch), EG_ENOTFOUND);
+    /* a second handle to the same session shares it; closing one keeps the other */
+    eg_engine_session *h2;
+    CHECK_EN(eg_engine_session_open(f.e, "s", NULL, &h2));
+    CHECK_EN(eg_engine_session_close(h2));
+    check_ref(&f, &m, f.s, 250, "other handle closed");
+    fx_close(&f);
+    tm_free(&m);
+}
+
+/* ---- threads --------------------------------------------------------------- */
+typedef struct {
+    eg_engine_session *s[2];
+    float *q;
+    int64_t *pos;
+    float *want;     /* [2][NQ][8 q heads * 16] */
+    int mismatches, errors;
+} thr_ctx;
+enum { NQ = 12 };
+
+static void one(eg_engine_session *s, const float *q, int64_t *p, float *out, int *err)
+{
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = p; r.budget_tokens = 16 * 6;
+    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    if (eg_engine_attend(s, &r, &res)) (*err)++;
+}
+
+static void *thr(void *arg)
+{
+    thr_ctx *c = arg;
+    float out[128];
+    int err = 0, mm = 0;
+    for (int rep = 0; rep < 3; rep++)
+        for (int i = 0; i < NQ; i++)
+            for (int k = 0; k < 2; k++) {
+                one(c->s[k], c->q + i * 128, &c->pos[i], out, &err);
+                if (memcmp(out, c->want + ((size_t)k * NQ + i) * 128, sizeof out)) mm++;
+            }
+    __atomic_add_fetch(&c->mismatches, mm, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->errors, err, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void t_threads(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 8, 32, 16, 16, EG_CODEC_Q8);
+    fx f;
+    tm_model m, m2;
+    tm_init(&m, &c, 700, 700);
+    tm_init(&m2, &c, 700, 701);
+    REQUIRE(fx_open2(&f, "eng-thr", &c, 64 << 10) == 0); /* small window: evictions race too */
+    CHECK_EN(eg_engine_session_create(f.e, "t", &c));
+    thr_ctx tc;
+    memset(&tc, 0, sizeof tc);
+    tc.s[0] = f.s;
+    CHECK_EN(eg_engine_session_open(f.e, "t", NULL, &tc.s[1]));
+    CHECK_EN(tm_append(&m, tc.s[0], 700, -1, 0));
+    CHECK_EN(tm_append(&m2, tc.s[1], 700, -1, 0));
+    float q[NQ * 128], want[2 * NQ * 128];
+    int64_t pos[NQ];
+    tm_queries(q, NQ * 128, 77, 0.6f);
+    for (int i = 0; i < NQ; i++) pos[i] = 700 - i * 41;
+    int err = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < NQ; i++) one(tc.s[k], q + i * 128, &pos[i], want + ((size_t)k * NQ + i) * 128, &err);
+    CHECK_EQ_INT(err, 0);
+    tc.q = q; tc.pos = pos; tc.want = want;
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, thr, &tc);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    CHECK_EQ_INT(tc.errors, 0);
+    CHECK_EQ_INT(tc.mismatches, 0);
+    fx_close(&f);
+    tm_free(&m);
+    tm_free(&m2);
+}
+
+/* ---- bad input -------------------------------------------------------------- */
+static void t_bad_input(void)
+{
+    eg_session_config c;
+    tm_config(&c, 2, 2, 4, 16, 16, 16, EG_CODEC_Q8);
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 100, 800);
+    REQUIRE(fx_open(&f, "eng-bad", &c) == 0);
+    CHECK_EN(tm_append(&m, f.s, 100, -1, 0));
+    float q[5000 * 4 * 16 / 100 + 64] = {0}, out[4 * 16 * 2];
+    int64_t p = 100, p2[2] = {50, 60};
+    eg_attend_req r;
+    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+#define BAD(field_setup, code) do { eg_attend_req_init(&r); r.n_queries = 1; r.q = q; r.pos = &p; \
+        field_setup; CHECK_CODE(eg_engine_attend(f.s, &r, &res), code); } while (0)
+    BAD((void)0, 0);
+    BAD(r.layer = 2, EG_EN_ELAYER);
+    BAD(r.n_queries = 0, EG_EN_ESHAPE);
+    BAD(r.n_queries = EG_EN_QUERIES_MAX + 1, EG_EN_ESHAPE);
+    BAD(r.n_queries = 3000, EG_EN_ESHAPE);          /* 6000 rows to route */
+    BAD(p = 101, EG_EN_EPOS);
+    BAD((p = 100, r.include_self = 1), EG_EN_EPOS);
+    BAD(p = -1, EG_EN_EPOS);
+    p = 100;
+    BAD(r.budget_tokens = 0, EG_EN_EBUDGET);
+    BAD(r.budget_tokens = -5, EG_EN_EBUDGET);
+    BAD(q[3] = NAN, EG_EN_ENONFINITE);
+    q[3] = 0;
+    BAD(q[17] = INFINITY, EG_EN_ENONFINITE);
+    q[17] = 0;
+    BAD(r.scale = NAN, EG_EN_ENONFINITE);
+    BAD(r.scale = -1, EG_EN_ENONFINITE);
+    BAD(r.max_lost = NAN, EG_EN_ENONFINITE);
+    BAD(r.max_lost = 2, EG_EN_ENONFINITE);
+    BAD(r.n_tags = 1, EG_EN_EINVAL);
+    BAD(r.recent_tokens = -1, EG_EN_EINVAL);
+    BAD(r.router = EG_ROUTER_INDEXER, EG_EN_EROUTER);
+    BAD(r.q = NULL, EG_EN_EINVAL);
+    BAD((r.n_queries = 2, r.pos = p2, p2[1] = 1000), EG_EN_EPOS);
+    CHECK_CODE(eg_engine_attend(f.s, NULL, &res), EG_EN_EINVAL);
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &p;
+    CHECK_CODE(eg_engine_attend(f.s, &r, NULL), EG_EN_EINVAL);
+    CHECK_CODE(eg_engine_attend_dense(f.s, &r, NULL, NULL), EG_EN_EINVAL);
+    eg_select_result sr;
+    r.budget_tokens = 0;
+    CHECK_CODE(eg_engine_select(f.s, &r, &sr), EG_EN_EBUDGET);
+    CHECK(sr.offsets == NULL);
+    /* fetch */
+    float kb[16 * 16], vb[16 * 16];
+    uint32_t rows;
+    CHECK_CODE(eg_engine_fetch(f.s, 2, 0, 0, kb, vb, &rows), EG_EN_ELAYER);
+    CHECK_CODE(eg_engine_fetch(f.s, 0, 2, 0, kb, vb, &rows), EG_EN_ESHAPE);
+    CHECK_CODE(eg_engine_fetch(f.s, 0, 0, 7, kb, vb, &rows), EG_EN_ESEGMENT);
+    CHECK_CODE(eg_engine_fetch(f.s, 0, 0, 0, kb, vb, NULL), EG_EN_EINVAL);
+    CHECK_EN(eg_engine_fetch(f.s, 0, 0, 6, kb, vb, &rows));
+    CHECK_EQ_INT(rows, 4);
+    /* appends with bad input lose nothing */
+    eg_append_req ar = {EG_DTYPE_F32, 1, 5, q, q, NULL, 0};
+    CHECK(eg_engine_append(f.s, &ar, NULL) < 0);
+    float nanrow[2 * 2 * 16];
+    for (int i = 0; i < 64; i++) nanrow[i] = i == 9 ? NAN : 0.5f;
+    eg_append_req an = {EG_DTYPE_F32, 1, -1, nanrow, nanrow, NULL, 0};
+    CHECK_CODE(eg_engine_append(f.s, &an, NULL), EG_ENONFINITE);
+    eg_session_info info;
+    CHECK_EN(eg_engine_session_info(f.s, &info));
+    CHECK_EQ_INT(info.n_tokens, 100);
+    /* unknown and closed sessions, bad names */
+    eg_engine_session *x;
+    CHECK_CODE(eg_engine_session_open(f.e, "nope", NULL, &x), EG_ENOTFOUND);
+    CHECK_CODE(eg_engine_session_open(f.e, "s", "other model", &x), EG_EFINGERPRINT);
+    CHECK_CODE(eg_engine_session_create(f.e, "s", &c), EG_EEXIST);
+    c.n_q_heads = 3;
+    CHECK_CODE(eg_engine_session_create(f.e, "g", &c), EG_EGQA);
+    CHECK_EN(eg_engine_session_close(f.s));
+    CHECK_CODE(eg_engine_attend(f.s, &r, &res), EG_EN_ECLOSED);
+    CHECK_CODE(eg_engine_append(f.s, &ar, NULL), EG_EN_ECLOSED);
+    CHECK_CODE(eg_engine_fetch(f.s, 0, 0, 0, kb, vb, &rows), EG_EN_ECLOSED);
+    CHECK_CODE(eg_engine_session_info(f.s, &info), EG_EN_ECLOSED);
+    CHECK_CODE(eg_engine_session_truncate(f.s, 1), EG_EN_ECLOSED);
+    CHECK_CODE(eg_engine_attend(NULL, &r, &res), EG_EN_EINVAL);
+    CHECK(strcmp(eg_engine_strerror(EG_EN_EPOS), "unknown error") != 0);
+    CHECK(strcmp(eg_engine_strerror(EG_ENOTFOUND), "unknown error") != 0);
+    CHECK(strcmp(eg_engine_strerror(EG_IX_EBUDGET), "unknown error") != 0);
+    fx_close(&f);
+    tm_free(&m);
+}
+
+int main(void)
+{
+    TEST_RUN(t_rope_kernel);
+    TEST_RUN(t_rope_session);
+    TEST_RUN(t_tags);
+    TEST_RUN(t_oracle);
+    TEST_RUN(t_window);
+    TEST_RUN(t_lifecycle);
+    TEST_RUN(t_threads);
+    TEST_RUN(t_bad_input);
+    TEST_END();
+}
