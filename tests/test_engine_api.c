@@ -413,7 +413,7 @@ static void *thr(void *arg)
     for (int rep = 0; rep < 3; rep++)
         for (int i = 0; i < NQ; i++)
             for (int k = 0; k < 2; k++) {
-                one(c->s[k], c->q + i * 128, &c->pos[i], out, &err);
+                one(c->s[k], c->q + i * 256, &c->pos[i], out, &err);
                 if (memcmp(out, c->want + ((size_t)k * NQ + i) * 128, sizeof out)) mm++;
             }
     __atomic_add_fetch(&c->mismatches, mm, __ATOMIC_RELAXED);
@@ -437,13 +437,13 @@ static void t_threads(void)
     CHECK_EN(eg_engine_session_open(f.e, "t", NULL, &tc.s[1]));
     CHECK_EN(tm_append(&m, tc.s[0], 700, -1, 0));
     CHECK_EN(tm_append(&m2, tc.s[1], 700, -1, 0));
-    float q[NQ * 128], want[2 * NQ * 128];
+    float q[NQ * 256], want[2 * NQ * 128];
     int64_t pos[NQ];
-    tm_queries(q, NQ * 128, 77, 0.6f);
+    tm_queries(q, NQ * 256, 77, 0.6f);
     for (int i = 0; i < NQ; i++) pos[i] = 700 - i * 41;
     int err = 0;
     for (int k = 0; k < 2; k++)
-        for (int i = 0; i < NQ; i++) one(tc.s[k], q + i * 128, &pos[i], want + ((size_t)k * NQ + i) * 128, &err);
+        for (int i = 0; i < NQ; i++) one(tc.s[k], q + i * 256, &pos[i], want + ((size_t)k * NQ + i) * 128, &err);
     CHECK_EQ_INT(err, 0);
     tc.q = q; tc.pos = pos; tc.want = want;
     pthread_t th[4];
