@@ -11,8 +11,8 @@ static const struct { const char *name; int (*fn)(const bench_opts *); const cha
     {"read", bench_suite_read, NULL},
     {"codec", bench_suite_codec, NULL},
     {"recall", bench_suite_recall, NULL},
-    {"attend", NULL, "issue 6"},
-    {"resume", NULL, "issue 6"},
+    {"attend", bench_suite_attend, NULL},
+    {"resume", bench_suite_resume, NULL},
     {"net", NULL, "issue 7"},
 };
 

@@ -25,4 +25,6 @@ int bench_suite_ingest(const bench_opts *o);
 int bench_suite_read(const bench_opts *o);
 int bench_suite_codec(const bench_opts *o);
 int bench_suite_recall(const bench_opts *o);
+int bench_suite_attend(const bench_opts *o);   /* bench_engine.c */
+int bench_suite_resume(const bench_opts *o);
 #endif

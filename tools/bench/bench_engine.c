@@ -1,0 +1,327 @@
+/* bench_engine.c: `engram-bench attend` and `resume`: the attention core
+ * against its own dense path over the same stored session, and against
+ * the memory-bandwidth floor of the bytes a step must touch, with the
+ * bandwidth measured in the same run.
+ *
+ * Data: keys are a topic vector (one of 64, changing every 256 tokens)
+ * plus uniform noise, values uniform; a query leans towards one topic, so
+ * routing has something to find. Sessions have one layer (attend is per
+ * layer), S = 64, keys stored after RoPE, EG_SYNC_NONE. */
+#include "bench.h"
+#include "engine.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+typedef struct { uint32_t qh, h, d; const char *name; } shape;
+
+static uint64_t rng = 88172645463325252ull;
+static inline float urand(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static float topics[64][1024];
+
+static void gen_tokens(const shape *sh, uint64_t t0, uint32_t n, float *k, float *v)
+{
+    for (uint32_t h = 0; h < sh->h; h++)
+        for (uint32_t i = 0; i < n; i++) {
+            const float *tp = topics[((t0 + i) / 256 * 7 + h) % 64];
+            float *kk = k + ((size_t)h * n + i) * sh->d, *vv = v + ((size_t)h * n + i) * sh->d;
+            for (uint32_t c = 0; c < sh->d; c++) { kk[c] = tp[c] + 0.8f * urand(); vv[c] = urand(); }
+        }
+}
+
+static int append_to(eg_engine_session *s, const shape *sh, uint64_t *have, uint64_t want)
+{
+    enum { CH = 1024 };
+    float *k = malloc((size_t)sh->h * CH * sh->d * 4), *v = malloc((size_t)sh->h * CH * sh->d * 4);
+    int rc = k && v ? 0 : -1;
+    while (!rc && *have < want) {
+        uint32_t n = want - *have < CH ? (uint32_t)(want - *have) : CH;
+        gen_tokens(sh, *have, n, k, v);
+        eg_append_req r = {EG_DTYPE_F32, n, -1, k, v, NULL, 0};
+        rc = eg_engine_append(s, &r, NULL);
+        if (!rc) *have += n;
+    }
+    if (rc) fprintf(stderr, "bench: append failed: %s\n", eg_engine_last_error());
+    free(k);
+    free(v);
+    return rc;
+}
+
+static void gen_queries(const shape *sh, float *q, uint32_t nq, uint64_t seed)
+{
+    rng ^= seed * 0x9E3779B97F4A7C15ull;
+    for (uint32_t i = 0; i < nq; i++)
+        for (uint32_t hq = 0; hq < sh->qh; hq++) {
+            const float *tp = topics[(seed + hq) % 64];
+            for (uint32_t c = 0; c < sh->d; c++)
+                q[((size_t)i * sh->qh + hq) * sh->d + c] = 1.5f * tp[c] + urand();
+        }
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median seconds of n calls (after warm runs); res of the last call. */
+static double time_attend(eg_engine_session *s, const eg_attend_req *r, eg_attend_result *res, int dense,
+                          int warm, int n)
+{
+    double t[64];
+    if (n > 64) n = 64;
+    for (int i = 0; i < warm + n; i++) {
+        double t0 = bench_now();
+        int rc = dense ? eg_engine_attend_dense(s, r, res, NULL) : eg_engine_attend(s, r, res);
+        if (rc) { fprintf(stderr, "bench: attend failed: %s\n", eg_engine_last_error()); return -1; }
+        if (i >= warm) t[i - warm] = bench_now() - t0;
+    }
+    qsort(t, (size_t)n, sizeof *t, cmp_d);
+    return t[n / 2];
+}
+
+static int open_engine(const char *dir, eg_engine **e)
+{
+    eg_engine_options o;
+    eg_engine_options_init(&o);
+    o.store.sync_mode = EG_SYNC_NONE;
+    o.window_bytes = (size_t)1 << 30;
+    int rc = eg_engine_open(dir, &o, e);
+    if (rc) fprintf(stderr, "bench: engine open failed: %s\n", eg_engine_last_error());
+    return rc;
+}
+
+static double free_bytes(const char *dir)
+{
+    struct statvfs v;
+    return statvfs(dir, &v) ? 0 : (double)v.f_bavail * v.f_frsize;
+}
+
+static void rm_store(const char *dir)
+{
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd)) fprintf(stderr, "bench: could not remove %s\n", dir);
+}
+
+/* One decode step at the session's end: sparse, dense, floor. */
+static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
+                          uint64_t T, double gbps)
+{
+    float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
+    gen_queries(sh, q, 1, T);
+    int64_t pos = (int64_t)T;
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &pos;
+    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    int big = T >= (1u << 20);
+    double sp = time_attend(s, &r, &res, 0, 3, big ? 15 : 31);
+    uint64_t segs = res.segments, toks = res.tokens;
+    double de = sp < 0 ? -1 : time_attend(s, &r, &res, 1, 0, big ? 1 : 3);
+    int rc = sp < 0 || de < 0;
+    if (!rc) {
+        size_t kb, vb;
+        eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
+        eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
+        uint64_t sealed_toks = toks - (T % 64) * sh->h;
+        double bytes = (double)(T / 64) * sh->h * 4.0 * sh->d       /* quest summaries, f16 min+max */
+                     + (double)segs * (kb + vb)                     /* stored blocks attended */
+                     + (double)(toks - sealed_toks) * sh->d * 8.0;  /* open rows, f32 */
+        double floor_s = bytes / (gbps * 1e9);
+        char p[256];
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048",
+                 (unsigned long long)T, sh->name, eg_codec_name(codec));
+        bench_figure(o, "attend", "attend_ms", sp * 1e3, "ms", de * 1e3, p);
+        bench_figure(o, "attend", "attend_vs_dense", de / sp, "ratio", de, p);
+        bench_figure(o, "attend", "attend_vs_floor", sp / floor_s, "ratio", floor_s, p);
+    }
+    free(q);
+    free(out);
+    return rc;
+}
+
+/* A chunk of 512 queries at the end of the session, each seeing itself. */
+static int prefill_figure(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec, uint64_t T)
+{
+    uint32_t nq = 512;
+    float *q = malloc((size_t)nq * sh->qh * sh->d * 4), *out = malloc((size_t)nq * sh->qh * sh->d * 4);
+    int64_t *pos = malloc(nq * sizeof *pos);
+    gen_queries(sh, q, nq, T + 1);
+    for (uint32_t i = 0; i < nq; i++) pos[i] = (int64_t)(T - nq + i);
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = nq; r.q = q; r.pos = pos; r.include_self = 1;
+    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    double sp = time_attend(s, &r, &res, 0, 1, 3), de = sp < 0 ? -1 : time_attend(s, &r, &res, 1, 0, 1);
+    if (sp >= 0 && de >= 0) {
+        char p[256];
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,\"queries\":512",
+                 (unsigned long long)T, sh->name, eg_codec_name(codec));
+        bench_figure(o, "attend", "prefill_vs_dense", de / sp, "ratio", de, p);
+    }
+    free(q); free(out); free(pos);
+    return sp < 0 || de < 0;
+}
+
+/* Decode steps: append one token, attend at the new end with a query that
+ * drifts slowly; page-ins per step. */
+static int steps_figure(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
+                        uint64_t *T, int steps)
+{
+    size_t nqv = (size_t)sh->qh * sh->d;
+    float *q = malloc(nqv * 4), *out = malloc(nqv * 4), *noise = malloc(nqv * 4);
+    gen_queries(sh, q, 1, *T);
+    uint64_t pins = 0, segs = 0;
+    int rc = 0;
+    for (int i = 0; i < steps && !rc; i++) {
+        rc = append_to(s, sh, T, *T + 1);
+        gen_queries(sh, noise, 1, *T + i);
+        for (size_t j = 0; j < nqv; j++) q[j] = 0.95f * q[j] + 0.05f * noise[j];
+        int64_t pos = (int64_t)*T;
+        eg_attend_req r;
+        eg_attend_req_init(&r);
+        r.n_queries = 1; r.q = q; r.pos = &pos;
+        eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+        if (!rc && (rc = eg_engine_attend(s, &r, &res)))
+            fprintf(stderr, "bench: attend failed: %s\n", eg_engine_last_error());
+        if (i > 0) { pins += res.page_ins; segs += res.segments; } /* the first step fills the window */
+    }
+    if (!rc) {
+        char p[256];
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,\"steps\":%d",
+                 (unsigned long long)*T, sh->name, eg_codec_name(codec), steps);
+        bench_figure(o, "attend", "page_ins_per_step", (double)pins / (steps - 1), "segments",
+                     (double)segs / (steps - 1), p);
+    }
+    free(q); free(out); free(noise);
+    return rc;
+}
+
+int bench_suite_attend(const bench_opts *o)
+{
+    for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
+    static const shape shapes[2] = {{32, 8, 128, "32/8/128"}, {9, 3, 64, "9/3/64"}};
+    uint64_t sizes_full[3] = {8192, 131072, 1048576}, sizes_quick[2] = {8192, 65536};
+    const uint64_t *sizes = o->quick ? sizes_quick : sizes_full;
+    int n_sizes = o->quick ? 2 : 3, n_shapes = o->quick ? 1 : 2, n_codecs = o->quick ? 1 : 2, rc = 0;
+    uint64_t mid = o->quick ? 65536 : 131072;
+    double gbps = bench_mem_gbps();
+    if (!o->json) printf("attend: one decode query per layer, budget 2048, warm window; memory %.1f GB/s\n", gbps);
+    for (int si = 0; si < n_shapes && !rc; si++)
+        for (int ci = 0; ci < n_codecs && !rc; ci++) {
+            const shape *sh = &shapes[o->quick ? 1 : si];
+            int codec = ci ? EG_CODEC_Q4 : EG_CODEC_Q8;
+            char dir[4200];
+            snprintf(dir, sizeof dir, "%s/attend", o->dir);
+            rm_store(dir);
+            eg_engine *e;
+            eg_engine_session *s;
+            if ((rc = open_engine(dir, &e))) break;
+            eg_session_config c;
+            eg_session_config_init(&c);
+            c.n_layers = 1; c.n_kv_heads = sh->h; c.n_q_heads = sh->qh;
+            c.head_dim_k = c.head_dim_v = sh->d; c.codec = codec;
+            if (eg_engine_session_create(e, "b", &c) || eg_engine_session_open(e, "b", NULL, &s)) {
+                fprintf(stderr, "bench: session: %s\n", eg_engine_last_error());
+                eg_engine_close(e);
+                return 1;
+            }
+            uint64_t T = 0;
+            for (int zi = 0; zi < n_sizes && !rc; zi++) {
+                size_t kb, vb;
+                eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
+                eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
+                double need = (double)sizes[zi] / 64 * sh->h * (kb + vb) * 1.6;
+                if (need > free_bytes(o->dir) / 2) {
+                    fprintf(stderr, "attend: skipping %llu tokens of %s: needs %.1f GB, disk too small\n",
+                            (unsigned long long)sizes[zi], sh->name, need / 1e9);
+                    break;
+                }
+                if ((rc = append_to(s, sh, &T, sizes[zi]))) break;
+                rc = decode_figures(o, s, sh, codec, T, gbps);
+                if (!rc && sizes[zi] == mid) rc = prefill_figure(o, s, sh, codec, T);
+                if (!rc && sizes[zi] == mid && ci == 0) rc = steps_figure(o, s, sh, codec, &T, o->quick ? 200 : 1000);
+            }
+            eg_engine_close(e);
+            rm_store(dir);
+        }
+    return rc ? 1 : 0;
+}
+
+/* Resume: open a fresh engine on a stored session and answer the first
+ * attend (route tables built from the stored summaries, blocks decoded),
+ * against reading the store's data file once. */
+int bench_suite_resume(const bench_opts *o)
+{
+    for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
+    static const shape shapes[2] = {{9, 3, 64, "9/3/64"}, {32, 8, 128, "32/8/128"}};
+    uint64_t T_want = o->quick ? 262144 : 1048576;
+    int rc = 0;
+    for (int si = 0; si < (o->quick ? 1 : 2) && !rc; si++) {
+        const shape *sh = &shapes[si];
+        char dir[4200], data[4300];
+        snprintf(dir, sizeof dir, "%s/resume", o->dir);
+        snprintf(data, sizeof data, "%s/data.mdb", dir);
+        rm_store(dir);
+        size_t kb, vb;
+        eg_codec_size(EG_CODEC_Q8, EG_KIND_K, 64, sh->d, &kb);
+        eg_codec_size(EG_CODEC_Q8, EG_KIND_V, 64, sh->d, &vb);
+        if ((double)T_want / 64 * sh->h * (kb + vb) * 1.6 > free_bytes(o->dir) / 2) {
+            fprintf(stderr, "resume: skipping %s: disk too small\n", sh->name);
+            continue;
+        }
+        eg_engine *e;
+        eg_engine_session *s;
+        if ((rc = open_engine(dir, &e))) break;
+        eg_session_config c;
+        eg_session_config_init(&c);
+        c.n_layers = 1; c.n_kv_heads = sh->h; c.n_q_heads = sh->qh;
+        c.head_dim_k = c.head_dim_v = sh->d;
+        uint64_t T = 0;
+        rc = eg_engine_session_create(e, "r", &c) || eg_engine_session_open(e, "r", NULL, &s);
+        if (!rc) rc = append_to(s, sh, &T, T_want);
+        eg_engine_close(e);
+        if (rc) break;
+        /* Baseline: every byte of the data file read once. */
+        double t0 = bench_now(), bytes = 0;
+        FILE *f = fopen(data, "rb");
+        char *buf = malloc(1 << 20);
+        size_t got;
+        while (f && buf && (got = fread(buf, 1, 1 << 20, f)) > 0) bytes += got;
+        if (f) fclose(f);
+        free(buf);
+        double full = bench_now() - t0;
+        float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
+        gen_queries(sh, q, 1, T);
+        int64_t pos = (int64_t)T;
+        eg_attend_req r;
+        eg_attend_req_init(&r);
+        r.n_queries = 1; r.q = q; r.pos = &pos;
+        eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+        t0 = bench_now();
+        rc = open_engine(dir, &e);
+        if (!rc) rc = eg_engine_session_open(e, "r", NULL, &s) || eg_engine_attend(s, &r, &res);
+        double first = bench_now() - t0;
+        if (rc) fprintf(stderr, "bench: resume failed: %s\n", eg_engine_last_error());
+        else {
+            char p[256];
+            snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"q8\",\"budget\":2048,"
+                     "\"store_bytes\":%.0f", (unsigned long long)T, sh->name, bytes);
+            bench_figure(o, "resume", "resume_ms", first * 1e3, "ms", full * 1e3, p);
+            bench_figure(o, "resume", "resume_vs_full_read", full / first, "ratio", full, p);
+        }
+        if (!rc) eg_engine_close(e);
+        free(q);
+        free(out);
+        rm_store(dir);
+    }
+    return rc ? 1 : 0;
+}
