@@ -393,6 +393,8 @@ typedef struct {
     int64_t *pos;
     float *want;     /* [2][NQ][8 q heads * 16] */
     int mismatches, errors;
+    int appender;    /* set for the one thread that appends */
+    tm_model *m;
 } thr_ctx;
 enum { NQ = 12 };
 
@@ -408,6 +410,13 @@ static void one(eg_engine_session *s, const float *q, int64_t *p, float *out, in
 static void *thr(void *arg)
 {
     thr_ctx *c = arg;
+    if (c->appender) { /* appends race the readers; their positions are all sealed already */
+        int err = 0;
+        for (int i = 0; i < 40; i++) if (tm_append(c->m, c->s[0], 7, -1, 0)) err++;
+        __atomic_add_fetch(&c->errors, err, __ATOMIC_RELAXED);
+        c->appender = 0;
+        return NULL;
+    }
     float out[128];
     int err = 0, mm = 0;
     for (int rep = 0; rep < 3; rep++)
@@ -427,7 +436,7 @@ static void t_threads(void)
     tm_config(&c, 1, 2, 8, 32, 16, 16, EG_CODEC_Q8);
     fx f;
     tm_model m, m2;
-    tm_init(&m, &c, 700, 700);
+    tm_init(&m, &c, 1000, 700);
     tm_init(&m2, &c, 700, 701);
     REQUIRE(fx_open2(&f, "eng-thr", &c, 64 << 10) == 0); /* small window: evictions race too */
     CHECK_EN(eg_engine_session_create(f.e, "t", &c));
@@ -440,7 +449,7 @@ static void t_threads(void)
     float q[NQ * 256], want[2 * NQ * 128];
     int64_t pos[NQ];
     tm_queries(q, NQ * 256, 77, 0.6f);
-    for (int i = 0; i < NQ; i++) pos[i] = 700 - i * 41;
+    for (int i = 0; i < NQ; i++) pos[i] = 688 - i * 41; /* all sealed: appends do not change what they see */
     int err = 0;
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < NQ; i++) one(tc.s[k], q + i * 256, &pos[i], want + ((size_t)k * NQ + i) * 128, &err);
@@ -451,6 +460,23 @@ static void t_threads(void)
     for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
     CHECK_EQ_INT(tc.errors, 0);
     CHECK_EQ_INT(tc.mismatches, 0);
+    /* Again while a fifth thread appends to the first session. */
+    thr_ctx tc2 = tc;
+    tc2.mismatches = tc2.errors = 0;
+    thr_ctx ta = tc2;
+    ta.appender = 1;
+    ta.m = &m;
+    pthread_t tap;
+    pthread_create(&tap, NULL, thr, &ta);
+    for (int i = 0; i < 3; i++) pthread_create(&th[i], NULL, thr, &tc2);
+    for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
+    pthread_join(tap, NULL);
+    CHECK_EQ_INT(ta.errors, 0);
+    CHECK_EQ_INT(tc2.errors, 0);
+    CHECK_EQ_INT(tc2.mismatches, 0);
+    eg_session_info info;
+    CHECK_EN(eg_engine_session_info(tc.s[0], &info));
+    CHECK_EQ_INT(info.n_tokens, 700 + 40 * 7);
     fx_close(&f);
     tm_free(&m);
     tm_free(&m2);
