@@ -279,38 +279,28 @@ static int tables_sync(en_sess *s, uint32_t layer, int ki, uint64_t n_sealed)
         if (rc) return en_pass(rc, "route table");
     }
     enum { BATCH = 256 };
-    unsigned char *buf = malloc(BATCH * sb);
+    size_t rl = ki ? sb : sb + 4;
+    unsigned char *buf = malloc(BATCH * rl), *sum = malloc(BATCH * sb);
     uint32_t tags[BATCH];
-    if (!buf) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    if (!buf || !sum) { free(buf); free(sum); return en_fail(EG_EN_ENOMEM, "tables: out of memory"); }
     for (uint32_t h = 0; h < H && !rc; h++) {
         eg_route_table *t = L->tab[ki][h];
         uint64_t have = eg_route_table_segments(t);
         if (have > n_sealed) rc = en_pass(eg_route_table_truncate(t, n_sealed), "table truncate");
         while (!rc && have < n_sealed) {
             size_t n = n_sealed - have < BATCH ? (size_t)(n_sealed - have) : BATCH;
-            for (size_t i = 0; i < n && !rc; i++) {
-                void *rec = NULL;
-                size_t len = 0;
-                rc = eg_record_get(s->ms, layer, h, have + i, ki ? EN_REC_CENTROID : EN_REC_QUEST, &rec, &len);
-                if (rc) { rc = en_pass(rc, "router summary"); break; }
-                size_t want = ki ? sb : sb + 4;
-                if (len != want) {
-                    rc = en_fail(EG_ECORRUPT, "session '%s' layer %u kv-head %u segment %llu: summary "
-                                 "record of %zu bytes, expected %zu", s->name, layer, h,
-                                 (unsigned long long)(have + i), len, want);
-                } else if (ki) {
-                    memcpy(buf + i * sb, rec, sb);
-                } else {
-                    memcpy(&tags[i], rec, 4);
-                    memcpy(buf + i * sb, (char *)rec + 4, sb);
-                }
-                free(rec);
+            rc = en_pass(eg_record_get_range(s->ms, layer, h, have, n, ki ? EN_REC_CENTROID : EN_REC_QUEST,
+                                             rl, buf), "router summaries");
+            for (size_t i = 0; !rc && !ki && i < n; i++) {
+                memcpy(&tags[i], buf + i * rl, 4);
+                memcpy(sum + i * sb, buf + i * rl + 4, sb);
             }
-            if (!rc) rc = en_pass(eg_route_table_append(t, buf, n, ki ? NULL : tags), "table append");
+            if (!rc) rc = en_pass(eg_route_table_append(t, ki ? buf : sum, n, ki ? NULL : tags), "table append");
             have += n;
         }
     }
     free(buf);
+    free(sum);
     return rc;
 }
 

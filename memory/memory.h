@@ -303,6 +303,12 @@ int eg_read_block_bound(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64
  * *out_bytes malloc'd, caller frees. Errors: EG_ENOTFOUND, EG_ECORRUPT. */
 int eg_record_get(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t segment,
                   uint32_t kind, void **out_bytes, size_t *out_len);
+/* Level-0 records of kind `kind` of segments [first, first+n), each of
+ * exactly rec_len bytes, into out (n * rec_len bytes, caller's buffer), in
+ * one read transaction. Errors: EG_ERANGE (not all sealed), EG_ENOTFOUND,
+ * EG_ECORRUPT (a record of another length, or its checksum). */
+int eg_record_get_range(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t first, uint64_t n,
+                        uint32_t kind, size_t rec_len, void *out);
 /* Session-wide records (router weights, group summaries): key (layer,
  * kv_head, kind, index). They are the session's own: a fork does not share
  * them and truncate removes them all. */

@@ -332,6 +332,44 @@ int eg_record_get(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t seg, ui
     return rc;
 }
 
+int eg_record_get_range(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t first, uint64_t n,
+                        uint32_t kind, size_t rec_len, void *out)
+{
+    eg_sess_hdr h;
+    int rc;
+    if (!out && n) return eg_mem_fail(EG_EINVAL, "eg_record_get_range: output required");
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
+    if (first > h.n_sealed || n > h.n_sealed - first)
+        return eg_mem_fail(EG_ERANGE, "session '%s': segments %llu..%llu are not all sealed (%llu sealed)",
+                           s->name, (unsigned long long)first, (unsigned long long)(first + n),
+                           (unsigned long long)h.n_sealed);
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
+    for (uint64_t i = 0; i < n && !rc; i++) {
+        uint64_t seg = first + i;
+        unsigned char kb[28];
+        eg_block_key(kb, eg_lineage_ns(&h, seg), layer, kvh, seg);
+        eg_be32(kb + 24, kind);
+        MDB_val k = {28, kb}, v;
+        int r = mdb_get(txn, s->st->db_summaries, &k, &v);
+        uint64_t sum;
+        if (r == MDB_NOTFOUND)
+            rc = eg_mem_fail(EG_ENOTFOUND, "no record kind %u for layer %u kv-head %u segment %llu", kind,
+                             layer, kvh, (unsigned long long)seg);
+        else if (r) rc = eg_mdb_fail(r, "record read");
+        else if (v.mv_size != rec_len + 8)
+            rc = eg_mem_fail(EG_ECORRUPT, "record kind %u layer %u kv-head %u segment %llu: %zu bytes, "
+                             "expected %zu", kind, layer, kvh, (unsigned long long)seg,
+                             v.mv_size < 8 ? 0 : v.mv_size - 8, rec_len);
+        else if (memcpy(&sum, v.mv_data, 8), eg_record_sum(kb, 28, (char *)v.mv_data + 8, rec_len) != sum)
+            rc = eg_mem_fail(EG_ECORRUPT, "record kind %u layer %u kv-head %u segment %llu: checksum "
+                             "mismatch", kind, layer, kvh, (unsigned long long)seg);
+        else memcpy((char *)out + i * rec_len, (char *)v.mv_data + 8, rec_len);
+    }
+    eg_rtxn_end(s->st, txn);
+    return rc;
+}
+
 static void srec_key(unsigned char kb[28], uint64_t sid, uint32_t layer, uint32_t kvh, uint32_t kind,
                      uint64_t index)
 {
