@@ -18,7 +18,9 @@ double bench_now(void)
 void bench_figure(const bench_opts *o, const char *suite, const char *figure, double value,
                   const char *unit, double baseline, const char *params)
 {
-    double ratio = baseline > 0 ? value / baseline : 0;
+    /* A figure that is itself a ratio (unit "ratio") carries its baseline in
+     * seconds for reference; dividing again would mean nothing. */
+    double ratio = !strcmp(unit, "ratio") ? value : baseline > 0 ? value / baseline : 0;
     if (o->json)
         printf("{\"suite\":\"%s\",\"figure\":\"%s\",\"value\":%.6g,\"unit\":\"%s\",\"baseline\":%.6g,"
                "\"ratio\":%.4g,\"params\":{%s}}\n", suite, figure, value, unit, baseline, ratio, params);
