@@ -398,14 +398,14 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
     uint32_t S = v->S;
     int remap = q->remap_positions;
     attn_state *T = remap ? &b->tr : &b->st;
-    state_reset(T);
-    if (v->n_sealed == 0) {
-        task_tail(c, b, T, b->qt);
-        if (remap) { state_reset(&b->st); task_tail(c, b, &b->st, b->qt); }
+    if (v->n_sealed == 0) { /* open rows only: remapping moves nothing, nothing is left out */
+        state_reset(&b->st);
+        task_tail(c, b, &b->st, b->qt);
         c->toks[kvh] = c->n_tail;
         write_rows(c, b, kvh, NULL);
         return 0;
     }
+    state_reset(T);
     eg_route_rows rows;
     eg_route_selection sel = {0};
     int rc = route_kvh(c, b, kvh, &rows, &sel);
@@ -483,9 +483,11 @@ void eg_attend_req_init(eg_attend_req *r)
     r->router = EG_ROUTER_QUEST;
 }
 
-/* Check req against the session (read lock held) and fill c's view, scale
- * and open rows. */
-static int call_setup(en_sess *s, const eg_attend_req *q, int dense, call_ctx *c, float **tail)
+/* Check req against the session (read lock held) and fill c's view and
+ * scale, and with want_tail the open rows the queries see (*tail: the
+ * caller frees it). */
+static int call_setup(en_sess *s, const eg_attend_req *q, int dense, int want_tail, call_ctx *c,
+                      float **tail)
 {
     memset(c, 0, sizeof *c);
     *tail = NULL;
@@ -541,7 +543,7 @@ static int call_setup(en_sess *s, const eg_attend_req *q, int dense, call_ctx *c
     /* Open rows the queries can see: one read for every kv-head. */
     int64_t t0 = (int64_t)(v->n_sealed * v->S), t1 = maxvis + 1;
     if (t1 > (int64_t)v->layer_tokens) t1 = (int64_t)v->layer_tokens;
-    c->n_tail = t1 > t0 ? (uint32_t)(t1 - t0) : 0;
+    c->n_tail = want_tail && t1 > t0 ? (uint32_t)(t1 - t0) : 0;
     if (c->n_tail) {
         float *t = malloc((size_t)c->n_tail * v->H * (v->dk + v->dv) * sizeof(float));
         if (!t) return en_fail(EG_EN_ENOMEM, "attend: out of memory");
@@ -567,7 +569,7 @@ static int run_call(eg_engine_session *h, const eg_attend_req *q, eg_attend_resu
     pthread_rwlock_rdlock(&s->rw);
     call_ctx c;
     float *tail;
-    rc = call_setup(s, q, dense, &c, &tail);
+    rc = call_setup(s, q, dense, 1, &c, &tail);
     uint32_t H = c.v.H;
     if (!rc) {
         c.s = s;
@@ -630,8 +632,7 @@ int eg_engine_select(eg_engine_session *h, const eg_attend_req *q, eg_select_res
     pthread_rwlock_rdlock(&s->rw);
     call_ctx c;
     float *tail;
-    rc = call_setup(s, q, 0, &c, &tail);
-    free(tail);
+    rc = call_setup(s, q, 0, 0, &c, &tail); /* routing needs no open rows */
     uint32_t H = c.v.H;
     eg_route_selection *sel = NULL;
     if (!rc) {
@@ -646,7 +647,6 @@ int eg_engine_select(eg_engine_session *h, const eg_attend_req *q, eg_select_res
     for (uint32_t k = 0; k < H && !rc && c.v.n_sealed; k++) {
         task_buf b;
         memset(&b, 0, sizeof b);
-        c.n_tail = 0;
         rc = task_buf_init(&c, &b, c.v.S);
         if (!rc) {
             eg_route_rows rows;

@@ -328,7 +328,8 @@ static void tables_follow(en_sess *s, uint64_t n_sealed)
         en_layer_tabs *L = &s->layers[l];
         pthread_mutex_lock(&L->mu);
         for (int k = 0; k < 2; k++) {
-            if (!L->loaded[k]) continue;
+            /* Heads move together: one count says whether there is work. */
+            if (!L->loaded[k] || eg_route_table_segments(L->tab[k][0]) == n_sealed) continue;
             if (tables_sync(s, l, k, n_sealed)) {
                 for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) eg_route_table_truncate(L->tab[k][h], 0);
                 L->loaded[k] = 0;

@@ -103,35 +103,47 @@ out:
     return rc;
 }
 
+/* Tail rows [first, first+n) of one layer from the snapshot h: one kv-head
+ * (kvh >= 0: keys [n][dk]) or all of them (kvh < 0: keys [n][H][dk]). */
+static int read_tail_rows(eg_msession *s, const eg_sess_hdr *h, uint32_t layer, int64_t kvh,
+                          uint64_t first, uint64_t n, float *keys, float *values)
+{
+    uint32_t H = h->cfg.n_kv_heads, dk = h->cfg.head_dim_k, dv = h->cfg.head_dim_v;
+    size_t kw = kvh < 0 ? (size_t)H * dk : dk, vw = kvh < 0 ? (size_t)H * dv : dv;
+    size_t koff = kvh < 0 ? 0 : (size_t)kvh * dk, voff = (size_t)H * dk + (kvh < 0 ? 0 : (size_t)kvh * dv);
+    MDB_txn *txn;
+    int rc = eg_rtxn_begin(s->st, &txn);
+    if (rc) return rc;
+    size_t want = (size_t)H * (dk + dv) * 4;
+    for (uint64_t i = 0; i < n && !rc; i++) {
+        unsigned char kb[20];
+        eg_be64(kb, h->id);
+        eg_be32(kb + 8, layer);
+        eg_be64(kb + 12, first + i);
+        MDB_val k = {20, kb}, v;
+        int r = mdb_get(txn, s->st->db_tail, &k, &v);
+        if (r == 0 && v.mv_size != want) r = MDB_CORRUPTED;
+        if (r) {
+            rc = eg_mem_fail(EG_ECORRUPT, "session '%s': tail row layer %u token %llu missing or "
+                             "damaged", s->name, layer, (unsigned long long)(first + i));
+            break;
+        }
+        const char *p = v.mv_data; /* LMDB data need not be float-aligned */
+        if (keys) memcpy(keys + i * kw, p + koff * 4, kw * 4);
+        if (values) memcpy(values + i * vw, p + voff * 4, vw * 4);
+    }
+    eg_rtxn_end(s->st, txn);
+    return rc;
+}
+
 int eg_read_tail(eg_msession *s, uint32_t layer, uint32_t kvh, float *keys, float *values, uint32_t *out_rows)
 {
     eg_sess_hdr h;
     int rc;
     if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
     if (!out_rows) return eg_mem_fail(EG_EINVAL, "eg_read_tail: out_rows required");
-    uint32_t H = h.cfg.n_kv_heads, dk = h.cfg.head_dim_k, dv = h.cfg.head_dim_v;
     uint64_t t0 = h.n_sealed * h.cfg.seg_tokens, n = h.n_tokens - t0;
-    MDB_txn *txn;
-    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
-    size_t want = (size_t)H * (dk + dv) * 4;
-    for (uint64_t i = 0; i < n && !rc; i++) {
-        unsigned char kb[20];
-        eg_be64(kb, h.id);
-        eg_be32(kb + 8, layer);
-        eg_be64(kb + 12, t0 + i);
-        MDB_val k = {20, kb}, v;
-        int r = mdb_get(txn, s->st->db_tail, &k, &v);
-        if (r == 0 && v.mv_size != want) r = MDB_CORRUPTED;
-        if (r) {
-            rc = eg_mem_fail(EG_ECORRUPT, "session '%s': tail row layer %u token %llu missing or "
-                             "damaged", s->name, layer, (unsigned long long)(t0 + i));
-            break;
-        }
-        const char *p = v.mv_data;
-        if (keys) memcpy(keys + i * dk, p + (size_t)kvh * dk * 4, (size_t)dk * 4);
-        if (values) memcpy(values + i * dv, p + ((size_t)H * dk + (size_t)kvh * dv) * 4, (size_t)dv * 4);
-    }
-    eg_rtxn_end(s->st, txn);
+    rc = read_tail_rows(s, &h, layer, kvh, t0, n, keys, values);
     if (!rc) *out_rows = (uint32_t)n;
     return rc;
 }
@@ -160,29 +172,7 @@ int eg_read_rows(eg_msession *s, uint32_t layer, uint64_t first, uint32_t n, flo
                            "(unsealed: %llu..%llu)", s->name, layer, (unsigned long long)first,
                            (unsigned long long)(first + n), (unsigned long long)t0,
                            (unsigned long long)lt);
-    uint32_t H = h.cfg.n_kv_heads, dk = h.cfg.head_dim_k, dv = h.cfg.head_dim_v;
-    MDB_txn *txn;
-    if ((rc = eg_rtxn_begin(s->st, &txn))) return rc;
-    size_t want = (size_t)H * (dk + dv) * 4;
-    for (uint32_t i = 0; i < n && !rc; i++) {
-        unsigned char kb[20];
-        eg_be64(kb, h.id);
-        eg_be32(kb + 8, layer);
-        eg_be64(kb + 12, first + i);
-        MDB_val k = {20, kb}, v;
-        int r = mdb_get(txn, s->st->db_tail, &k, &v);
-        if (r == 0 && v.mv_size != want) r = MDB_CORRUPTED;
-        if (r) {
-            rc = eg_mem_fail(EG_ECORRUPT, "session '%s': tail row layer %u token %llu missing or "
-                             "damaged", s->name, layer, (unsigned long long)(first + i));
-            break;
-        }
-        const char *p = v.mv_data;
-        if (keys) memcpy(keys + (size_t)i * H * dk, p, (size_t)H * dk * 4);
-        if (values) memcpy(values + (size_t)i * H * dv, p + (size_t)H * dk * 4, (size_t)H * dv * 4);
-    }
-    eg_rtxn_end(s->st, txn);
-    return rc;
+    return read_tail_rows(s, &h, layer, -1, first, n, keys, values);
 }
 
 int eg_read_tokens(eg_msession *s, uint64_t first, uint32_t n, uint32_t *ids, uint32_t *tags)

@@ -144,4 +144,27 @@ static inline void tm_config(eg_session_config *c, uint32_t L, uint32_t H, uint3
     c->n_layers = L; c->n_kv_heads = H; c->n_q_heads = QH;
     c->head_dim_k = dk; c->head_dim_v = dv; c->seg_tokens = S; c->codec = codec;
 }
+/* An engine on a fresh directory with one session "s" of config c. */
+typedef struct {
+    eg_engine *e;
+    eg_engine_session *s;
+    char dir[512];
+} fx;
+
+static inline int fx_open_window(fx *f, const char *tag, const eg_session_config *c, size_t window)
+{
+    tu_tmpdir(f->dir, sizeof f->dir, tag);
+    eg_engine_options o;
+    eg_engine_options_init(&o);
+    o.store.sync_mode = EG_SYNC_NONE;
+    o.n_threads = 2;
+    o.window_bytes = window;
+    int rc = eg_engine_open(f->dir, &o, &f->e);
+    if (!rc) rc = eg_engine_session_create(f->e, "s", c);
+    if (!rc) rc = eg_engine_session_open(f->e, "s", NULL, &f->s);
+    return rc;
+}
+static inline int fx_open(fx *f, const char *tag, const eg_session_config *c)
+{ return fx_open_window(f, tag, c, 0); }
+static inline void fx_close(fx *f) { eg_engine_close(f->e); tu_rmrf(f->dir); }
 #endif

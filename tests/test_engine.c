@@ -38,30 +38,6 @@ static double norm_err(const float *a, const double *b, size_t n)
     return num / den;
 }
 
-typedef struct {
-    eg_engine *e;
-    eg_engine_session *s;
-    char dir[512];
-} fx;
-
-static int fx_open(fx *f, const char *tag, const eg_session_config *c)
-{
-    tu_tmpdir(f->dir, sizeof f->dir, tag);
-    eg_engine_options o;
-    eg_engine_options_init(&o);
-    o.store.sync_mode = EG_SYNC_NONE;
-    o.n_threads = 2;
-    int rc = eg_engine_open(f->dir, &o, &f->e);
-    if (!rc) rc = eg_engine_session_create(f->e, "s", c);
-    if (!rc) rc = eg_engine_session_open(f->e, "s", NULL, &f->s);
-    return rc;
-}
-
-static void fx_close(fx *f)
-{
-    eg_engine_close(f->e);
-    tu_rmrf(f->dir);
-}
 
 /* Attend (sparse with req's options, or dense) and check against ref. */
 static void check_call(fx *f, tm_model *m, eg_attend_req *r, int dense, double tol, const char *what)

@@ -5,27 +5,6 @@
 #include "engineutil.h"
 #include <pthread.h>
 
-typedef struct {
-    eg_engine *e;
-    eg_engine_session *s;
-    char dir[512];
-} fx;
-
-static int fx_open2(fx *f, const char *tag, const eg_session_config *c, size_t window)
-{
-    tu_tmpdir(f->dir, sizeof f->dir, tag);
-    eg_engine_options o;
-    eg_engine_options_init(&o);
-    o.store.sync_mode = EG_SYNC_NONE;
-    o.n_threads = 2;
-    o.window_bytes = window;
-    int rc = eg_engine_open(f->dir, &o, &f->e);
-    if (!rc) rc = eg_engine_session_create(f->e, "s", c);
-    if (!rc) rc = eg_engine_session_open(f->e, "s", NULL, &f->s);
-    return rc;
-}
-static int fx_open(fx *f, const char *tag, const eg_session_config *c) { return fx_open2(f, tag, c, 0); }
-static void fx_close(fx *f) { eg_engine_close(f->e); tu_rmrf(f->dir); }
 
 /* RoPE by the book: pair i turns by p * theta^(-2i/rot). */
 static void ref_rope(int mode, uint32_t rot, double theta, float *x, uint32_t dim, double p)
@@ -302,7 +281,7 @@ static void t_window(void)
         fx f;
         tm_model m;
         tm_init(&m, &c, 800, 500);
-        REQUIRE(fx_open2(&f, "eng-win", &c, small ? 4096 : 0) == 0);
+        REQUIRE(fx_open_window(&f, "eng-win", &c, small ? 4096 : 0) == 0);
         CHECK_EN(tm_append(&m, f.s, 800, -1, 0));
         float q[4 * 32], o1[64], o2[64];
         tm_queries(q, 128, 8, 0.5f);
@@ -438,7 +417,7 @@ static void t_threads(void)
     tm_model m, m2;
     tm_init(&m, &c, 1000, 700);
     tm_init(&m2, &c, 700, 701);
-    REQUIRE(fx_open2(&f, "eng-thr", &c, 64 << 10) == 0); /* small window: evictions race too */
+    REQUIRE(fx_open_window(&f, "eng-thr", &c, 64 << 10) == 0); /* small window: evictions race too */
     CHECK_EN(eg_engine_session_create(f.e, "t", &c));
     thr_ctx tc;
     memset(&tc, 0, sizeof tc);

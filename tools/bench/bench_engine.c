@@ -111,6 +111,37 @@ static void rm_store(const char *dir)
     if (system(cmd)) fprintf(stderr, "bench: could not remove %s\n", dir);
 }
 
+/* A fresh engine on dir with one session "b" of one layer of shape sh. */
+static int new_session(const char *dir, const shape *sh, int codec, eg_engine **e, eg_engine_session **s)
+{
+    rm_store(dir);
+    if (open_engine(dir, e)) return 1;
+    eg_session_config c;
+    eg_session_config_init(&c);
+    c.n_layers = 1; c.n_kv_heads = sh->h; c.n_q_heads = sh->qh;
+    c.head_dim_k = c.head_dim_v = sh->d; c.codec = codec;
+    if (eg_engine_session_create(*e, "b", &c) || eg_engine_session_open(*e, "b", NULL, s)) {
+        fprintf(stderr, "bench: session: %s\n", eg_engine_last_error());
+        eg_engine_close(*e);
+        return 1;
+    }
+    return 0;
+}
+
+/* A decode request: one query at the session's end (pos), default budget. */
+static void decode_req(eg_attend_req *r, const float *q, int64_t *pos)
+{
+    eg_attend_req_init(r);
+    r->n_queries = 1;
+    r->q = q;
+    r->pos = pos;
+}
+
+static void init_topics(void)
+{
+    for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
+}
+
 /* One decode step at the session's end: sparse, dense, floor. */
 static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
                           uint64_t T, double gbps)
@@ -119,8 +150,7 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
     gen_queries(sh, q, 1, T);
     int64_t pos = (int64_t)T;
     eg_attend_req r;
-    eg_attend_req_init(&r);
-    r.n_queries = 1; r.q = q; r.pos = &pos;
+    decode_req(&r, q, &pos);
     eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
     int big = T >= (1u << 20);
     double sp = time_attend(s, &r, &res, 0, 3, big ? 15 : 31);
@@ -187,8 +217,7 @@ static int steps_figure(const bench_opts *o, eg_engine_session *s, const shape *
         for (size_t j = 0; j < nqv; j++) q[j] = 0.95f * q[j] + 0.05f * noise[j];
         int64_t pos = (int64_t)*T;
         eg_attend_req r;
-        eg_attend_req_init(&r);
-        r.n_queries = 1; r.q = q; r.pos = &pos;
+        decode_req(&r, q, &pos);
         eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
         if (!rc && (rc = eg_engine_attend(s, &r, &res)))
             fprintf(stderr, "bench: attend failed: %s\n", eg_engine_last_error());
@@ -207,7 +236,7 @@ static int steps_figure(const bench_opts *o, eg_engine_session *s, const shape *
 
 int bench_suite_attend(const bench_opts *o)
 {
-    for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
+    init_topics();
     static const shape shapes[2] = {{32, 8, 128, "32/8/128"}, {9, 3, 64, "9/3/64"}};
     uint64_t sizes_full[3] = {8192, 131072, 1048576}, sizes_quick[2] = {8192, 65536};
     const uint64_t *sizes = o->quick ? sizes_quick : sizes_full;
@@ -221,19 +250,9 @@ int bench_suite_attend(const bench_opts *o)
             int codec = ci ? EG_CODEC_Q4 : EG_CODEC_Q8;
             char dir[4200];
             snprintf(dir, sizeof dir, "%s/attend", o->dir);
-            rm_store(dir);
             eg_engine *e;
             eg_engine_session *s;
-            if ((rc = open_engine(dir, &e))) break;
-            eg_session_config c;
-            eg_session_config_init(&c);
-            c.n_layers = 1; c.n_kv_heads = sh->h; c.n_q_heads = sh->qh;
-            c.head_dim_k = c.head_dim_v = sh->d; c.codec = codec;
-            if (eg_engine_session_create(e, "b", &c) || eg_engine_session_open(e, "b", NULL, &s)) {
-                fprintf(stderr, "bench: session: %s\n", eg_engine_last_error());
-                eg_engine_close(e);
-                return 1;
-            }
+            if (new_session(dir, sh, codec, &e, &s)) return 1;
             uint64_t T = 0;
             for (int zi = 0; zi < n_sizes && !rc; zi++) {
                 size_t kb, vb;
@@ -261,7 +280,7 @@ int bench_suite_attend(const bench_opts *o)
  * against reading the store's data file once. */
 int bench_suite_resume(const bench_opts *o)
 {
-    for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
+    init_topics();
     static const shape shapes[2] = {{9, 3, 64, "9/3/64"}, {32, 8, 128, "32/8/128"}};
     uint64_t T_want = o->quick ? 262144 : 1048576;
     int rc = 0;
@@ -280,14 +299,9 @@ int bench_suite_resume(const bench_opts *o)
         }
         eg_engine *e;
         eg_engine_session *s;
-        if ((rc = open_engine(dir, &e))) break;
-        eg_session_config c;
-        eg_session_config_init(&c);
-        c.n_layers = 1; c.n_kv_heads = sh->h; c.n_q_heads = sh->qh;
-        c.head_dim_k = c.head_dim_v = sh->d;
+        if ((rc = new_session(dir, sh, EG_CODEC_Q8, &e, &s))) break;
         uint64_t T = 0;
-        rc = eg_engine_session_create(e, "r", &c) || eg_engine_session_open(e, "r", NULL, &s);
-        if (!rc) rc = append_to(s, sh, &T, T_want);
+        rc = append_to(s, sh, &T, T_want);
         eg_engine_close(e);
         if (rc) break;
         /* Baseline: every byte of the data file read once. */
@@ -303,12 +317,11 @@ int bench_suite_resume(const bench_opts *o)
         gen_queries(sh, q, 1, T);
         int64_t pos = (int64_t)T;
         eg_attend_req r;
-        eg_attend_req_init(&r);
-        r.n_queries = 1; r.q = q; r.pos = &pos;
+        decode_req(&r, q, &pos);
         eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
         t0 = bench_now();
         rc = open_engine(dir, &e);
-        if (!rc) rc = eg_engine_session_open(e, "r", NULL, &s) || eg_engine_attend(s, &r, &res);
+        if (!rc) rc = eg_engine_session_open(e, "b", NULL, &s) || eg_engine_attend(s, &r, &res);
         double first = bench_now() - t0;
         if (rc) fprintf(stderr, "bench: resume failed: %s\n", eg_engine_last_error());
         else {
