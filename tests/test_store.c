@@ -441,6 +441,15 @@ static void test_seal_hook_records(void)
     if (rec) CHECK(memcmp(rec, mean, sizeof mean) == 0);
     free(rec);
     CHECK_EQ_INT(eg_record_get(s, 0, 0, 0, 2, &rec, &len), EG_ENOTFOUND);
+    /* A run of records in one read, and each way it can be refused. */
+    float run[2][64];
+    CHECK_OK(eg_record_get_range(s, 1, 1, 0, 2, 1, sizeof mean, run));
+    CHECK(memcmp(run[1], mean, sizeof mean) == 0);
+    CHECK_EQ_INT(eg_record_get_range(s, 1, 1, 1, 2, 1, sizeof mean, run), EG_ERANGE);
+    CHECK_EQ_INT(eg_record_get_range(s, 1, 1, 0, 2, 1, sizeof mean - 4, run), EG_ECORRUPT);
+    CHECK_EQ_INT(eg_record_get_range(s, 1, 1, 0, 1, 2, sizeof mean, run), EG_ENOTFOUND);
+    CHECK_EQ_INT(eg_record_get_range(s, 2, 1, 0, 1, 1, sizeof mean, run), EG_ERANGE);
+    CHECK_EQ_INT(eg_record_get_range(s, 1, 1, 0, 1, 1, sizeof mean, NULL), EG_EINVAL);
     hook_fail_at = 2;
     float *zk = calloc(2 * 2 * 10 * 64, 4);
     CHECK(eg_append(s, &(eg_append_req){EG_DTYPE_F32, 10, -1, zk, zk, NULL, 0}, NULL) < 0);
@@ -457,6 +466,51 @@ static void test_seal_hook_records(void)
     free(rec);
     CHECK_EQ_INT(eg_record_get_session(s, 0, 1, 7, 43, &rec, &len), EG_ENOTFOUND);
     CHECK_OK(eg_store_set_seal_hook(st, NULL, NULL));
+    CHECK_OK(eg_session_close(s));
+    CHECK_OK(eg_store_close(st));
+    tu_rmrf(dir);
+}
+
+/* A layer appended ahead: its own token count, and its unsealed rows (more
+ * than a segment of them) read for every kv-head; out-of-range rows refused. */
+static void test_layer_rows(void)
+{
+    tu_tmpdir(dir, sizeof dir, "rows");
+    eg_store *st = open_store(0, 0);
+    REQUIRE(st);
+    eg_session_config c;
+    su_config(&c, 2, 2, 8, 4, 16, EG_CODEC_Q8);
+    CHECK_OK(eg_session_create(st, "s", &c));
+    eg_msession *s;
+    CHECK_OK(eg_session_open(st, "s", NULL, &s));
+    CHECK_OK(su_append(s, &c, 0, 40));            /* 2 sealed, 8 open */
+    float k[2 * 30 * 8], v[2 * 30 * 4];
+    for (uint32_t h = 0; h < 2; h++)              /* layer 0 alone: tokens 40..69 */
+        for (uint32_t i = 0; i < 30; i++) {
+            for (uint32_t d = 0; d < 8; d++) k[(h * 30 + i) * 8 + d] = su_value(0, h, 40 + i, d, EG_KIND_K);
+            for (uint32_t d = 0; d < 4; d++) v[(h * 30 + i) * 4 + d] = su_value(0, h, 40 + i, d, EG_KIND_V);
+        }
+    CHECK_OK(eg_append(s, &(eg_append_req){EG_DTYPE_F32, 30, 0, k, v, NULL, 0}, NULL));
+    uint64_t n0 = 0, n1 = 0;
+    CHECK_OK(eg_session_layer_tokens(s, 0, &n0));
+    CHECK_OK(eg_session_layer_tokens(s, 1, &n1));
+    CHECK_EQ_INT(n0, 70);
+    CHECK_EQ_INT(n1, 40);
+    CHECK_EQ_INT(eg_session_layer_tokens(s, 2, &n0), EG_ERANGE);
+    float rk[38 * 2 * 8], rv[38 * 2 * 4];
+    CHECK_OK(eg_read_rows(s, 0, 32, 38, rk, rv));
+    int bad = 0;
+    for (uint32_t i = 0; i < 38; i++)
+        for (uint32_t h = 0; h < 2; h++) {
+            for (uint32_t d = 0; d < 8; d++) bad += rk[(i * 2 + h) * 8 + d] != su_value(0, h, 32 + i, d, EG_KIND_K);
+            for (uint32_t d = 0; d < 4; d++) bad += rv[(i * 2 + h) * 4 + d] != su_value(0, h, 32 + i, d, EG_KIND_V);
+        }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_OK(eg_read_rows(s, 1, 32, 8, rk, NULL));
+    CHECK_EQ_INT(eg_read_rows(s, 1, 32, 9, rk, rv), EG_ERANGE);   /* layer 1 holds 40 */
+    CHECK_EQ_INT(eg_read_rows(s, 0, 31, 2, rk, rv), EG_ERANGE);   /* token 31 is sealed */
+    CHECK_EQ_INT(eg_read_rows(s, 0, 71, 0, rk, rv), EG_ERANGE);
+    CHECK_EQ_INT(eg_read_rows(s, 2, 32, 1, rk, rv), EG_ERANGE);
     CHECK_OK(eg_session_close(s));
     CHECK_OK(eg_store_close(st));
     tu_rmrf(dir);
@@ -518,6 +572,7 @@ int main(void)
     TEST_RUN(test_group_commit);
     TEST_RUN(test_cache_tier);
     TEST_RUN(test_seal_hook_records);
+    TEST_RUN(test_layer_rows);
     TEST_RUN(test_cold_tier);
     TEST_END();
 }
