@@ -105,6 +105,7 @@ struct eg_store {
     eg_store_options opt;
     size_t map_bytes;
     dev_t dev; ino_t ino;
+    int lock_fd;             /* flock'd engram.lock: one process per directory */
     eg_seal_fn hook; void *hook_user;
     eg_store_stats stats;
     char path[4096];

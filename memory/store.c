@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
@@ -153,6 +156,24 @@ int eg_store_open(const char *path, const eg_store_options *opt, eg_store **out)
     registry[slot] = st;
     pthread_mutex_unlock(&registry_mu);
 
+    /* LMDB lets two processes share an environment, but our catalog state
+     * lives in this process: a second process on the same directory would
+     * corrupt it, so the directory is locked for the store's lifetime. */
+    char lock_path[sizeof st->path + 16];
+    snprintf(lock_path, sizeof lock_path, "%s/engram.lock", path);
+    st->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int busy = st->lock_fd >= 0 && errno == EWOULDBLOCK;
+        int e = errno;
+        if (st->lock_fd >= 0) close(st->lock_fd);
+        pthread_mutex_lock(&registry_mu);
+        registry[slot] = NULL;
+        pthread_mutex_unlock(&registry_mu);
+        free(st);
+        if (busy) return eg_mem_fail(EG_EBUSY, "%s: in use by another process (engram.lock is held)", path);
+        return eg_mem_fail(EG_EIO, "%s: cannot lock engram.lock: %s", path, strerror(e));
+    }
+
     int rc;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
@@ -171,6 +192,7 @@ int eg_store_open(const char *path, const eg_store_options *opt, eg_store **out)
     return 0;
 fail:
     if (st->env) mdb_env_close(st->env);
+    close(st->lock_fd);
     pthread_mutex_lock(&registry_mu);
     registry[slot] = NULL;
     pthread_mutex_unlock(&registry_mu);
@@ -205,6 +227,7 @@ int eg_store_close(eg_store *st)
     }
     if (st->env) mdb_env_close(st->env);
     eg_cache_free(st->cache);
+    close(st->lock_fd); /* after the environment: the next opener sees it whole */
     pthread_mutex_lock(&registry_mu);
     for (size_t i = 0; i < sizeof registry / sizeof *registry; i++)
         if (registry[i] == st) registry[i] = NULL;
