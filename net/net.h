@@ -129,6 +129,7 @@ typedef struct {
     uint64_t count;                   /* TRUNCATE n_tokens, FORK at, LIST max */
     /* APPEND */
     eg_append_req append;
+    uint64_t keys_bytes, values_bytes; /* as the body gives them */
     /* SELECT, ATTEND (ATTEND: dense = 1 for the exact reference) */
     eg_attend_req attend;
     uint32_t q_dtype;                 /* queries' dtype as sent */

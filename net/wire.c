@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Arrays of f32 and i64 travel as this host lays them out in memory. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format assumes a little-endian host");
+
 static void put_le(unsigned char *p, uint64_t v, int n)
 {
     for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));

@@ -76,6 +76,8 @@ static int decode_append(eg_cursor *c, eg_request *r)
     if (c->bad || kb > left || vb != left - kb)
         return net_fail(EG_NET_EBODY, "append: keys %llu + values %llu bytes, but %zu bytes follow",
                         (unsigned long long)kb, (unsigned long long)vb, c->bad ? 0 : left);
+    r->keys_bytes = kb;
+    r->values_bytes = vb;
     a->keys = eg_cur_bytes(c, (size_t)kb);
     a->values = eg_cur_bytes(c, (size_t)vb);
     return body_end(c, r->op);
