@@ -62,6 +62,10 @@ $(B)/bin/engram-bench: $(B)/tools/engram-bench.o $(BENCH_OBJ) $(LIBS) $(GEN_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(GEN_LIB) $(LINKLIBS) $(LDLIBS)
 
+$(B)/bin/engram: $(B)/tools/engram.o $(LIBS) $(GEN_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(GEN_LIB) $(LINKLIBS) $(LDLIBS)
+
 $(B)/bin/%: $(B)/tools/%.o $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(LINKLIBS) $(LDLIBS)
@@ -81,8 +85,22 @@ asan:
 bench: all
 	$(B)/bin/engram-bench all
 
+# The service in the foreground on ./data with defaults (Ctrl-C stops it cleanly).
 run: all
-	@echo "engramd (the service) is not built yet: see issue 7. Use 'make test' and 'make bench'."
+	@mkdir -p data
+	@echo "engramd: starting; try: $(B)/bin/engram --help   (stop with Ctrl-C)"
+	exec $(B)/bin/engramd --data ./data --unix ./data/engramd.sock
+
+# The frame parser under libFuzzer (clang); new inputs go to $(B)/fuzz/corpus,
+# the seeds in tests/fuzz/corpus are replayed by test_wire in `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := $(wildcard memory/*.c index/*.c engine/*.c net/*.c) tests/fuzz/fuzz_frame.c
+fuzz: deps
+	@command -v clang >/dev/null 2>&1 || { echo "make fuzz needs clang: apt-get install clang" >&2; exit 1; }
+	@mkdir -p $(B)/fuzz/corpus
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -pthread $(INC) -fsanitize=fuzzer,address,undefined \
+	    $(FUZZ_SRC) -o $(B)/fuzz/fuzz_frame $(LDLIBS)
+	$(B)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(B)/fuzz/corpus tests/fuzz/corpus
 
 clean:
 	rm -rf build build-asan

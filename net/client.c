@@ -90,7 +90,8 @@ static int send_all(eg_client *c, const void *p, size_t n)
             continue;
         }
         int e = errno;
-        drop_conn(c);
+        if (e != EPIPE && e != ECONNRESET) drop_conn(c); /* else the server may have said why: see call() */
+        else c->broken = 1;
         return cfail(c, EG_NET_EDISCONNECT, "send to %s: %s", c->addr, strerror(e));
     }
     return 0;
@@ -297,6 +298,21 @@ static int call(eg_client *c, eg_request *r, const eg_session_config *shape, eg_
     if (c->p_count) return cfail(c, EG_NET_EPENDING, "%d pipelined answers not received yet", c->p_count);
     uint64_t id;
     int rc = send_request(c, r, shape, &id);
+    if (rc == EG_NET_EDISCONNECT && c->fd >= 0) {
+        /* A server that refused the connection (limit) wrote why before closing. */
+        char keep[sizeof c->err];
+        snprintf(keep, sizeof keep, "%s", c->err);
+        int t = c->timeout_ms;
+        c->timeout_ms = 1000;
+        int r2 = eg_client_recv_frame(c, h, body);
+        c->timeout_ms = t;
+        if (!r2 && h->status < 0) rc = answer_status(c, h, *body);
+        else snprintf(c->err, sizeof c->err, "%s", keep);
+        free(*body);
+        *body = NULL;
+        drop_conn(c);
+        return rc;
+    }
     if (rc) return rc;
     rc = eg_client_recv_frame(c, h, body);
     if (rc) return rc;
