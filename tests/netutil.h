@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -138,7 +139,7 @@ static inline int nt_raw(const nt_server *s)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un su = {.sun_family = AF_UNIX};
-    snprintf(su.sun_path, sizeof su.sun_path, "%s", s->unix_path);
+    snprintf(su.sun_path, sizeof su.sun_path, "%.107s", s->unix_path);
     if (connect(fd, (struct sockaddr *)&su, sizeof su) != 0) { close(fd); return -1; }
     struct timeval tv = {10, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
