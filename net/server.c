@@ -32,7 +32,7 @@ struct net_conn {
     eg_server *srv;
     struct bufferevent *bev;
     net_conn *prev, *next;
-    int authed, busy, closing, dead;
+    int authed, busy, closing, dead, eof;
     uint64_t swallow;
     net_handles hs;
 };
@@ -122,14 +122,17 @@ static void conn_close(net_conn *c)
     maybe_finish(srv);
 }
 
-static void conn_process(net_conn *c);
+/* Both return 1 when c was freed (the caller must not touch it). */
+static int conn_process(net_conn *c);
 
-static void conn_close_when_flushed(net_conn *c)
+static int conn_close_when_flushed(net_conn *c)
 {
     c->closing = 1;
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-    if (!c->busy && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) conn_close(c);
+    if (c->busy || evbuffer_get_length(bufferevent_get_output(c->bev)) != 0) return 0;
+    conn_close(c);
+    return 1;
 }
 
 /* ---- requests --------------------------------------------------------------- */
@@ -198,7 +201,7 @@ static void set_read_mark(net_conn *c, size_t need)
     bufferevent_setwatermark(c->bev, EV_READ, 0, need > READ_MARK ? need : READ_MARK);
 }
 
-static void conn_process(net_conn *c)
+static int conn_process(net_conn *c)
 {
     eg_server *srv = c->srv;
     struct evbuffer *in = bufferevent_get_input(c->bev), *out = bufferevent_get_output(c->bev);
@@ -209,14 +212,14 @@ static void conn_process(net_conn *c)
             evbuffer_drain(in, n);
             c->swallow -= n;
             STAT_ADD(srv, bytes_in, n);
-            if (c->swallow) { set_read_mark(c, 0); return; }
+            if (c->swallow) { set_read_mark(c, 0); return 0; }
         }
-        if (!srv->stopping && evbuffer_get_length(out) > srv->opt.out_high) return; /* resumed by write_cb */
+        if (!srv->stopping && evbuffer_get_length(out) > srv->opt.out_high) return 0; /* resumed by write_cb */
         size_t have = evbuffer_get_length(in);
         if (have < EG_NET_HEADER_BYTES) {
             if (srv->stopping) break;
             set_read_mark(c, 0);
-            return;
+            return 0;
         }
         unsigned char hb[EG_NET_HEADER_BYTES];
         evbuffer_copyout(in, hb, sizeof hb);
@@ -226,8 +229,7 @@ static void conn_process(net_conn *c)
             /* nothing after this can be trusted to be a frame boundary */
             conn_send_status(c, &h, rc, eg_net_last_error());
             STAT_ADD(srv, closed_bad, 1);
-            conn_close_when_flushed(c);
-            return;
+            return conn_close_when_flushed(c);
         }
         if (rc) {
             evbuffer_drain(in, EG_NET_HEADER_BYTES);
@@ -238,7 +240,7 @@ static void conn_process(net_conn *c)
         if (have - EG_NET_HEADER_BYTES < h.body_len) {
             if (srv->stopping) break;
             set_read_mark(c, EG_NET_HEADER_BYTES + (size_t)h.body_len);
-            return;
+            return 0;
         }
         evbuffer_drain(in, EG_NET_HEADER_BYTES);
         STAT_ADD(srv, requests, 1);
@@ -258,14 +260,13 @@ static void conn_process(net_conn *c)
         if (h.opcode == EG_OP_HELLO) {
             rc = conn_hello(c, &h, body);
             free(body);
-            if (rc) { conn_close_when_flushed(c); return; }
+            if (rc) return conn_close_when_flushed(c);
             continue;
         }
         if (srv->secret && !c->authed) {
             free(body);
             conn_send_status(c, &h, EG_NET_EAUTH, "this server needs a hello with its secret first");
-            conn_close_when_flushed(c);
-            return;
+            return conn_close_when_flushed(c);
         }
         if (h.opcode == EG_OP_PING) {
             rc = eg_wire_decode_request(EG_OP_PING, body, h.body_len, &(eg_request){0});
@@ -275,7 +276,8 @@ static void conn_process(net_conn *c)
         }
         conn_submit(c, &h, body);
     }
-    if (srv->stopping && !c->busy && !c->closing) conn_close_when_flushed(c);
+    if (srv->stopping && !c->busy && !c->closing) return conn_close_when_flushed(c);
+    return 0;
 }
 
 /* ---- libevent callbacks ------------------------------------------------------- */
@@ -300,6 +302,14 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
     net_conn *c = arg;
     if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->busy) {
         bufferevent_enable(bev, EV_READ); /* waiting on our own worker is not idleness */
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !c->closing) {
+        /* The client half-closed after its last request: answer what it
+         * sent (as `printf ... | nc` expects), then close. */
+        c->eof = 1;
+        bufferevent_disable(bev, EV_READ);
+        if (!conn_process(c) && !c->busy && !c->closing) conn_close_when_flushed(c);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) STAT_ADD(c->srv, closed_idle, 1);
@@ -403,7 +413,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
             } else if (c->closing) {
                 conn_close_when_flushed(c);
             } else {
-                conn_process(c);
+                if (!conn_process(c) && c->eof && !c->busy && !c->closing) conn_close_when_flushed(c);
             }
         }
         free(j);

@@ -176,6 +176,19 @@ static void test_byte_at_a_time_and_batches(void)
         CHECK(h.flags & EG_NET_FLAG_ANSWER);
     }
     close(fd);
+    /* requests then a half-close (as `printf ... | nc` does): all answered, then closed */
+    fd = nt_raw(&s);
+    REQUIRE(fd >= 0);
+    n = 0;
+    for (int i = 0; i < 5; i++) n += nt_frame(f + n, EG_OP_PING, 50 + (uint64_t)i, NULL, 0);
+    nt_write(fd, f, n);
+    shutdown(fd, SHUT_WR);
+    for (int i = 0; i < 5; i++) {
+        REQUIRE(nt_read_frame(fd, &h, NULL) == 0);
+        CHECK_EQ_INT(h.request_id, 50 + (uint64_t)i);
+    }
+    CHECK(nt_closed_within(fd, 2000));
+    close(fd);
     CHECK_EQ_INT(nt_stop(&s, SIGTERM), 0);
     tu_rmrf(dir);
 }

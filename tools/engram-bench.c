@@ -13,7 +13,7 @@ static const struct { const char *name; int (*fn)(const bench_opts *); const cha
     {"recall", bench_suite_recall, NULL},
     {"attend", bench_suite_attend, NULL},
     {"resume", bench_suite_resume, NULL},
-    {"net", NULL, "issue 7"},
+    {"net", bench_suite_net, NULL},
 };
 
 static void usage(FILE *f)

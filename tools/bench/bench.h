@@ -27,4 +27,15 @@ int bench_suite_codec(const bench_opts *o);
 int bench_suite_recall(const bench_opts *o);
 int bench_suite_attend(const bench_opts *o);   /* bench_engine.c */
 int bench_suite_resume(const bench_opts *o);
+int bench_suite_net(const bench_opts *o);      /* bench_net.c */
+
+/* bench_engine.c's data, for other suites: a one-layer session of the
+ * given shape filled with `tokens` topic tokens; tokens and queries of the
+ * same kind. */
+struct eg_engine;
+struct eg_engine_session;
+int bench_session_fill(struct eg_engine *e, const char *name, uint32_t qh, uint32_t h, uint32_t d, int codec,
+                       uint64_t tokens, struct eg_engine_session **out);
+void bench_tokens(uint32_t h, uint32_t d, uint64_t t0, uint32_t n, float *k, float *v);
+void bench_queries(uint32_t qh, uint32_t d, float *q, uint32_t nq, uint64_t seed);
 #endif

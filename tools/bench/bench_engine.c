@@ -338,3 +338,34 @@ int bench_suite_resume(const bench_opts *o)
     }
     return rc ? 1 : 0;
 }
+
+/* ---- shared with bench_net.c ------------------------------------------------ */
+int bench_session_fill(eg_engine *e, const char *name, uint32_t qh, uint32_t h, uint32_t d, int codec,
+                       uint64_t tokens, eg_engine_session **out)
+{
+    static int topics_ready;
+    if (!topics_ready) { init_topics(); topics_ready = 1; }
+    shape sh = {qh, h, d, ""};
+    eg_session_config c;
+    eg_session_config_init(&c);
+    c.n_layers = 1; c.n_kv_heads = h; c.n_q_heads = qh;
+    c.head_dim_k = c.head_dim_v = d; c.codec = codec;
+    if (eg_engine_session_create(e, name, &c) || eg_engine_session_open(e, name, NULL, out)) {
+        fprintf(stderr, "bench: session: %s\n", eg_engine_last_error());
+        return 1;
+    }
+    uint64_t have = 0;
+    return tokens ? append_to(*out, &sh, &have, tokens) : 0;
+}
+
+void bench_tokens(uint32_t h, uint32_t d, uint64_t t0, uint32_t n, float *k, float *v)
+{
+    shape sh = {h, h, d, ""};
+    gen_tokens(&sh, t0, n, k, v);
+}
+
+void bench_queries(uint32_t qh, uint32_t d, float *q, uint32_t nq, uint64_t seed)
+{
+    shape sh = {qh, 1, d, ""};
+    gen_queries(&sh, q, nq, seed);
+}
