@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -26,6 +27,7 @@
     _rc, eg_net_last_error(), #code); tu_case_failed = 1; } } while (0)
 
 static char nt_engramd[1024];
+static int nt_nofile; /* > 0: the next nt_start runs engramd with this many descriptors */
 
 /* Call first from main: engramd lives in ../bin relative to the test. */
 static inline void nt_init(const char *argv0)
@@ -84,6 +86,10 @@ static inline int nt_start(nt_server *s, const char *dir, const char *const *ext
     if (s->pid == 0) {
         int fd = open("/dev/null", O_RDONLY);
         if (fd >= 0) dup2(fd, 0);
+        if (nt_nofile > 0) {
+            struct rlimit rl = {(rlim_t)nt_nofile, (rlim_t)nt_nofile};
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
         execv(nt_engramd, (char *const *)argv);
         _exit(127);
     }
@@ -122,6 +128,22 @@ static inline int nt_stop(nt_server *s, int sig)
     s->pid = 0;
     s->status = st;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* CPU seconds (user + system) a process has used (-1 if unknown). */
+static inline double nt_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* fields after the command name */
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static inline int nt_alive(const nt_server *s) { return s->pid > 0 && kill(s->pid, 0) == 0; }

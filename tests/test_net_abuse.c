@@ -340,6 +340,44 @@ static void test_limits_timeout_auth(void)
     tu_rmrf(dir);
 }
 
+/* Out of descriptors: accept fails, and the loop must neither spin on the
+ * still-readable listener nor stop serving; when descriptors free up,
+ * accepting resumes. */
+static void test_out_of_descriptors(void)
+{
+    char dir[512];
+    tu_tmpdir(dir, sizeof dir, "net-fds");
+    nt_server s;
+    nt_nofile = 40;
+    int started = nt_start(&s, dir, NULL);
+    nt_nofile = 0;
+    REQUIRE(started == 0);
+    eg_client *c;
+    REQUIRE(nt_client(&s, 0, NULL, &c) == 0);
+    int fds[80], n = 0;
+    for (int i = 0; i < 80; i++) {
+        fds[n] = nt_raw(&s);
+        if (fds[n] >= 0) n++;
+    }
+    nt_sleep_ms(300);
+    double cpu0 = nt_cpu_s(s.pid);
+    nt_sleep_ms(1500);
+    double cpu1 = nt_cpu_s(s.pid);
+    fprintf(stderr, "  %d connections pending past the descriptor limit: server used %.2f s CPU in 1.5 s\n", n,
+            cpu1 - cpu0);
+    CHECK(cpu1 - cpu0 < 0.5);
+    CHECK_NET(eg_client_ping(c)); /* the connection it has is still served */
+    for (int i = 0; i < n; i++) close(fds[i]);
+    nt_sleep_ms(400);
+    eg_client *d = NULL;
+    CHECK_NET(nt_client(&s, 1, NULL, &d));
+    if (d) CHECK_NET(eg_client_ping(d));
+    eg_client_close(d);
+    eg_client_close(c);
+    CHECK_EQ_INT(nt_stop(&s, SIGTERM), 0);
+    tu_rmrf(dir);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -348,5 +386,6 @@ int main(int argc, char **argv)
     TEST_RUN(test_byte_at_a_time_and_batches);
     TEST_RUN(test_client_that_never_reads);
     TEST_RUN(test_limits_timeout_auth);
+    TEST_RUN(test_out_of_descriptors);
     TEST_END();
 }
