@@ -71,6 +71,8 @@ static void test_kill9_during_appends(void)
         CHECK_NET(eg_client_create(c, name, &cfg));
     }
     eg_client_close(c);
+    eg_client *pre; /* connected before the kill, idle through it */
+    REQUIRE(nt_client(&s, 0, NULL, &pre) == 0);
     volatile int stop = 0;
     appender a[CLIENTS];
     pthread_t th[CLIENTS];
@@ -79,6 +81,11 @@ static void test_kill9_during_appends(void)
         pthread_create(&th[i], NULL, append_loop, &a[i]);
     }
     nt_sleep_ms(700);
+    eg_store_stats st;
+    CHECK_NET(eg_client_stats(pre, &st, NULL));
+    fprintf(stderr, "  %llu appends from %d connections in %llu commits\n", (unsigned long long)st.appends, CLIENTS,
+            (unsigned long long)st.commits);
+    CHECK(st.commits < st.appends); /* appends of different connections share group commits */
     kill(s.pid, SIGKILL);
     waitpid(s.pid, NULL, 0);
     s.pid = 0;
@@ -88,6 +95,11 @@ static void test_kill9_during_appends(void)
     /* restart on the same directory: every acknowledged token is there */
     nt_server r;
     REQUIRE(nt_start(&r, dir, NULL) == 0);
+    /* the old connection: an error, not a hang; then the next call reconnects */
+    CHECK_NCODE(eg_client_ping(pre), EG_NET_EDISCONNECT);
+    CHECK_NET(eg_client_ping(pre));
+    eg_client_close(pre);
+    for (int i = 0; i < CLIENTS; i++) CHECK_EQ_INT(a[i].errors_after_kill, 1);
     REQUIRE(nt_client(&r, 1, NULL, &c) == 0);
     for (int i = 0; i < CLIENTS; i++) {
         char name[16];

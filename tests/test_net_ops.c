@@ -290,6 +290,18 @@ static void test_errors_pass_through(void)
     CHECK_EN(eg_engine_fetch(e.local.s, 0, 1, 2, kl, NULL, &rl));
     CHECK_EQ_INT(rs, 12);
     CHECK(rs == rl && same_floats(ks, kl, (size_t)rs * 32));
+    /* and bf16 the same way */
+    for (size_t i = 0; i < sizeof kh / 2; i++) kh[i] = eg_f32_to_bf16(tu_randn(&s));
+    for (size_t i = 0; i < sizeof vh / 2; i++) vh[i] = eg_f32_to_bf16(tu_randn(&s));
+    ah.dtype = EG_DTYPE_BF16;
+    CHECK_NET(eg_client_append(e.c, e.h, &e.cfg, &ah, &n1));
+    CHECK_EN(eg_engine_append(e.local.s, &ah, &n2));
+    CHECK_EQ_INT(n1, 48);
+    CHECK_EQ_INT(n1, n2);
+    CHECK_NET(eg_client_fetch(e.c, e.h, &e.cfg, 1, 0, 2, ks, NULL, &rs));
+    CHECK_EN(eg_engine_fetch(e.local.s, 1, 0, 2, kl, NULL, &rl));
+    CHECK_EQ_INT(rs, 16);
+    CHECK(rs == rl && same_floats(ks, kl, (size_t)rs * 32));
     env_close(&e);
 }
 
