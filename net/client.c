@@ -204,19 +204,17 @@ static int open_socket(eg_client *c)
     return 0;
 }
 
-static int call(eg_client *c, eg_request *r, const eg_session_config *shape, eg_frame_header *h,
-                unsigned char **body);
+static int call_read(eg_client *c, eg_request *r, const eg_session_config *shape, unsigned char **body,
+                     eg_cursor *cur);
 
 static int hello(eg_client *c)
 {
     eg_request r = {.op = EG_OP_HELLO, .min_version = EG_NET_VERSION, .max_version = EG_NET_VERSION,
                     .secret = c->secret, .secret_len = c->secret ? strlen(c->secret) : 0};
-    eg_frame_header h;
     unsigned char *body;
-    int rc = call(c, &r, NULL, &h, &body);
-    if (rc) { drop_conn(c); return rc; }
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    int rc = call_read(c, &r, NULL, &body, &cur);
+    if (rc) { drop_conn(c); return rc; }
     uint16_t v = eg_cur_u16(&cur);
     free(body);
     if (v != EG_NET_VERSION) {
@@ -335,6 +333,16 @@ static int call(eg_client *c, eg_request *r, const eg_session_config *shape, eg_
     return rc;
 }
 
+/* A call whose answer is read with a cursor over *body (the caller frees it). */
+static int call_read(eg_client *c, eg_request *r, const eg_session_config *shape, unsigned char **body,
+                     eg_cursor *cur)
+{
+    eg_frame_header h;
+    int rc = call(c, r, shape, &h, body);
+    if (!rc) eg_cursor_init(cur, *body, h.body_len);
+    return rc;
+}
+
 /* A call whose answer body is empty or ignored. */
 static int call_simple(eg_client *c, eg_request *r)
 {
@@ -375,11 +383,9 @@ int eg_client_open(eg_client *c, const char *name, const char *fingerprint, uint
     int rc = copy_name(c, r.name, name, "name");
     if (rc) return rc;
     if (fingerprint) snprintf(r.fingerprint, sizeof r.fingerprint, "%s", fingerprint);
-    eg_frame_header h;
     unsigned char *body;
-    if ((rc = call(c, &r, NULL, &h, &body))) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    if ((rc = call_read(c, &r, NULL, &body, &cur))) return rc;
     *out_handle = eg_cur_u32(&cur);
     free(body);
     return cur.bad ? cfail(c, EG_NET_EPROTO, "open answer truncated") : 0;
@@ -396,12 +402,10 @@ int eg_client_info(eg_client *c, uint32_t handle, eg_session_info *out)
 {
     if (!c || !out) return net_fail(EG_NET_EINVAL, "NULL argument");
     eg_request r = {.op = EG_OP_INFO, .handle = handle};
-    eg_frame_header h;
     unsigned char *body;
-    int rc = call(c, &r, NULL, &h, &body);
-    if (rc) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    int rc = call_read(c, &r, NULL, &body, &cur);
+    if (rc) return rc;
     rc = eg_wire_get_info(&cur, out);
     free(body);
     return rc ? cfail(c, EG_NET_EPROTO, "info answer malformed") : 0;
@@ -414,12 +418,10 @@ int eg_client_list(eg_client *c, int (*fn)(void *ctx, const eg_session_info *inf
     for (;;) {
         eg_request r = {.op = EG_OP_LIST, .count = EG_NET_LIST_MAX};
         snprintf(r.name, sizeof r.name, "%s", after);
-        eg_frame_header h;
         unsigned char *body;
-        int rc = call(c, &r, NULL, &h, &body);
-        if (rc) return rc;
         eg_cursor cur;
-        eg_cursor_init(&cur, body, h.body_len);
+        int rc = call_read(c, &r, NULL, &body, &cur);
+        if (rc) return rc;
         uint32_t n = eg_cur_u32(&cur), more = eg_cur_u32(&cur);
         int stop = 0;
         for (uint32_t i = 0; i < n && !stop && !rc; i++) {
@@ -470,12 +472,10 @@ int eg_client_stats(eg_client *c, eg_store_stats *st, eg_server_stats *sv)
 {
     if (!c) return net_fail(EG_NET_EINVAL, "NULL client");
     eg_request r = {.op = EG_OP_STATS};
-    eg_frame_header h;
     unsigned char *body;
-    int rc = call(c, &r, NULL, &h, &body);
-    if (rc) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    int rc = call_read(c, &r, NULL, &body, &cur);
+    if (rc) return rc;
     uint32_t na = eg_cur_u32(&cur), nb = eg_cur_u32(&cur);
     uint64_t a[11] = {0}, b[10] = {0};
     for (uint32_t i = 0; i < na; i++) { uint64_t v = eg_cur_u64(&cur); if (i < 11) a[i] = v; }
@@ -494,11 +494,9 @@ int eg_client_verify(eg_client *c, const char *name, void (*fn)(void *ctx, const
     eg_request r = {.op = EG_OP_VERIFY};
     int rc = name ? copy_name(c, r.name, name, "name") : 0;
     if (rc) return rc;
-    eg_frame_header h;
     unsigned char *body;
-    if ((rc = call(c, &r, NULL, &h, &body))) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    if ((rc = call_read(c, &r, NULL, &body, &cur))) return rc;
     uint64_t problems = eg_cur_u64(&cur);
     uint32_t n = eg_cur_u32(&cur);
     eg_cur_u32(&cur);
@@ -514,11 +512,8 @@ int eg_client_verify(eg_client *c, const char *name, void (*fn)(void *ctx, const
 }
 
 /* ---- data calls ------------------------------------------------------------------ */
-static int decode_attend(eg_client *c, const eg_frame_header *h, const unsigned char *body, eg_attend_result *res,
-                         uint32_t want_q)
+static int decode_attend(eg_client *c, eg_cursor cur, eg_attend_result *res, uint32_t want_q)
 {
-    eg_cursor cur;
-    eg_cursor_init(&cur, body, h->body_len);
     res->page_ins = eg_cur_u64(&cur);
     res->segments = eg_cur_u64(&cur);
     res->tokens = eg_cur_u64(&cur);
@@ -561,10 +556,10 @@ int eg_client_attend(eg_client *c, uint32_t handle, const eg_session_config *sha
     eg_request r;
     int rc = attend_request(c, handle, shape, req, EG_OP_ATTEND, dense, &r);
     if (rc || !res) return rc ? rc : net_fail(EG_NET_EINVAL, "NULL result");
-    eg_frame_header h;
     unsigned char *body;
-    if ((rc = call(c, &r, shape, &h, &body))) return rc;
-    rc = decode_attend(c, &h, body, res, req->n_queries);
+    eg_cursor cur;
+    if ((rc = call_read(c, &r, shape, &body, &cur))) return rc;
+    rc = decode_attend(c, cur, res, req->n_queries);
     free(body);
     return rc;
 }
@@ -576,11 +571,9 @@ int eg_client_select(eg_client *c, uint32_t handle, const eg_session_config *sha
     int rc = attend_request(c, handle, shape, req, EG_OP_SELECT, 0, &r);
     if (rc || !out) return rc ? rc : net_fail(EG_NET_EINVAL, "NULL result");
     memset(out, 0, sizeof *out);
-    eg_frame_header h;
     unsigned char *body;
-    if ((rc = call(c, &r, shape, &h, &body))) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    if ((rc = call_read(c, &r, shape, &body, &cur))) return rc;
     uint32_t nk = eg_cur_u32(&cur);
     eg_cur_u32(&cur);
     out->n_sealed = eg_cur_u64(&cur);
@@ -610,12 +603,10 @@ int eg_client_fetch(eg_client *c, uint32_t handle, const eg_session_config *shap
     eg_request r = {.op = EG_OP_FETCH, .handle = handle, .layer = layer, .kv_head = kv_head, .segment = segment,
                     .want = (keys ? 1u : 0u) | (values ? 2u : 0u)};
     if (!r.want) r.want = 1;
-    eg_frame_header h;
     unsigned char *body;
-    int rc = call(c, &r, NULL, &h, &body);
-    if (rc) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    int rc = call_read(c, &r, NULL, &body, &cur);
+    if (rc) return rc;
     uint32_t rows = eg_cur_u32(&cur), want = eg_cur_u32(&cur), dk = eg_cur_u32(&cur), dv = eg_cur_u32(&cur);
     const unsigned char *k = (want & 1) ? eg_cur_bytes(&cur, (size_t)rows * dk * 4) : NULL;
     const unsigned char *v = (want & 2) ? eg_cur_bytes(&cur, (size_t)rows * dv * 4) : NULL;
@@ -636,12 +627,10 @@ int eg_client_append(eg_client *c, uint32_t handle, const eg_session_config *sha
 {
     if (!c || !shape || !req) return net_fail(EG_NET_EINVAL, "NULL argument");
     eg_request r = {.op = EG_OP_APPEND, .handle = handle, .append = *req};
-    eg_frame_header h;
     unsigned char *body;
-    int rc = call(c, &r, shape, &h, &body);
-    if (rc) return rc;
     eg_cursor cur;
-    eg_cursor_init(&cur, body, h.body_len);
+    int rc = call_read(c, &r, shape, &body, &cur);
+    if (rc) return rc;
     uint64_t n = eg_cur_u64(&cur);
     free(body);
     if (cur.bad) return cfail(c, EG_NET_EPROTO, "append answer truncated");
@@ -711,10 +700,10 @@ int eg_client_recv(eg_client *c, uint64_t *out_id)
                      (unsigned long long)p.id);
     }
     rc = answer_status(c, &h, body);
-    if (!rc && p.op == EG_OP_ATTEND) rc = decode_attend(c, &h, body, p.res, 0);
+    eg_cursor cur;
+    eg_cursor_init(&cur, body, h.body_len);
+    if (!rc && p.op == EG_OP_ATTEND) rc = decode_attend(c, cur, p.res, 0);
     if (!rc && p.op == EG_OP_APPEND && p.n_tokens) {
-        eg_cursor cur;
-        eg_cursor_init(&cur, body, h.body_len);
         *p.n_tokens = eg_cur_u64(&cur);
         if (cur.bad) rc = cfail(c, EG_NET_EPROTO, "append answer truncated");
     }

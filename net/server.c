@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,12 +51,16 @@ void net_server_stats(eg_server *srv, eg_server_stats *out)
         pthread_mutex_unlock(&(srv)->mu);    \
     } while (0)
 
-static void log_line(eg_server *srv, const char *fmt, const char *a, int b)
+static void log_line(eg_server *srv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_line(eg_server *srv, const char *fmt, ...)
 {
     if (srv->opt.quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "engramd: ");
-    fprintf(stderr, fmt, a, b);
+    vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    va_end(ap);
 }
 
 /* ---- answers ---------------------------------------------------------------- */
@@ -372,7 +377,7 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
     eg_server *srv = arg;
     int e = EVUTIL_SOCKET_ERROR();
-    log_line(srv, "accept failed (%s, errno %d): pausing accepts for 100 ms", evutil_socket_error_to_string(e), e);
+    log_line(srv, "accept failed (%s): pausing accepts for 100 ms", evutil_socket_error_to_string(e));
     evconnlistener_disable(l);
     struct timeval tv = {0, 100000};
     evtimer_add(srv->retry, &tv);
@@ -426,7 +431,7 @@ static void begin_shutdown(eg_server *srv)
 {
     if (srv->stopping) return;
     srv->stopping = 1;
-    log_line(srv, "stopping: answering what is in flight%s", "", 0);
+    log_line(srv, "stopping: answering what is in flight");
     if (srv->tcp_l) evconnlistener_free(srv->tcp_l);
     if (srv->unix_l) evconnlistener_free(srv->unix_l);
     srv->tcp_l = srv->unix_l = NULL;
@@ -454,7 +459,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd; (void)what;
     eg_server *srv = arg;
-    log_line(srv, "stop deadline passed with %s%d requests still running", "", srv->jobs_out);
+    log_line(srv, "stop deadline passed with %d requests still running", srv->jobs_out);
     event_base_loopbreak(srv->base);
 }
 
@@ -528,7 +533,7 @@ int eg_server_run(eg_server *srv, int install_signals)
     int rc = eg_engine_close(srv->engine);
     srv->engine = NULL;
     if (rc) return net_fail(rc, "closing the store: %s", eg_engine_last_error());
-    log_line(srv, "stopped; store closed%s", "", 0);
+    log_line(srv, "stopped; store closed");
     return 0;
 }
 

@@ -89,8 +89,9 @@ static void verify_line(void *ctx, const char *line)
     v->n++;
 }
 
-/* The session's shape against the request's, and queries converted to f32. */
-static int attend_prepare(eg_engine_session *s, eg_request *r, float **q_out)
+/* The session's shape (into *info) against the request's, and queries
+ * converted to f32 (*q_out malloc'd, the caller frees). */
+static int attend_prepare(eg_engine_session *s, eg_request *r, eg_session_info *info_out, float **q_out)
 {
     eg_session_info info;
     int rc = en_err(eg_engine_session_info(s, &info));
@@ -115,16 +116,16 @@ static int attend_prepare(eg_engine_session *s, eg_request *r, float **q_out)
     }
     r->attend.q = q;
     *q_out = q;
+    *info_out = info;
     return 0;
 }
 
 static int run_attend(eg_engine_session *s, eg_request *r, eg_buf *ans, uint32_t frame_max)
 {
     float *q = NULL;
-    int rc = attend_prepare(s, r, &q);
-    if (rc) return rc;
     eg_session_info info;
-    eg_engine_session_info(s, &info);
+    int rc = attend_prepare(s, r, &info, &q);
+    if (rc) return rc;
     size_t rows = (size_t)r->attend.n_queries * info.config.n_q_heads;
     size_t nout = rows * info.config.head_dim_v;
     uint64_t bytes = 48 + (uint64_t)(nout + 2 * rows) * 4;
@@ -160,7 +161,8 @@ static int run_attend(eg_engine_session *s, eg_request *r, eg_buf *ans, uint32_t
 static int run_select(eg_engine_session *s, eg_request *r, eg_buf *ans, uint32_t frame_max)
 {
     float *q = NULL;
-    int rc = attend_prepare(s, r, &q);
+    eg_session_info info;
+    int rc = attend_prepare(s, r, &info, &q);
     if (rc) return rc;
     eg_select_result sel;
     rc = eg_engine_select(s, &r->attend, &sel);
