@@ -16,6 +16,7 @@
 #include <string.h>
 
 #define DENSE_BLOCK_SEGS 16   /* segments per sgemm on the dense path */
+#define GEMV_ROWS 8           /* up to this many rows per task: sgemv per row, not sgemm */
 
 /* Running softmax state of the rows of one task. */
 typedef struct {
@@ -53,8 +54,15 @@ static void attn_block(attn_state *st, const float *q, uint32_t dk, const float 
                        float *seg_lse, uint32_t S, size_t seg_stride)
 {
     int nr = st->nr;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K,
-                (int)dk, 0.0f, sc, (int)n);
+    /* A few rows (a decode step): matrix-vector per row, which reads the
+     * block in place; sgemm would first copy it into its packed layout. */
+    if (nr <= GEMV_ROWS)
+        for (int r = 0; r < nr; r++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)dk, scale, K, (int)dk, q + (size_t)r * dk, 1,
+                        0.0f, sc + (size_t)r * n, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K,
+                    (int)dk, 0.0f, sc, (int)n);
     int any = 0;
     for (int r = 0; r < nr; r++) {
         float *row = sc + (size_t)r * n;
@@ -89,7 +97,11 @@ static void attn_block(attn_state *st, const float *q, uint32_t dk, const float 
             for (uint32_t d = 0; d < st->dv; d++) a[d] *= c;
         }
     }
-    if (st->acc && any)
+    if (st->acc && any && nr <= GEMV_ROWS)
+        for (int r = 0; r < nr; r++)
+            cblas_sgemv(CblasRowMajor, CblasTrans, (int)n, (int)st->dv, 1.0f, V, (int)st->dv, sc + (size_t)r * n,
+                        1, 1.0f, st->acc + (size_t)r * st->dv, 1);
+    else if (st->acc && any)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, (int)st->dv, (int)n, 1.0f, sc,
                     (int)n, V, (int)st->dv, 1.0f, st->acc, (int)st->dv);
 }
@@ -294,8 +306,11 @@ static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
         rows->oracle_mass = c->req->oracle_mass + (size_t)kvh * c->v.n_sealed;
 }
 
+/* Route kv-head kvh. With log_ub (sparse attend) also the lost-mass bound
+ * of every prefix of the routed order, malloc'd: quest routes and bounds
+ * in one scan of the table. */
 static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows,
-                     eg_route_selection *sel)
+                     eg_route_selection *sel, double **log_ub)
 {
     const eg_attend_req *q = c->req;
     rows_of(c, b, kvh, rows);
@@ -314,8 +329,24 @@ static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows
         if (!rc) rc = eg_route_table_append(own, NULL, c->v.n_sealed, NULL);
         t = own;
     }
+    if (log_ub) *log_ub = NULL;
+    if (!rc && log_ub && t == c->quest[kvh]) {
+        rc = eg_router_select_bound(t, rows, &o, sel, log_ub);
+        return en_pass(rc, "route");
+    }
     if (!rc) rc = eg_router_select(t, rows, &o, sel);
     eg_route_table_free(own);
+    if (!rc && log_ub) {
+        size_t n_order = sel->n - sel->n_forced;
+        *log_ub = malloc((size_t)b->nr * (n_order + 1) * sizeof(double));
+        if (!*log_ub) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
+        else if ((rc = en_pass(eg_route_unselected_bound(c->quest[kvh], rows, sel, *log_ub), "bound"))) {
+            free(*log_ub);
+            *log_ub = NULL;
+        }
+        if (rc) eg_route_selection_free(sel);
+        return rc;
+    }
     return en_pass(rc, "route");
 }
 
@@ -408,13 +439,12 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
     state_reset(T);
     eg_route_rows rows;
     eg_route_selection sel = {0};
-    int rc = route_kvh(c, b, kvh, &rows, &sel);
+    double *log_ub = NULL;
+    int rc = route_kvh(c, b, kvh, &rows, &sel, &log_ub);
     if (rc) return rc;
     size_t nf = sel.n_forced, n_order = sel.n - nf, n_used = 0;
-    double *log_ub = malloc((size_t)b->nr * (n_order + 1) * sizeof(double));
     double *lost = malloc((size_t)b->nr * sizeof(double));
-    if (!log_ub || !lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
-    if (!rc) rc = en_pass(eg_route_unselected_bound(c->quest[kvh], &rows, &sel, log_ub), "bound");
+    if (!lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
     /* Pass at true positions: forced segments, open rows, then routed ones
      * in score order (until the bound holds, with max_lost). */
     for (size_t i = 0; i < nf && !rc; i++) {
@@ -651,7 +681,7 @@ int eg_engine_select(eg_engine_session *h, const eg_attend_req *q, eg_select_res
         if (!rc) {
             eg_route_rows rows;
             task_rows(&c, &b, k);
-            rc = route_kvh(&c, &b, k, &rows, &sel[k]);
+            rc = route_kvh(&c, &b, k, &rows, &sel[k], NULL);
         }
         task_buf_free(&b);
     }

@@ -38,33 +38,34 @@ double ix_quest_slack(int d, double q_l1, float gabs)
     return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
 }
 
-int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows,
-                              const eg_route_selection *sel, double *log_ub)
+/* What rounding can add to a bound built with ix_sum_exp, in log units:
+ * each term's exp is off by at most IX_EXP_REL, and its argument, taken
+ * relative to its group's max and at most 87 in size, by 87 * 2^-24 when
+ * rounded to float. Adding this to the log keeps the bound an upper bound. */
+#define BOUND_MARGIN (2.0 * (IX_EXP_REL + 87.0 * 0x1p-24))
+
+/* Bound of the left-out mass given a selection (see the header), with the
+ * scores of the call in k where select left them. */
+static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache *k, double *log_ub)
 {
-    if (!t || !sel || !log_ub) return ix_fail(EG_IX_EINVAL, "table, selection or output is NULL");
-    if (t->spec.kind != EG_ROUTER_QUEST)
-        return ix_fail(EG_IX_EKIND, "the bound needs a quest table, not %s", eg_router_name(t->spec.kind));
-    for (size_t i = 0; i < sel->n; i++)
-        if (sel->segments[i] < 0 || (size_t)sel->segments[i] >= t->n)
-            return ix_fail(EG_IX_ERANGE, "selected segment %lld beyond the table's %zu",
-                           (long long)sel->segments[i], t->n);
-    ix_ctx c;
-    int rc = ix_ctx_init(&c, t, rows, NULL);
-    if (rc < 0) { ix_ctx_free(&c); return rc; }
-    size_t n = t->n, nr = (size_t)c.nr, S = (size_t)t->spec.seg_tokens, G = EG_IX_GROUP;
-    size_t w = (size_t)t->width, d = w / 2, ng = (n + G - 1) / G;
+    const eg_route_table *t = c->t;
+    const eg_route_rows *rows = c->rows;
+    size_t n = t->n, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, G = EG_IX_GROUP;
+    size_t w = (size_t)t->width, d = w / 2, nv = c->n_vis, ng = (nv + G - 1) / G;
     size_t n_order = sel->n - sel->n_forced;
+    int rc = 0;
     uint8_t *mark = calloc(n ? n : 1, 1);               /* 1 = selected */
     size_t *cnt = malloc(sizeof(size_t) * (n + 1));     /* prefix counts of unselected */
     float *sc = malloc(sizeof(float) * nr * (G > n_order ? G : n_order) + sizeof(float));
-    float *gsc = malloc(sizeof(float) * nr * (ng ? ng : 1));
+    float *gsc = k && k->gsc ? NULL : malloc(sizeof(float) * nr * (ng ? ng : 1));
     double *coarse = malloc(sizeof(double) * nr * (ng ? ng : 1));
     double *ql1 = malloc(sizeof(double) * nr);
     lse_acc *acc = malloc(sizeof(lse_acc) * nr);
-    if (!mark || !cnt || !sc || !gsc || !coarse || !ql1 || !acc) {
+    if (!mark || !cnt || !sc || (!gsc && !(k && k->gsc)) || !coarse || !ql1 || !acc) {
         rc = ix_fail(EG_IX_ENOMEM, "out of memory");
         goto out;
     }
+    const float *gs = gsc ? gsc : k->gsc;
     for (size_t i = 0; i < sel->n; i++) mark[sel->segments[i]] = 1;
     cnt[0] = 0;
     for (size_t s = 0; s < n; s++) cnt[s + 1] = cnt[s] + !mark[s];
@@ -74,45 +75,58 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
         ql1[r] = l1;
         acc[r] = (lse_acc){ -INFINITY, 0 };
     }
-    const double scale = rows->scale;
+    const double scale = rows->scale, logS = log((double)S);
     /* Tokens of segment s row r sees (the segment holding pos is partial). */
     #define SEEN(r, s) (rows->pos && (int64_t)(((s) + 1) * S) > rows->pos[r] + 1 \
         ? (double)(rows->pos[r] + 1 - (int64_t)((s) * S)) : (double)S)
     /* Coarse terms per group and row, over the row's visible unselected segments. */
-    ix_score_rows(t->gtab, ng, w, c.qp, c.nr, gsc);
+    if (gsc) ix_score_rows_h(t->hgtab, 0, ng, w, c->qp, c->nr, gsc, t->has_inf);
     double best = -INFINITY;
     for (size_t g = 0; g < ng; g++)
         for (size_t r = 0; r < nr; r++) {
-            size_t a = g * G, b = a + G < c.row_vis[r] ? a + G : c.row_vis[r];
+            size_t a = g * G, b = a + G < c->row_vis[r] ? a + G : c->row_vis[r];
             double v = -INFINITY;
             if (b > a && cnt[b] - cnt[a] > 0)
                 v = log((double)(cnt[b] - cnt[a]) * S) +
-                    scale * ((double)gsc[g * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+                    scale * ((double)gs[g * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
             coarse[g * nr + r] = v;
             best = v > best ? v : best;
         }
-    /* Refine the groups that can matter; keep the coarse term elsewhere. */
+    /* Refine the groups select scored and those that can matter; keep the
+     * coarse term elsewhere. Per group and row: its terms relative to
+     * their max, summed by the vector kernel. */
+    double tv[EG_IX_GROUP];
+    float u[EG_IX_GROUP];
     for (size_t g = 0; g < ng; g++) {
-        int refine = 0;
-        for (size_t r = 0; r < nr; r++) refine |= coarse[g * nr + r] >= best - REFINE_NATS;
+        int cached = k && k->sc && k->done[g], refine = cached;
+        for (size_t r = 0; r < nr && !refine; r++) refine |= coarse[g * nr + r] >= best - REFINE_NATS;
         if (!refine) {
             for (size_t r = 0; r < nr; r++) lse_add(&acc[r], coarse[g * nr + r]);
             continue;
         }
-        size_t a = g * G, b = a + G < n ? a + G : n;
-        ix_score_rows(t->tab + a * w, b - a, w, c.qp, c.nr, sc);
-        for (size_t s = a; s < b; s++) {
-            if (mark[s]) continue;
-            for (size_t r = 0; r < nr; r++)
-                if (s < c.row_vis[r])
-                    lse_add(&acc[r], log(SEEN(r, s)) +
-                            scale * ((double)sc[(s - a) * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[g])));
+        size_t a = g * G, b = a + G < nv ? a + G : nv;
+        const float *gsr = cached ? k->sc + a * nr : sc;
+        if (!cached) ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, sc, t->has_inf);
+        for (size_t r = 0; r < nr; r++) {
+            double slack = ix_quest_slack((int)d, ql1[r], t->gabs[g]), m = -INFINITY;
+            size_t nu = 0;
+            for (size_t s = a; s < b && s < c->row_vis[r]; s++) {
+                if (mark[s]) continue;
+                double x = (S == SEEN(r, s) ? logS : log(SEEN(r, s))) +
+                           scale * ((double)gsr[(s - a) * nr + r] + slack);
+                tv[nu++] = x;
+                m = x > m ? x : m;
+            }
+            if (!nu) continue;
+            for (size_t i = 0; i < nu; i++) u[i] = (float)(tv[i] - m);
+            lse_add(&acc[r], m + log(ix_sum_exp(u, nu)));
         }
     }
     /* Routed segments, as suffixes: prefix i leaves out routed[i..n_order). */
     for (size_t i = 0; i < n_order; i++) {
         size_t s = (size_t)sel->segments[sel->n_forced + i];
-        ix_score_rows(t->tab + s * w, 1, w, c.qp, c.nr, sc + i * nr);
+        if (k && k->sc && s < k->n_vis && k->done[s / G]) memcpy(sc + i * nr, k->sc + s * nr, nr * sizeof(float));
+        else ix_score_rows_h(t->htab, s, s + 1, w, c->qp, c->nr, sc + i * nr, t->has_inf);
     }
     for (size_t r = 0; r < nr; r++) {
         double *o = log_ub + r * (n_order + 1);
@@ -120,18 +134,64 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
         o[n_order] = lse_get(&suf);
         for (size_t i = n_order; i-- > 0;) {
             size_t s = (size_t)sel->segments[sel->n_forced + i];
-            if (s < c.row_vis[r])
+            if (s < c->row_vis[r])
                 lse_add(&suf, log(SEEN(r, s)) +
                         scale * ((double)sc[i * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[s / G])));
             o[i] = lse_get(&suf);
         }
+        for (size_t i = 0; i <= n_order; i++) if (o[i] > -INFINITY) o[i] += BOUND_MARGIN;
     }
     #undef SEEN
-    rc = 0;
 out:
     free(mark); free(cnt); free(sc); free(gsc); free(coarse); free(ql1); free(acc);
+    return rc;
+}
+
+static int check_selection(const eg_route_table *t, const eg_route_selection *sel)
+{
+    for (size_t i = 0; i < sel->n; i++)
+        if (sel->segments[i] < 0 || (size_t)sel->segments[i] >= t->n)
+            return ix_fail(EG_IX_ERANGE, "selected segment %lld beyond the table's %zu",
+                           (long long)sel->segments[i], t->n);
+    return 0;
+}
+
+int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows,
+                              const eg_route_selection *sel, double *log_ub)
+{
+    if (!t || !sel || !log_ub) return ix_fail(EG_IX_EINVAL, "table, selection or output is NULL");
+    if (t->spec.kind != EG_ROUTER_QUEST)
+        return ix_fail(EG_IX_EKIND, "the bound needs a quest table, not %s", eg_router_name(t->spec.kind));
+    int rc = check_selection(t, sel);
+    if (rc < 0) return rc;
+    ix_ctx c;
+    rc = ix_ctx_init(&c, t, rows, NULL);
+    if (!rc) rc = bound_run(&c, sel, NULL, log_ub);
     ix_ctx_free(&c);
     return rc;
+}
+
+int eg_router_select_bound(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
+                           eg_route_selection *sel, double **log_ub)
+{
+    if (!log_ub) return ix_fail(EG_IX_EINVAL, "log_ub is NULL");
+    *log_ub = NULL;
+    if (t && t->spec.kind != EG_ROUTER_QUEST)
+        return ix_fail(EG_IX_EKIND, "select_bound needs a quest table, not %s", eg_router_name(t->spec.kind));
+    ix_cache k = { 1, 0, NULL, NULL, NULL };
+    int rc = ix_select(t, rows, o, sel, &k);
+    if (rc < 0) { ix_cache_free(&k); return rc; }
+    ix_ctx c;
+    rc = ix_ctx_init(&c, t, rows, o);
+    size_t n_order = sel->n - sel->n_forced;
+    double *ub = rc ? NULL : malloc(sizeof(double) * (size_t)rows->n_rows * (n_order + 1));
+    if (!rc && !ub) rc = ix_fail(EG_IX_ENOMEM, "out of memory");
+    if (!rc) rc = bound_run(&c, sel, &k, ub);
+    ix_ctx_free(&c);
+    ix_cache_free(&k);
+    if (rc) { free(ub); eg_route_selection_free(sel); return rc; }
+    *log_ub = ub;
+    return 0;
 }
 
 int eg_route_prefix_for_bound(const double *log_ub, const double *lse_sel, int n_rows,

@@ -166,6 +166,14 @@ double eg_summary_bytes_per_token(const eg_summary_spec *spec);
  * EG_IX_EKIND (oracle has no summaries). */
 int eg_summary_compute(const eg_summary_spec *spec, const float *keys, void *out, size_t cap);
 
+/* ---- kernels --------------------------------------------------------------- */
+/* The routing kernels that stream the table: "avx2" (AVX2, FMA and F16C)
+ * when the CPU has them, else "portable". force_portable 1 selects the
+ * portable ones, 0 the CPU's choice again, -1 leaves the choice as it is.
+ * Returns the name in use. For tests and benchmarks; do not call it while
+ * other threads route. */
+const char *eg_index_kernels(int force_portable);
+
 /* ---- route tables ---------------------------------------------------------- */
 typedef struct eg_route_table eg_route_table;
 
@@ -248,6 +256,14 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
  * can matter. */
 int eg_route_unselected_bound(const eg_route_table *quest, const eg_route_rows *rows,
                               const eg_route_selection *sel, double *log_ub);
+/* eg_router_select and eg_route_unselected_bound in one call on a quest
+ * table: each summary is scored once and serves both, so a decode step
+ * streams the table once. The selection equals eg_router_select's; *log_ub
+ * ([n_rows][sel->n - sel->n_forced + 1], malloc'd: the caller frees it with
+ * free()) is a bound like eg_route_unselected_bound's. On error nothing is
+ * left allocated. Errors: those of both, and EG_IX_EKIND for another table. */
+int eg_router_select_bound(const eg_route_table *quest, const eg_route_rows *rows,
+                           const eg_route_opts *o, eg_route_selection *sel, double **log_ub);
 /* Fraction of mass outside the selection, bounded: given the log upper
  * bound of what was left out and the exact log-sum-exp of the scaled scores
  * of what was attended, returns 1 / (1 + exp(lse_selected - log_ub)). */

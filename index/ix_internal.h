@@ -22,6 +22,26 @@ int ix_all_finite(const float *x, size_t n);
  * as scoring everything: the hierarchy relies on it. */
 void ix_score_rows(const float *tab, size_t n, size_t width, const float *qp, int nr,
                    float *out);
+/* Scores of rows [s0, s1) of a blocked f16 table (simd.c): tab holds
+ * blocks of IX_BLK rows, each block channel-major ([width][IX_BLK]), so a
+ * vector load reads one channel of IX_BLK rows. out[(s-s0)*nr + r] =
+ * sum over c in order of tab(s, c) * qp[r][c] (FMA), +-inf read as
+ * +-FLT_MAX (clamp must be 1 when the table holds an inf). A row's score
+ * depends only on the row and qp, whatever range is scored with it. AVX2
+ * or portable, chosen at run time (eg_index_kernels); both give the same
+ * bits. */
+#define IX_BLK 8
+static inline size_t ix_hidx(size_t s, size_t c, size_t width)
+{
+    return (s / IX_BLK) * width * IX_BLK + c * IX_BLK + s % IX_BLK;
+}
+void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,
+                     float *out, int clamp);
+/* sum of exp(u[i]) for u[i] <= 0 (-inf allowed), summed in double. Each
+ * term's relative error is at most IX_EXP_REL; terms below -87 count as 0,
+ * which callers make negligible by taking u relative to its max. */
+#define IX_EXP_REL 4e-6
+double ix_sum_exp(const float *u, size_t n);
 /* out[r] = dot(a, b[r]) for int8 a (times scale) against f32 rows b. */
 float ix_dot_i8(const int8_t *a, const float *b, int n);
 
@@ -40,12 +60,14 @@ void ix_heap_sort_desc(ix_heap *hp);
 struct eg_route_table {
     eg_summary_spec spec;
     size_t n, cap;            /* segments */
-    int width;                /* floats per row of tab */
-    float *tab;               /* quest: [n][2*dim] max then min; centroid: [n][dim];
-                                 reps: [n*n_reps][rank] */
+    int width;                /* values per row of htab or tab */
+    uint16_t *htab;           /* f16 as stored, blocked (ix_hidx): quest rows of 2*dim, max then min;
+                                 centroid rows of dim. Blocks past n are zero or stale. */
+    float *tab;               /* learned reps: [n*n_reps][rank] */
+    int has_inf;              /* htab holds +-inf (beyond f16): kernels clamp to +-FLT_MAX */
     uint32_t *tags;           /* [n] */
-    /* quest hierarchy: groups of EG_IX_GROUP segments, same layout as tab */
-    float *gtab;              /* [ceil(n/G)][2*dim] */
+    /* quest hierarchy: groups of EG_IX_GROUP segments, same layout as htab */
+    uint16_t *hgtab;          /* ceil(n/G) rows of 2*dim, blocked */
     float *gabs;              /* [ceil(n/G)] largest |bound| in the group (rounding slack) */
     /* learned PQ: codes [n*S][m]; indexer: q8 keys [n*S][dim] and scales */
     uint8_t *codes;
@@ -65,6 +87,22 @@ typedef struct {
     float *qp;                /* prepared rows: quest [nr][2d] (q+, q-), centroid [nr][d], learned [nr][r] */
     float *lut;               /* PQ: [nr][m][256] */
 } ix_ctx;
+/* Scores kept through one call so that select and bound score each
+ * summary once (quest tables). Filled by ix_select when `want` is set and
+ * n_vis * rows fits IX_CACHE_MAX floats; otherwise sc stays NULL and the
+ * bound scores what it needs itself. */
+#define IX_CACHE_MAX ((size_t)8 << 20)
+typedef struct {
+    int want;
+    size_t n_vis;
+    float *sc;                /* [n_vis][nr] raw scores of segments in groups marked done */
+    uint8_t *done;            /* [ceil(n_vis/G)] */
+    float *gsc;               /* [ceil(n_vis/G)][nr] group scores, or NULL */
+} ix_cache;
+void ix_cache_free(ix_cache *k);
+/* eg_router_select, filling k when k && k->want. */
+int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
+              eg_route_selection *sel, ix_cache *k);
 /* Validates rows (and o, which may be NULL for defaults) against t. */
 int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, const eg_route_opts *o);
 void ix_ctx_free(ix_ctx *c);

@@ -138,7 +138,7 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
     case EG_ROUTER_CENTROID:
-        ix_score_rows(t->tab + s0 * w, n, w, c->qp, c->nr, out);
+        ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, t->has_inf);
         break;
     case EG_ROUTER_ORACLE:
         for (size_t i = 0; i < n; i++)
@@ -218,20 +218,48 @@ static int tag_ok(const eg_route_opts *o, uint32_t tag)
     return 0;
 }
 
-static int push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_t s1, ix_heap *hp, float *buf)
+/* Score segments [s0, s1) (into the cache when there is one, else buf)
+ * and push the candidates among them. */
+static void push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_t s1, ix_heap *hp, float *buf,
+                       ix_cache *k)
 {
     size_t nr = (size_t)c->nr;
     for (size_t a = s0; a < s1; a += CHUNK) {
         size_t b = a + CHUNK < s1 ? a + CHUNK : s1;
-        score_range(c, a, b, buf);
+        float *out = k && k->sc ? k->sc + a * nr : buf;
+        score_range(c, a, b, out);
         for (size_t s = a; s < b; s++) {
             if (ix_forced(c, s) || !tag_ok(o, c->t->tags[s])) continue;
-            float v = aggregate(c, s, buf + (s - a) * nr);
+            float v = aggregate(c, s, out + (s - a) * nr);
             if (v == -INFINITY) continue;
             ix_heap_push(hp, (ix_cand){ v, (int64_t)s });
         }
     }
-    return 0;
+}
+
+void ix_cache_free(ix_cache *k)
+{
+    if (!k) return;
+    free(k->sc);
+    free(k->done);
+    free(k->gsc);
+    k->sc = k->gsc = NULL;
+    k->done = NULL;
+}
+
+/* Room for the scores of the call when they fit (quest only). */
+static void cache_alloc(const ix_ctx *c, ix_cache *k)
+{
+    if (!k) return;
+    k->sc = k->gsc = NULL;
+    k->done = NULL;
+    size_t nr = (size_t)c->nr, ng = (c->n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP;
+    if (!k->want || c->t->spec.kind != EG_ROUTER_QUEST || !c->n_vis || c->n_vis * nr > IX_CACHE_MAX) return;
+    k->n_vis = c->n_vis;
+    k->sc = malloc(sizeof(float) * c->n_vis * nr);
+    k->done = calloc(ng, 1);
+    k->gsc = malloc(sizeof(float) * ng * nr);
+    if (!k->sc || !k->done || !k->gsc) ix_cache_free(k);   /* the bound then scores for itself */
 }
 
 typedef struct { float bound; size_t g; } gsort;
@@ -245,24 +273,26 @@ static int gsort_cmp(const void *a, const void *b)
 /* Descend groups in bound order; stop once a group's bound cannot beat
  * (or tie) the current k-th score: every segment in it scores at most its
  * bound, so the flat scan would not pick it either. */
-static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, float *buf)
+static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, float *buf, ix_cache *k)
 {
     const eg_route_table *t = c->t;
     size_t G = EG_IX_GROUP, ng = (c->n_vis + G - 1) / G, nr = (size_t)c->nr, scored = ng;
     gsort *gs = malloc(sizeof(gsort) * (ng ? ng : 1));
-    float *gb = malloc(sizeof(float) * nr * CHUNK);
-    if (!gs || !gb) { free(gs); free(gb); return (size_t)-1; }
+    float *gb = k && k->gsc ? NULL : malloc(sizeof(float) * nr * CHUNK);
+    if (!gs || (!gb && !(k && k->gsc))) { free(gs); free(gb); return (size_t)-1; }
     for (size_t a = 0; a < ng; a += CHUNK) {
         size_t b = a + CHUNK < ng ? a + CHUNK : ng;
-        ix_score_rows(t->gtab + a * t->width, b - a, (size_t)t->width, c->qp, c->nr, gb);
-        for (size_t g = a; g < b; g++) gs[g] = (gsort){ aggregate(c, g * G, gb + (g - a) * nr), g };
+        float *out = gb ? gb : k->gsc + a * nr;
+        ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, t->has_inf);
+        for (size_t g = a; g < b; g++) gs[g] = (gsort){ aggregate(c, g * G, out + (g - a) * nr), g };
     }
     qsort(gs, ng, sizeof(gsort), gsort_cmp);
     for (size_t i = 0; i < ng; i++) {
         if (hp->n == hp->k && gs[i].bound < hp->h[0].score) break;
         if (gs[i].bound == -INFINITY) break;
         size_t s0 = gs[i].g * G, s1 = s0 + G < c->n_vis ? s0 + G : c->n_vis;
-        push_range(c, o, s0, s1, hp, buf);
+        push_range(c, o, s0, s1, hp, buf, k);
+        if (k && k->sc) k->done[gs[i].g] = 1;
         scored += s1 - s0;
     }
     free(gs);
@@ -272,6 +302,12 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
 
 int eg_router_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
                      eg_route_selection *sel)
+{
+    return ix_select(t, rows, o, sel, NULL);
+}
+
+int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
+              eg_route_selection *sel, ix_cache *kc)
 {
     if (!sel) return ix_fail(EG_IX_EINVAL, "selection is NULL");
     memset(sel, 0, sizeof *sel);
@@ -298,14 +334,21 @@ int eg_router_select(const eg_route_table *t, const eg_route_rows *rows, const e
     }
     size_t scored = 0;
     if (k > 0) {
+        cache_alloc(&c, kc);
         if (o->hierarchical && t->spec.kind == EG_ROUTER_QUEST) {
-            scored = hierarchical(&c, o, &hp, buf);
+            scored = hierarchical(&c, o, &hp, buf, kc);
             if (scored == (size_t)-1) {
                 free(hp.h); free(buf); ix_ctx_free(&c); eg_route_selection_free(sel);
                 return ix_fail(EG_IX_ENOMEM, "out of memory");
             }
+        } else if (kc && kc->sc) {   /* flat, keeping every visible score for the bound */
+            push_range(&c, o, 0, c.n_vis, &hp, buf, kc);
+            memset(kc->done, 1, (c.n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP);
+            free(kc->gsc);                  /* no group scores: the bound makes them */
+            kc->gsc = NULL;
+            scored = c.n_vis;
         } else {
-            push_range(&c, o, c.n_sink, c.recent0, &hp, buf);
+            push_range(&c, o, c.n_sink, c.recent0, &hp, buf, NULL);
             scored = c.recent0 > c.n_sink ? c.recent0 - c.n_sink : 0;
         }
     }

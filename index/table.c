@@ -5,11 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static float get_f16(const uint8_t *p) { return ix_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
+static uint16_t get_h(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static float get_f16(const uint8_t *p) { return ix_f16_to_f32(get_h(p)); }
 
 /* Inf in a stored quest bound means "beyond f16"; FLT_MAX is still a bound
- * for finite keys and keeps 0 * bound = 0 in the scoring dot. */
+ * for finite keys and keeps 0 * bound = 0 in the scoring dot. The kernels
+ * read inf as FLT_MAX. */
 static float clamp_inf(float v) { return v > FLT_MAX ? FLT_MAX : (v < -FLT_MAX ? -FLT_MAX : v); }
+static float hval(uint16_t h) { return clamp_inf(ix_f16_to_f32(h)); }
 
 int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
 {
@@ -34,17 +37,22 @@ int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
 void eg_route_table_free(eg_route_table *t)
 {
     if (!t) return;
-    free(t->tab); free(t->gtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
+    free(t->htab); free(t->tab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
     free(t);
 }
 
 size_t eg_route_table_segments(const eg_route_table *t) { return t ? t->n : 0; }
 const eg_summary_spec *eg_route_table_spec(const eg_route_table *t) { return t ? &t->spec : NULL; }
 
-/* Rows of tab per segment (reps keep n_reps rows). */
+/* Rows of htab per segment. */
+static size_t htab_rows(const eg_route_table *t)
+{
+    return t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_CENTROID;
+}
+
+/* Rows of tab per segment (learned reps keep n_reps rows). */
 static size_t tab_rows(const eg_route_table *t)
 {
-    if (t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_CENTROID) return 1;
     if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_REPS)
         return (size_t)t->spec.learned->cfg.n_reps;
     return 0;
@@ -54,7 +62,9 @@ size_t eg_route_table_ram_bytes(const eg_route_table *t)
 {
     if (!t) return 0;
     size_t n = t->n, s = (size_t)t->spec.seg_tokens, b = n * tab_rows(t) * t->width * sizeof(float);
-    if (t->spec.kind == EG_ROUTER_QUEST) b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * t->width * sizeof(float);
+    b += n * htab_rows(t) * t->width * sizeof(uint16_t);
+    if (t->spec.kind == EG_ROUTER_QUEST)
+        b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * (t->width * sizeof(uint16_t) + sizeof(float));
     if (t->codes) b += n * s * (size_t)(t->spec.learned->cfg.rank / IX_PQ_SUB);
     if (t->ikeys) b += n * s * ((size_t)t->spec.dim + sizeof(float));
     return b;
@@ -68,6 +78,16 @@ static int grow(void **p, size_t elem, size_t n)
     return 0;
 }
 
+/* Blocked f16 rows: old_n -> n rows (capacities), new blocks zeroed so
+ * that the kernels never read uninitialised lanes. */
+static int grow_blocked(uint16_t **p, size_t width, size_t old_n, size_t n)
+{
+    size_t ob = (old_n + IX_BLK - 1) / IX_BLK, nb = (n + IX_BLK - 1) / IX_BLK;
+    if (grow((void **)p, sizeof(uint16_t) * width * IX_BLK, nb)) return -1;
+    if (nb > ob) memset(*p + ob * width * IX_BLK, 0, (nb - ob) * width * IX_BLK * sizeof(uint16_t));
+    return 0;
+}
+
 static int reserve(eg_route_table *t, size_t need)
 {
     if (need <= t->cap) return 0;
@@ -76,8 +96,10 @@ static int reserve(eg_route_table *t, size_t need)
     size_t s = (size_t)t->spec.seg_tokens, d = (size_t)t->spec.dim, w = (size_t)t->width;
     if (grow((void **)&t->tags, sizeof(uint32_t), cap)) return -1;
     if (tab_rows(t) && grow((void **)&t->tab, sizeof(float) * w * tab_rows(t), cap)) return -1;
+    size_t G = EG_IX_GROUP;
+    if (htab_rows(t) && grow_blocked(&t->htab, w, t->cap, cap)) return -1;
     if (t->spec.kind == EG_ROUTER_QUEST &&
-        (grow((void **)&t->gtab, sizeof(float) * w, (cap + EG_IX_GROUP - 1) / EG_IX_GROUP) ||
+        (grow_blocked(&t->hgtab, w, (t->cap + G - 1) / G, (cap + G - 1) / G) ||
          grow((void **)&t->gabs, sizeof(float), (cap + EG_IX_GROUP - 1) / EG_IX_GROUP))) return -1;
     if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_PQ &&
         grow((void **)&t->codes, s * (size_t)(t->width / IX_PQ_SUB), cap)) return -1;
@@ -93,18 +115,20 @@ static void regroup(eg_route_table *t, size_t from)
 {
     size_t w = (size_t)t->width, d = w / 2;
     for (size_t g = from / EG_IX_GROUP; g * EG_IX_GROUP < t->n; g++) {
-        float *gr = t->gtab + g * w;
+        uint16_t *gt = t->hgtab, *ht = t->htab;
         size_t s0 = g * EG_IX_GROUP, s1 = s0 + EG_IX_GROUP < t->n ? s0 + EG_IX_GROUP : t->n;
-        memcpy(gr, t->tab + s0 * w, sizeof(float) * w);
-        for (size_t s = s0 + 1; s < s1; s++) {
-            const float *row = t->tab + s * w;
-            for (size_t c = 0; c < d; c++) {
-                gr[c] = row[c] > gr[c] ? row[c] : gr[c];
-                gr[d + c] = row[d + c] < gr[d + c] ? row[d + c] : gr[d + c];
-            }
-        }
         float a = 0.0f;
-        for (size_t c = 0; c < w; c++) a = fabsf(gr[c]) > a ? fabsf(gr[c]) : a;
+        for (size_t c = 0; c < w; c++) {
+            int is_max = c < d;
+            uint16_t best = ht[ix_hidx(s0, c, w)];
+            for (size_t s = s0 + 1; s < s1; s++) {
+                uint16_t h = ht[ix_hidx(s, c, w)];
+                float v = ix_f16_to_f32(h), bv = ix_f16_to_f32(best);
+                if (is_max ? v > bv : v < bv) best = h;
+            }
+            gt[ix_hidx(g, c, w)] = best;
+            a = fabsf(hval(best)) > a ? fabsf(hval(best)) : a;
+        }
         t->gabs[g] = a;
     }
 }
@@ -158,8 +182,11 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
     case EG_ROUTER_CENTROID: {
-        float *dst = t->tab + seg * w;
-        for (size_t c = 0; c < w; c++) dst[c] = clamp_inf(get_f16(row + 2 * c));
+        for (size_t c = 0; c < w; c++) {
+            uint16_t h = get_h(row + 2 * c);
+            t->htab[ix_hidx(seg, c, w)] = h;
+            if ((h & 0x7fffu) == 0x7c00u) t->has_inf = 1;
+        }
         break;
     }
     case EG_ROUTER_INDEXER:

@@ -22,18 +22,33 @@ static void usage(FILE *f)
                "  SUITE: ingest, read, codec, recall, attend, resume, net, or all\n"
                "  --quick  smaller sizes (about a minute for all)\n"
                "  --json   one JSON object per figure per line\n"
-               "  --dir    scratch directory (default: a new one under /tmp, removed after)\n");
+               "  --dir    scratch directory (default: a new one under /tmp, removed after)\n"
+               "  attend only, to measure one configuration:\n"
+               "  --shape Q/KV/DIM   32/8/128 or 9/3/64\n"
+               "  --codec q8|q4\n"
+               "  --tokens N         one session size, decode figures only\n");
 }
 
 int main(int argc, char **argv)
 {
-    bench_opts o = {0, 0, NULL};
+    bench_opts o = {0, 0, NULL, NULL, NULL, 0};
     const char *suite = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         else if (!strcmp(argv[i], "--quick")) o.quick = 1;
         else if (!strcmp(argv[i], "--json")) o.json = 1;
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc) o.dir = argv[++i];
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) o.shape = argv[++i];
+        else if (!strcmp(argv[i], "--codec") && i + 1 < argc) o.codec = argv[++i];
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) {
+            char *end;
+            unsigned long long t = strtoull(argv[++i], &end, 10);
+            if (*end || t < 64 || t > (1ull << 32)) {
+                fprintf(stderr, "engram-bench: --tokens wants 64..2^32, not '%s'\n", argv[i]);
+                return 2;
+            }
+            o.tokens = t;
+        }
         else if (argv[i][0] != '-' && !suite) suite = argv[i];
         else { fprintf(stderr, "engram-bench: unknown argument '%s'\n", argv[i]); usage(stderr); return 2; }
     }

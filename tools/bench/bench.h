@@ -7,6 +7,9 @@
 typedef struct {
     int quick, json;
     const char *dir;      /* scratch directory for stores and files */
+    const char *shape;    /* attend: only this shape ("32/8/128"), or NULL */
+    const char *codec;    /* attend: only this codec ("q8"), or NULL */
+    uint64_t tokens;      /* attend: only this session size (decode figures only), or 0 */
 } bench_opts;
 
 /* Seconds since an arbitrary start (CLOCK_MONOTONIC). */

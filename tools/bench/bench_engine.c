@@ -239,8 +239,8 @@ int bench_suite_attend(const bench_opts *o)
     init_topics();
     static const shape shapes[2] = {{32, 8, 128, "32/8/128"}, {9, 3, 64, "9/3/64"}};
     uint64_t sizes_full[3] = {8192, 131072, 1048576}, sizes_quick[2] = {8192, 65536};
-    const uint64_t *sizes = o->quick ? sizes_quick : sizes_full;
-    int n_sizes = o->quick ? 2 : 3, n_shapes = o->quick ? 1 : 2, n_codecs = o->quick ? 1 : 2, rc = 0;
+    const uint64_t *sizes = o->tokens ? &o->tokens : o->quick ? sizes_quick : sizes_full;
+    int n_sizes = o->tokens ? 1 : o->quick ? 2 : 3, n_shapes = o->quick ? 1 : 2, n_codecs = o->quick ? 1 : 2, rc = 0;
     uint64_t mid = o->quick ? 65536 : 131072;
     double gbps = bench_mem_gbps();
     if (!o->json) printf("attend: one decode query per layer, budget 2048, warm window; memory %.1f GB/s\n", gbps);
@@ -248,6 +248,8 @@ int bench_suite_attend(const bench_opts *o)
         for (int ci = 0; ci < n_codecs && !rc; ci++) {
             const shape *sh = &shapes[o->quick ? 1 : si];
             int codec = ci ? EG_CODEC_Q4 : EG_CODEC_Q8;
+            if ((o->shape && strcmp(o->shape, sh->name)) || (o->codec && strcmp(o->codec, eg_codec_name(codec))))
+                continue;
             char dir[4200];
             snprintf(dir, sizeof dir, "%s/attend", o->dir);
             eg_engine *e;
@@ -266,6 +268,7 @@ int bench_suite_attend(const bench_opts *o)
                 }
                 if ((rc = append_to(s, sh, &T, sizes[zi]))) break;
                 rc = decode_figures(o, s, sh, codec, T, gbps);
+                if (o->tokens) continue;
                 if (!rc && sizes[zi] == mid) rc = prefill_figure(o, s, sh, codec, T);
                 if (!rc && sizes[zi] == mid && ci == 0) rc = steps_figure(o, s, sh, codec, &T, o->quick ? 200 : 1000);
             }

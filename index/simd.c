@@ -1,0 +1,233 @@
+/* simd.c: the routing kernels that stream the whole table, in two
+ * versions chosen at run time: AVX2 with FMA and F16C when the CPU has
+ * them, portable C otherwise. Each states its layout and is checked
+ * against a plain loop in tests/test_index_kernels.c.
+ *
+ * Why f16 in RAM: a quest row is 2*dim values and at a million tokens the
+ * table of one kv-head is 16 MB as f32; every decode step streams it, so
+ * halving the bytes halves the routing time. f16 -> f32 is exact, so the
+ * rounding analysis of the scores (ix_quest_slack) is unchanged. */
+#include "ix_internal.h"
+#include <float.h>
+#include <pthread.h>
+#include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define IX_HAVE_AVX2 1
+#endif
+
+/* ---- portable versions ------------------------------------------------------------ */
+static float f16_lut[65536];   /* every half as f32, +-inf as +-FLT_MAX (see table.c) */
+
+static void lut_init(void)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        float v = ix_f16_to_f32((uint16_t)h);
+        f16_lut[h] = v > FLT_MAX ? FLT_MAX : v < -FLT_MAX ? -FLT_MAX : v;
+    }
+}
+
+/* Blocked layout (see ix_internal.h): each row's score is the sum over
+ * channels in order, one lane per segment. */
+static void score_h_portable(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp,
+                             int nr, float *out, int clamp)
+{
+    (void)clamp;   /* the table maps inf to FLT_MAX already */
+    for (size_t s = s0; s < s1; s++) {
+        const uint16_t *a = tab + (s / IX_BLK) * width * IX_BLK + s % IX_BLK;
+        for (int r = 0; r < nr; r++) {
+            const float *b = qp + (size_t)r * width;
+            float acc = 0.0f;
+            for (size_t c = 0; c < width; c++) acc = fmaf(f16_lut[a[c * IX_BLK]], b[c], acc);
+            out[(s - s0) * (size_t)nr + (size_t)r] = acc;
+        }
+    }
+}
+
+static double sum_exp_portable(const float *u, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += u[i] < -87.0f ? 0.0 : exp((double)u[i]);
+    return s;
+}
+
+/* ---- AVX2, FMA, F16C -------------------------------------------------------------------- */
+#ifdef IX_HAVE_AVX2
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline __m256 load_h(const uint16_t *p, int clamp)
+{
+    __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    if (clamp) x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-FLT_MAX)), _mm256_set1_ps(FLT_MAX));
+    return x;
+}
+
+/* NB blocks of 8 segments against R rows: lane l of acc[b][r] is segment
+ * l of block b, summed over the channels in order with FMA, exactly as the
+ * portable loop does (so both give the same bits). Each table load serves
+ * R rows and each broadcast query value NB blocks. res: [NB][R][8]. */
+#define KT(R, NB, CL)                                                                        \
+    AVX2 static void kt_##R##_##NB##_##CL(const uint16_t *blk, size_t width, const float *q,    \
+                                          float *res)                                        \
+    {                                                                                        \
+        __m256 acc[NB * R];                                                                  \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NB * R; i++) acc[i] = _mm256_setzero_ps(); \
+        for (size_t c = 0; c < width; c++) {                                                 \
+            if ((c & 3) == 0) /* the next blocks: a block is one page, where the              \
+                                 hardware prefetcher starts cold */                            \
+                _Pragma("GCC unroll 2") for (int b = 0; b < NB; b++)                         \
+                    _mm_prefetch((const char *)(blk + ((size_t)(NB + b) * width + c) * IX_BLK), _MM_HINT_T0); \
+            __m256 x[NB];                                                                    \
+            _Pragma("GCC unroll 2") for (int b = 0; b < NB; b++)                             \
+                x[b] = load_h(blk + ((size_t)b * width + c) * IX_BLK, CL);                   \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                            \
+                __m256 qr = _mm256_broadcast_ss(q + (size_t)r * width + c);                  \
+                _Pragma("GCC unroll 2") for (int b = 0; b < NB; b++)                         \
+                    acc[b * R + r] = _mm256_fmadd_ps(x[b], qr, acc[b * R + r]);              \
+            }                                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NB * R; i++) _mm256_storeu_ps(res + 8 * i, acc[i]); \
+    }
+#define KTS(R) KT(R, 1, 0) KT(R, 1, 1) KT(R, 2, 0) KT(R, 2, 1)
+KTS(1)
+KTS(2)
+KTS(3)
+KTS(4)
+
+typedef void (*kt_fn)(const uint16_t *, size_t, const float *, float *);
+static const kt_fn kt_table[4][2][2] = {   /* [R-1][NB-1][clamp] */
+    {{kt_1_1_0, kt_1_1_1}, {kt_1_2_0, kt_1_2_1}},
+    {{kt_2_1_0, kt_2_1_1}, {kt_2_2_0, kt_2_2_1}},
+    {{kt_3_1_0, kt_3_1_1}, {kt_3_2_0, kt_3_2_1}},
+    {{kt_4_1_0, kt_4_1_1}, {kt_4_2_0, kt_4_2_1}},
+};
+
+/* Blocks covering [s0, s1), two at a time; rows four at a time while the
+ * blocks are in L1, so the table streams from memory once for any nr. */
+AVX2 static void score_h_avx2(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp,
+                              int nr, float *out, int clamp)
+{
+    size_t b0 = s0 / IX_BLK, b1 = (s1 + IX_BLK - 1) / IX_BLK, unr = (size_t)nr;
+    float res[2 * 4 * IX_BLK];
+    for (size_t b = b0; b < b1;) {
+        size_t nb = b + 2 <= b1 ? 2 : 1;
+        const uint16_t *blk = tab + b * width * IX_BLK;
+        for (size_t r = 0; r < unr;) {
+            size_t R = unr - r < 4 ? unr - r : 4;
+            kt_table[R - 1][nb - 1][clamp != 0](blk, width, qp + r * width, res);
+            for (size_t bb = 0; bb < nb; bb++)
+                for (size_t l = 0; l < IX_BLK; l++) {
+                    size_t s = (b + bb) * IX_BLK + l;
+                    if (s < s0 || s >= s1) continue;
+                    for (size_t i = 0; i < R; i++)
+                        out[(s - s0) * unr + r + i] = res[(bb * R + i) * IX_BLK + l];
+                }
+            r += R;
+        }
+        b += nb;
+    }
+}
+
+/* exp(x) for 8 lanes, x <= 0: x = k ln2 + f with |f| <= ln2/2 (Cody-Waite
+ * split of ln2, exact for |k| <= 126), e^f by its Taylor series to f^8
+ * (truncation < 3e-9 relative), times 2^k built in the exponent bits.
+ * Lanes below -87 give 0 (e^-87 is near the smallest normal float). */
+AVX2 static inline __m256 exp8(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    f = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), f);
+    __m256 p = _mm256_set1_ps(1.0f / 40320.0f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 5040.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+AVX2 static double sum_exp_avx2(const float *u, size_t n)
+{
+    __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_loadu_ps(u + i));
+        a = _mm256_add_pd(a, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        b = _mm256_add_pd(b, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    if (i < n) {
+        float tmp[8];
+        for (int l = 0; l < 8; l++) tmp[l] = i + (size_t)l < n ? u[i + l] : -INFINITY;
+        __m256 e = exp8(_mm256_loadu_ps(tmp));
+        a = _mm256_add_pd(a, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        b = _mm256_add_pd(b, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(a, b));
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+#endif
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+typedef void (*score_fn)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, int);
+typedef double (*sumexp_fn)(const float *, size_t);
+static score_fn k_score = score_h_portable;
+static sumexp_fn k_sumexp = sum_exp_portable;
+static const char *k_name = "portable";
+static int k_cpu_avx2;
+static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+
+static void choose(int portable)
+{
+    k_score = score_h_portable;
+    k_sumexp = sum_exp_portable;
+    k_name = "portable";
+#ifdef IX_HAVE_AVX2
+    if (!portable && k_cpu_avx2) {
+        k_score = score_h_avx2;
+        k_sumexp = sum_exp_avx2;
+        k_name = "avx2";
+    }
+#else
+    (void)portable;
+#endif
+}
+
+static void kernels_init(void)
+{
+    lut_init();
+#ifdef IX_HAVE_AVX2
+    __builtin_cpu_init();
+    k_cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                 __builtin_cpu_supports("f16c");
+#endif
+    choose(0);
+}
+
+const char *eg_index_kernels(int force_portable)
+{
+    pthread_once(&k_once, kernels_init);
+    if (force_portable >= 0) choose(force_portable);
+    return k_name;
+}
+
+void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,
+                     float *out, int clamp)
+{
+    pthread_once(&k_once, kernels_init);
+    if (s1 > s0) k_score(tab, s0, s1, width, qp, nr, out, clamp);
+}
+
+double ix_sum_exp(const float *u, size_t n)
+{
+    pthread_once(&k_once, kernels_init);
+    return k_sumexp(u, n);
+}
