@@ -118,6 +118,7 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
                 m = x > m ? x : m;
             }
             if (!nu) continue;
+            if (m == INFINITY) { lse_add(&acc[r], INFINITY); continue; }   /* overflowed: no bound */
             for (size_t i = 0; i < nu; i++) u[i] = (float)(tv[i] - m);
             lse_add(&acc[r], m + log(ix_sum_exp(u, nu)));
         }

@@ -26,7 +26,8 @@ void ix_score_rows(const float *tab, size_t n, size_t width, const float *qp, in
  * blocks of IX_BLK rows, each block channel-major ([width][IX_BLK]), so a
  * vector load reads one channel of IX_BLK rows. out[(s-s0)*nr + r] =
  * sum over c in order of tab(s, c) * qp[r][c] (FMA), +-inf read as
- * +-FLT_MAX (clamp must be 1 when the table holds an inf). A row's score
+ * +-FLT_MAX (clamp must be 1 when the table holds an inf); a NaN from
+ * overflow (inf - inf) comes out as +inf, still a bound. A row's score
  * depends only on the row and qp, whatever range is scored with it. AVX2
  * or portable, chosen at run time (eg_index_kernels); both give the same
  * bits. */

@@ -39,7 +39,7 @@ static void score_h_portable(const uint16_t *tab, size_t s0, size_t s1, size_t w
             const float *b = qp + (size_t)r * width;
             float acc = 0.0f;
             for (size_t c = 0; c < width; c++) acc = fmaf(f16_lut[a[c * IX_BLK]], b[c], acc);
-            out[(s - s0) * (size_t)nr + (size_t)r] = acc;
+            out[(s - s0) * (size_t)nr + (size_t)r] = acc != acc ? INFINITY : acc;
         }
     }
 }
@@ -86,7 +86,10 @@ AVX2 static inline __m256 load_h(const uint16_t *p, int clamp)
                     acc[b * R + r] = _mm256_fmadd_ps(x[b], qr, acc[b * R + r]);              \
             }                                                                                \
         }                                                                                    \
-        _Pragma("GCC unroll 8") for (int i = 0; i < NB * R; i++) _mm256_storeu_ps(res + 8 * i, acc[i]); \
+        /* NaN (inf - inf, after overflow) -> +inf: still an upper bound */                \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NB * R; i++)                              \
+            _mm256_storeu_ps(res + 8 * i, _mm256_blendv_ps(acc[i], _mm256_set1_ps(INFINITY),    \
+                                                           _mm256_cmp_ps(acc[i], acc[i], _CMP_UNORD_Q))); \
     }
 #define KTS(R) KT(R, 1, 0) KT(R, 1, 1) KT(R, 2, 0) KT(R, 2, 1)
 KTS(1)

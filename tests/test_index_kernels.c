@@ -1,0 +1,278 @@
+/* test_index_kernels.c: the routing kernels against plain reference loops,
+ * the AVX2 and portable versions against each other, and the fused
+ * select-and-bound against the separate calls and the exact lost mass.
+ * Includes index/'s internal header for ix_sum_exp, which has no public
+ * entry of its own. */
+#include "index.h"
+#include "ix_internal.h"
+#include "testutil.h"
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double half_to_double(const uint8_t *p)
+{
+    unsigned h = (unsigned)p[0] | ((unsigned)p[1] << 8), e = (h >> 10) & 31, m = h & 1023;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, (int)e - 25);
+    return h & 0x8000 ? -v : v;
+}
+
+/* Random keys [n][d]; with huge, a few values beyond f16 (the table holds inf). */
+static float *rand_keys(size_t n, int d, uint64_t seed, int huge)
+{
+    float *k = malloc(sizeof(float) * n * d + 1);
+    for (size_t i = 0; i < n * (size_t)d; i++) {
+        k[i] = 2.0f * tu_randn(&seed) + (float)((i / (size_t)d / 16) % 5);
+        if (huge && i % 211 == 17) k[i] = (i & 1 ? 1 : -1) * 9.0e4f;
+    }
+    return k;
+}
+
+typedef struct { eg_route_table *t; uint8_t *sum; size_t bytes; } built;
+
+static int build_table(eg_router_kind kind, const float *k, size_t nseg, int d, int S, built *b)
+{
+    eg_summary_spec sp = { kind, d, S, NULL };
+    memset(b, 0, sizeof *b);
+    if (eg_summary_bytes(&sp, &b->bytes) < 0) return -1;
+    b->sum = malloc(b->bytes * nseg + 1);
+    for (size_t s = 0; s < nseg; s++)
+        if (eg_summary_compute(&sp, k + s * S * d, b->sum + s * b->bytes, b->bytes) < 0) return -1;
+    if (eg_route_table_create(&sp, &b->t) < 0) return -1;
+    /* two appends, so a block of 8 is filled across calls */
+    size_t first = nseg / 3;
+    if (eg_route_table_append(b->t, b->sum, first, NULL) < 0) return -1;
+    return eg_route_table_append(b->t, b->sum + first * b->bytes, nseg - first, NULL);
+}
+
+static void built_free(built *b)
+{
+    eg_route_table_free(b->t);
+    free(b->sum);
+}
+
+/* Quest and centroid scores of every shape: equal bits from both kernels,
+ * and within the stated rounding of a double loop over the stored halves. */
+static void test_score_kernel_reference(void)
+{
+    static const int dims[] = { 1, 5, 33, 64, 128 };
+    static const size_t segs[] = { 1, 7, 8, 9, 37, 100 };
+    static const int rows[] = { 1, 2, 3, 4, 5, 7, 9 };
+    uint64_t seed = 11;
+    int cases = 0, bad = 0;
+    double worst = 0;
+    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
+        for (size_t si = 0; si < sizeof segs / sizeof *segs; si++)
+            for (int kind = 0; kind < 2; kind++) {
+                int d = dims[di], S = 16, nr = rows[(di + si + (size_t)kind) % 7], huge = si == 4;
+                size_t nseg = segs[si];
+                float *k = rand_keys(nseg * S, d, seed++, huge);
+                built b;
+                REQUIRE(build_table(kind ? EG_ROUTER_CENTROID : EG_ROUTER_QUEST, k, nseg, d, S, &b) == 0);
+                float *q = malloc(sizeof(float) * nr * d);
+                for (int i = 0; i < nr * d; i++) q[i] = tu_randn(&seed);
+                eg_route_rows rw = { .n_rows = nr, .q = q, .scale = 0.1f };
+                float *fast = malloc(sizeof(float) * nr * nseg), *port = malloc(sizeof(float) * nr * nseg);
+                eg_index_kernels(0);
+                CHECK_OK(eg_router_score_all(b.t, &rw, fast));
+                eg_index_kernels(1);
+                CHECK_OK(eg_router_score_all(b.t, &rw, port));
+                eg_index_kernels(0);
+                if (memcmp(fast, port, sizeof(float) * nr * nseg)) bad++;
+                double tmax = 0;
+                for (size_t i = 0; i < nseg * b.bytes / 2; i++) tmax = fmax(tmax, fabs(half_to_double(b.sum + 2 * i)));
+                tmax = tmax > FLT_MAX ? FLT_MAX : tmax;
+                for (int r = 0; r < nr; r++)
+                    for (size_t s = 0; s < nseg; s++) {
+                        const uint8_t *row = b.sum + s * b.bytes;
+                        double ql1 = 0;
+                        for (int c = 0; c < d; c++) ql1 += fabs(q[r * d + c]);
+                        double ref = 0, mag = 0;
+                        for (int c = 0; c < d; c++) {
+                            double qc = q[r * d + c], v;
+                            if (kind) v = half_to_double(row + 2 * c);
+                            else v = qc > 0 ? half_to_double(row + 2 * c) : half_to_double(row + 2 * (d + c));
+                            v = v > FLT_MAX ? FLT_MAX : v < -FLT_MAX ? -FLT_MAX : v;
+                            ref += qc * v;
+                            mag += fabs(qc * v);
+                        }
+                        double got = fast[(size_t)r * nseg + s], err = fabs(got - ref) / (mag + 1e-30);
+                        /* centroid: the raw f32 dot; quest: slack added (scaled by the
+                         * largest |bound| of the group, at most tmax), so never below */
+                        double allow = kind ? (d + 2) * 0x1p-23 * mag : (4.0 * d + 10) * 0x1p-23 * ql1 * tmax;
+                        if (mag > 1e30 && got == INFINITY) err = 0;   /* overflowed f32: +inf, still a bound */
+                        else if (fabs(got - ref) > allow || (!kind && got < ref - 1e-300) || got != got) {
+                            if (bad < 5)
+                                fprintf(stderr, "  d %d nseg %zu kind %d r %d s %zu: %.9g vs %.9g\n", d, nseg,
+                                        kind, r, s, got, ref);
+                            bad++;
+                        }
+                        if (!huge) worst = err > worst ? err : worst;   /* huge: slack of FLT_MAX */
+                    }
+                cases++;
+                free(q); free(fast); free(port); free(k);
+                built_free(&b);
+            }
+    CHECK(bad == 0);
+    printf("  %d tables (%s): kernels agree bit for bit; worst relative error %.2g\n", cases,
+           eg_index_kernels(-1), worst);
+}
+
+/* sum of exp over [-87, 0] and -inf lanes, against long double, for both
+ * kernels: within IX_EXP_REL per term. */
+static void test_sum_exp_accuracy(void)
+{
+    enum { N = 1 << 20 };
+    float *u = malloc(sizeof(float) * N);
+    double worst[2] = { 0, 0 };
+    for (int port = 0; port < 2; port++) {
+        eg_index_kernels(port);
+        /* one term at a time over a dense sweep */
+        for (int i = 0; i < N; i++) u[i] = -87.0f * (float)i / (float)(N - 1);
+        for (int i = 0; i < N; i += 1) {
+            double got = ix_sum_exp(u + i, 1), ref = (double)expl((long double)u[i]);
+            double err = fabs(got - ref) / ref;
+            worst[port] = err > worst[port] ? err : worst[port];
+        }
+        /* lengths 0..40 with -inf, and a long sum (double accumulation) */
+        uint64_t s = 5;
+        for (int len = 0; len <= 40; len++) {
+            float v[40];
+            long double ref = 0;
+            for (int j = 0; j < len; j++) {
+                v[j] = tu_rand(&s) % 4 == 0 ? -INFINITY : -30.0f * (float)(tu_rand(&s) % 1000) / 1000.0f;
+                ref += v[j] == -INFINITY ? 0 : expl(v[j]);
+            }
+            double got = ix_sum_exp(v, (size_t)len);
+            CHECK(fabs(got - (double)ref) <= IX_EXP_REL * (double)ref + 1e-300);
+        }
+        long double ref = 0;
+        for (int i = 0; i < N; i++) ref += expl((long double)u[i]);
+        double got = ix_sum_exp(u, N);
+        CHECK(fabs(got - (double)ref) <= IX_EXP_REL * (double)ref);
+    }
+    eg_index_kernels(0);
+    CHECK(worst[0] <= IX_EXP_REL && worst[1] <= IX_EXP_REL);
+    printf("  worst relative error per term: %.2g (%s), %.2g (portable); allowed %.1g\n", worst[0],
+           eg_index_kernels(-1), worst[1], IX_EXP_REL);
+    free(u);
+}
+
+/* log of the exact sum of exp(scale q.k) over visible unselected tokens of row r. */
+static double exact_lse_unselected(const float *k, size_t nseg, int d, int S, const float *q, float scale,
+                                   int64_t pos, const uint8_t *sel)
+{
+    double m = -INFINITY, z = 0;
+    for (size_t t = 0; t < nseg * (size_t)S && (int64_t)t <= pos; t++) {
+        if (sel[t / (size_t)S]) continue;
+        double v = 0;
+        for (int c = 0; c < d; c++) v += (double)q[c] * k[t * d + c];
+        v *= scale;
+        if (v > m) { z = z * exp(m - v) + 1; m = v; } else z += exp(v - m);
+    }
+    return z > 0 ? m + log(z) : -INFINITY;
+}
+
+/* select_bound = select + unselected_bound: the same selection, a bound
+ * no looser, and never below the exact left-out mass; flat and
+ * hierarchical, both kernels. */
+static void test_select_bound_fused(void)
+{
+    const int d = 32, S = 16;
+    uint64_t seed = 99;
+    int checked = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        size_t nseg = 20 + (size_t)trial * 23;
+        float *k = rand_keys(nseg * S, d, seed++, trial == 5);
+        built b;
+        REQUIRE(build_table(EG_ROUTER_QUEST, k, nseg, d, S, &b) == 0);
+        int nr = 1 + trial % 5;
+        float q[5 * 32];
+        int64_t pos[5];
+        for (int i = 0; i < nr * d; i++) q[i] = (trial % 3 + 1) * tu_randn(&seed);
+        for (int r = 0; r < nr; r++) pos[r] = (int64_t)(tu_rand(&seed) % (nseg * S));
+        eg_route_rows rw = { .n_rows = nr, .q = q, .pos = trial % 2 ? pos : NULL, .scale = 0.2f };
+        eg_route_opts o;
+        eg_route_opts_init(&o);
+        o.budget_tokens = S * (3 + trial);
+        o.hierarchical = trial % 4 != 3;
+        for (int port = 0; port < 2; port++) {
+            eg_index_kernels(port);
+            eg_route_selection a, f;
+            double *ub = NULL;
+            CHECK_OK(eg_router_select(b.t, &rw, &o, &a));
+            CHECK_OK(eg_router_select_bound(b.t, &rw, &o, &f, &ub));
+            REQUIRE(ub);
+            REQUIRE(a.n == f.n && a.n_forced == f.n_forced);
+            CHECK(!memcmp(a.segments, f.segments, a.n * sizeof *a.segments));
+            CHECK(!memcmp(a.scores, f.scores, a.n * sizeof *a.scores));
+            size_t no = a.n - a.n_forced;
+            double *sep = malloc(sizeof(double) * nr * (no + 1));
+            CHECK_OK(eg_route_unselected_bound(b.t, &rw, &a, sep));
+            uint8_t *mark = calloc(nseg, 1);
+            for (size_t i = 0; i < a.n_forced; i++) mark[a.segments[i]] = 1;
+            for (size_t i = 0; i <= no; i++) {
+                if (i) mark[a.segments[a.n_forced + i - 1]] = 1;
+                for (int r = 0; r < nr; r++) {
+                    double fu = ub[(size_t)r * (no + 1) + i], su = sep[(size_t)r * (no + 1) + i];
+                    int64_t p = rw.pos ? pos[r] : (int64_t)(nseg * S) - 1;
+                    double ex = exact_lse_unselected(k, nseg, d, S, q + r * d, rw.scale, p, mark);
+                    if (!(fu <= su + 1e-12) || !(fu >= ex - 1e-9 * fabs(ex) || ex == -INFINITY))
+                        fprintf(stderr, "  trial %d port %d prefix %zu/%zu row %d: fused %.9g sep %.9g exact %.9g\n",
+                                trial, port, i, no, r, fu, su, ex);
+                    CHECK(fu <= su + 1e-12);
+                    CHECK(fu >= ex - 1e-9 * fabs(ex) || ex == -INFINITY);
+                    if (ex == -INFINITY) CHECK(fu == -INFINITY);
+                    checked++;
+                }
+            }
+            free(mark);
+            free(sep);
+            free(ub);
+            eg_route_selection_free(&a);
+            eg_route_selection_free(&f);
+        }
+        eg_index_kernels(0);
+        built_free(&b);
+        free(k);
+    }
+    printf("  %d (row, prefix) bounds: fused <= separate, and >= the exact left-out mass\n", checked);
+}
+
+/* Bad input to the fused call loses nothing and allocates nothing. */
+static void test_select_bound_errors(void)
+{
+    const int d = 8, S = 16;
+    float *k = rand_keys(10 * S, d, 3, 0);
+    built qb, cb;
+    REQUIRE(build_table(EG_ROUTER_QUEST, k, 10, d, S, &qb) == 0);
+    REQUIRE(build_table(EG_ROUTER_CENTROID, k, 10, d, S, &cb) == 0);
+    float q[8] = { 1, 0, 0, 0, 0, 0, 0, NAN };
+    eg_route_rows rw = { .n_rows = 1, .q = q, .scale = 0.3f };
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    o.budget_tokens = 64;
+    eg_route_selection sel;
+    double *ub = (double *)&o;
+    CHECK_EQ_INT(eg_router_select_bound(qb.t, &rw, &o, &sel, &ub), EG_IX_ENONFINITE);
+    CHECK(ub == NULL && sel.segments == NULL);
+    q[7] = 0;
+    CHECK_EQ_INT(eg_router_select_bound(cb.t, &rw, &o, &sel, &ub), EG_IX_EKIND);
+    CHECK_EQ_INT(eg_router_select_bound(qb.t, &rw, &o, &sel, NULL), EG_IX_EINVAL);
+    o.budget_tokens = 0;
+    CHECK_EQ_INT(eg_router_select_bound(qb.t, &rw, &o, &sel, &ub), EG_IX_EBUDGET);
+    CHECK(ub == NULL);
+    built_free(&qb);
+    built_free(&cb);
+    free(k);
+}
+
+int main(void)
+{
+    TEST_RUN(test_score_kernel_reference);
+    TEST_RUN(test_sum_exp_accuracy);
+    TEST_RUN(test_select_bound_fused);
+    TEST_RUN(test_select_bound_errors);
+    TEST_END();
+}
