@@ -38,49 +38,56 @@ double ix_quest_slack(int d, double q_l1, float gabs)
     return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
 }
 
-/* What rounding can add to a bound built with ix_sum_exp, in log units:
- * each term's exp is off by at most IX_EXP_REL, and its argument, taken
- * relative to its group's max and at most 87 in size, by 87 * 2^-24 when
- * rounded to float. Adding this to the log keeps the bound an upper bound. */
-#define BOUND_MARGIN (2.0 * (IX_EXP_REL + 87.0 * 0x1p-24))
-
 /* Bound of the left-out mass given a selection (see the header), with the
- * scores of the call in k where select left them. */
+ * scores of the call in k where select left them. Score arrays are
+ * row-major: row r of a block of scores at r * ld. */
 static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache *k, double *log_ub)
 {
     const eg_route_table *t = c->t;
     const eg_route_rows *rows = c->rows;
     size_t n = t->n, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, G = EG_IX_GROUP;
     size_t w = (size_t)t->width, d = w / 2, nv = c->n_vis, ng = (nv + G - 1) / G;
-    size_t n_order = sel->n - sel->n_forced;
+    size_t n_order = sel->n - sel->n_forced, lds = G > n_order ? G : n_order;
     int rc = 0;
     uint8_t *mark = calloc(n ? n : 1, 1);               /* 1 = selected */
     size_t *cnt = malloc(sizeof(size_t) * (n + 1));     /* prefix counts of unselected */
-    float *sc = malloc(sizeof(float) * nr * (G > n_order ? G : n_order) + sizeof(float));
+    float *sc = malloc(sizeof(float) * nr * lds + sizeof(float));
     float *gsc = k && k->gsc ? NULL : malloc(sizeof(float) * nr * (ng ? ng : 1));
     double *coarse = malloc(sizeof(double) * nr * (ng ? ng : 1));
     double *ql1 = malloc(sizeof(double) * nr);
+    double *margin = malloc(sizeof(double) * nr);
     lse_acc *acc = malloc(sizeof(lse_acc) * nr);
-    if (!mark || !cnt || !sc || (!gsc && !(k && k->gsc)) || !coarse || !ql1 || !acc) {
+    size_t *pseg = malloc(sizeof(size_t) * nr);
+    double *lpart = malloc(sizeof(double) * nr);
+    if (!mark || !cnt || !sc || (!gsc && !(k && k->gsc)) || !coarse || !ql1 || !margin || !acc || !pseg ||
+        !lpart) {
         rc = ix_fail(EG_IX_ENOMEM, "out of memory");
         goto out;
     }
-    const float *gs = gsc ? gsc : k->gsc;
+    const float *gs = gsc ? gsc : k->gsc;                /* [nr][ng] */
     for (size_t i = 0; i < sel->n; i++) mark[sel->segments[i]] = 1;
     cnt[0] = 0;
     for (size_t s = 0; s < n; s++) cnt[s + 1] = cnt[s] + !mark[s];
+    const double scale = rows->scale, logS = log((double)S);
     for (size_t r = 0; r < nr; r++) {
         double l1 = 0;
         for (size_t i = 0; i < d; i++) l1 += fabs((double)rows->q[r * d + i]);
         ql1[r] = l1;
+        margin[r] = 0;
         acc[r] = (lse_acc){ -INFINITY, 0 };
+        /* the segment holding pos, when the row sees only part of it */
+        pseg[r] = SIZE_MAX;
+        lpart[r] = 0;
+        if (rows->pos && (size_t)(rows->pos[r] + 1) % S) {
+            pseg[r] = (size_t)rows->pos[r] / S;
+            lpart[r] = log((double)((size_t)(rows->pos[r] + 1) % S)) - logS;
+        }
     }
-    const double scale = rows->scale, logS = log((double)S);
-    /* Tokens of segment s row r sees (the segment holding pos is partial). */
-    #define SEEN(r, s) (rows->pos && (int64_t)(((s) + 1) * S) > rows->pos[r] + 1 \
-        ? (double)(rows->pos[r] + 1 - (int64_t)((s) * S)) : (double)S)
+    /* Term of segment s for row r from its score: log(tokens seen) + scale * (score + slack). */
+    #define TERM(r, s, score, g) (logS + ((s) == pseg[r] ? lpart[r] : 0.0) + \
+        scale * ((double)(score) + ix_quest_slack((int)d, ql1[r], t->gabs[g])))
     /* Coarse terms per group and row, over the row's visible unselected segments. */
-    if (gsc) ix_score_rows_h(t->hgtab, 0, ng, w, c->qp, c->nr, gsc, t->has_inf);
+    if (gsc) ix_score_rows_h(t->hgtab, 0, ng, w, c->qp, c->nr, gsc, ng, t->has_inf);
     double best = -INFINITY;
     for (size_t g = 0; g < ng; g++)
         for (size_t r = 0; r < nr; r++) {
@@ -88,15 +95,13 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
             double v = -INFINITY;
             if (b > a && cnt[b] - cnt[a] > 0)
                 v = log((double)(cnt[b] - cnt[a]) * S) +
-                    scale * ((double)gs[g * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+                    scale * ((double)gs[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
             coarse[g * nr + r] = v;
             best = v > best ? v : best;
         }
     /* Refine the groups select scored and those that can matter; keep the
-     * coarse term elsewhere. Per group and row: its terms relative to
-     * their max, summed by the vector kernel. */
-    double tv[EG_IX_GROUP];
-    float u[EG_IX_GROUP];
+     * coarse term elsewhere. Per group and row, the vector kernel sums the
+     * terms relative to their max (the partial segment is added exactly). */
     for (size_t g = 0; g < ng; g++) {
         int cached = k && k->sc && k->done[g], refine = cached;
         for (size_t r = 0; r < nr && !refine; r++) refine |= coarse[g * nr + r] >= best - REFINE_NATS;
@@ -104,30 +109,35 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
             for (size_t r = 0; r < nr; r++) lse_add(&acc[r], coarse[g * nr + r]);
             continue;
         }
-        size_t a = g * G, b = a + G < nv ? a + G : nv;
-        const float *gsr = cached ? k->sc + a * nr : sc;
-        if (!cached) ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, sc, t->has_inf);
+        size_t a = g * G, b = a + G < nv ? a + G : nv, ld = cached ? k->n_vis : G;
+        const float *gsr = cached ? k->sc + a : sc;
+        if (!cached) ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, sc, G, t->has_inf);
         for (size_t r = 0; r < nr; r++) {
-            double slack = ix_quest_slack((int)d, ql1[r], t->gabs[g]), m = -INFINITY;
-            size_t nu = 0;
-            for (size_t s = a; s < b && s < c->row_vis[r]; s++) {
-                if (mark[s]) continue;
-                double x = (S == SEEN(r, s) ? logS : log(SEEN(r, s))) +
-                           scale * ((double)gsr[(s - a) * nr + r] + slack);
-                tv[nu++] = x;
-                m = x > m ? x : m;
+            size_t e = b < c->row_vis[r] ? b : c->row_vis[r], ps = pseg[r];
+            if (e <= a) continue;
+            const float *row = gsr + r * ld;
+            int part = ps >= a && ps < e && !mark[ps];
+            if (part) {                       /* exactly, outside the kernel */
+                lse_add(&acc[r], TERM(r, ps, row[ps - a], g));
+                mark[ps] = 1;
             }
-            if (!nu) continue;
+            double base = logS + scale * ix_quest_slack((int)d, ql1[r], t->gabs[g]);
+            float m;
+            double sum = ix_sum_exp_terms(row, mark + a, e - a, (float)scale, (float)base, &m);
+            if (part) mark[ps] = 0;
             if (m == INFINITY) { lse_add(&acc[r], INFINITY); continue; }   /* overflowed: no bound */
-            for (size_t i = 0; i < nu; i++) u[i] = (float)(tv[i] - m);
-            lse_add(&acc[r], m + log(ix_sum_exp(u, nu)));
+            if (m == -INFINITY) continue;
+            lse_add(&acc[r], (double)m + log(sum));
+            double err = IX_EXP_REL + 0x1p-24 * (2.0 * fabs(m) + fabs(base) + 174.0);
+            margin[r] = err > margin[r] ? err : margin[r];
         }
     }
     /* Routed segments, as suffixes: prefix i leaves out routed[i..n_order). */
     for (size_t i = 0; i < n_order; i++) {
         size_t s = (size_t)sel->segments[sel->n_forced + i];
-        if (k && k->sc && s < k->n_vis && k->done[s / G]) memcpy(sc + i * nr, k->sc + s * nr, nr * sizeof(float));
-        else ix_score_rows_h(t->htab, s, s + 1, w, c->qp, c->nr, sc + i * nr, t->has_inf);
+        if (k && k->sc && s < k->n_vis && k->done[s / G])
+            for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
+        else ix_score_rows_h(t->htab, s, s + 1, w, c->qp, c->nr, sc + i, n_order, t->has_inf);
     }
     for (size_t r = 0; r < nr; r++) {
         double *o = log_ub + r * (n_order + 1);
@@ -135,16 +145,16 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
         o[n_order] = lse_get(&suf);
         for (size_t i = n_order; i-- > 0;) {
             size_t s = (size_t)sel->segments[sel->n_forced + i];
-            if (s < c->row_vis[r])
-                lse_add(&suf, log(SEEN(r, s)) +
-                        scale * ((double)sc[i * nr + r] + ix_quest_slack((int)d, ql1[r], t->gabs[s / G])));
+            if (s < c->row_vis[r]) lse_add(&suf, TERM(r, s, sc[r * n_order + i], s / G));
             o[i] = lse_get(&suf);
         }
-        for (size_t i = 0; i <= n_order; i++) if (o[i] > -INFINITY) o[i] += BOUND_MARGIN;
+        /* What the kernel's rounding can add, twice over: log(1 + e) <= e. */
+        for (size_t i = 0; i <= n_order; i++) if (o[i] > -INFINITY) o[i] += 2.0 * margin[r];
     }
-    #undef SEEN
+    #undef TERM
 out:
-    free(mark); free(cnt); free(sc); free(gsc); free(coarse); free(ql1); free(acc);
+    free(mark); free(cnt); free(sc); free(gsc); free(coarse); free(ql1); free(margin); free(acc); free(pseg);
+    free(lpart);
     return rc;
 }
 

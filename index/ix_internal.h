@@ -24,7 +24,7 @@ void ix_score_rows(const float *tab, size_t n, size_t width, const float *qp, in
                    float *out);
 /* Scores of rows [s0, s1) of a blocked f16 table (simd.c): tab holds
  * blocks of IX_BLK rows, each block channel-major ([width][IX_BLK]), so a
- * vector load reads one channel of IX_BLK rows. out[(s-s0)*nr + r] =
+ * vector load reads one channel of IX_BLK rows. out[r*ld + (s-s0)] =
  * sum over c in order of tab(s, c) * qp[r][c] (FMA), +-inf read as
  * +-FLT_MAX (clamp must be 1 when the table holds an inf); a NaN from
  * overflow (inf - inf) comes out as +inf, still a bound. A row's score
@@ -37,12 +37,19 @@ static inline size_t ix_hidx(size_t s, size_t c, size_t width)
     return (s / IX_BLK) * width * IX_BLK + c * IX_BLK + s % IX_BLK;
 }
 void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,
-                     float *out, int clamp);
+                     float *out, size_t ld, int clamp);
 /* sum of exp(u[i]) for u[i] <= 0 (-inf allowed), summed in double. Each
  * term's relative error is at most IX_EXP_REL; terms below -87 count as 0,
  * which callers make negligible by taking u relative to its max. */
 #define IX_EXP_REL 4e-6
 double ix_sum_exp(const float *u, size_t n);
+/* The terms x_i = fmaf(scale, sc[i], base) for i < n with skip[i] == 0:
+ * *m = their max (-inf if none), returns the sum of exp(x_i - m) (0 if
+ * none; 1 if m is +inf). Against exact arithmetic on sc, scale and base,
+ * each term's relative error is at most
+ * IX_EXP_REL + 2^-24 (2|m| + |base| + 174) (float rounding of x_i and of
+ * x_i - m, which is at most 87 where it counts). */
+double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, float base, float *m);
 /* out[r] = dot(a, b[r]) for int8 a (times scale) against f32 rows b. */
 float ix_dot_i8(const int8_t *a, const float *b, int n);
 
@@ -96,9 +103,9 @@ typedef struct {
 typedef struct {
     int want;
     size_t n_vis;
-    float *sc;                /* [n_vis][nr] raw scores of segments in groups marked done */
+    float *sc;                /* [nr][n_vis] raw scores of segments in groups marked done */
     uint8_t *done;            /* [ceil(n_vis/G)] */
-    float *gsc;               /* [ceil(n_vis/G)][nr] group scores, or NULL */
+    float *gsc;               /* [nr][ceil(n_vis/G)] group scores, or NULL */
 } ix_cache;
 void ix_cache_free(ix_cache *k);
 /* eg_router_select, filling k when k && k->want. */

@@ -130,19 +130,19 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
 
 int ix_forced(const ix_ctx *c, size_t s) { return s < c->n_sink || s >= c->recent0; }
 
-/* Per-row raw scores of segments [s0, s1) into out [(s1-s0)][nr]. */
-static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
+/* Per-row raw scores of segments [s0, s1): row r at out + r*ld. */
+static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
 {
     const eg_route_table *t = c->t;
     size_t n = s1 - s0, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
     case EG_ROUTER_CENTROID:
-        ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, t->has_inf);
+        ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
         break;
     case EG_ROUTER_ORACLE:
         for (size_t i = 0; i < n; i++)
-            for (size_t r = 0; r < nr; r++) out[i * nr + r] = c->rows->oracle_mass[s0 + i];
+            for (size_t r = 0; r < nr; r++) out[r * ld + i] = c->rows->oracle_mass[s0 + i];
         break;
     case EG_ROUTER_LEARNED:
         if (t->codes) {
@@ -157,7 +157,7 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
                         for (size_t j = 0; j < m; j++) v += lut[j * IX_PQ_K + cd[k * m + j]];
                         best = v > best ? v : best;
                     }
-                    out[i * nr + r] = best;
+                    out[r * ld + i] = best;
                 }
             }
         } else {
@@ -171,7 +171,7 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
                     for (int r = 0; r < nrs; r++) {
                         float best = -INFINITY;
                         for (size_t k = 0; k < nrep; k++) best = tmp[k * nrs + r] > best ? tmp[k * nrs + r] : best;
-                        out[i * nr + r0 + r] = best;
+                        out[(r0 + r) * ld + i] = best;
                     }
                 }
             }
@@ -193,7 +193,7 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
                     }
                     best = v > best ? v : best;
                 }
-                out[i * nr + r] = best;
+                out[r * ld + i] = best;
             }
         }
         break;
@@ -202,12 +202,12 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out)
     }
 }
 
-/* Aggregate: max over the rows that see segment s. */
-static float aggregate(const ix_ctx *c, size_t s, const float *row_scores)
+/* Aggregate: max over the rows that see segment s (row r's score at p[r*ld]). */
+static float aggregate(const ix_ctx *c, size_t s, const float *p, size_t ld)
 {
     float best = -INFINITY;
     for (int r = 0; r < c->nr; r++)
-        if (s < c->row_vis[r] && row_scores[r] > best) best = row_scores[r];
+        if (s < c->row_vis[r] && p[(size_t)r * ld] > best) best = p[(size_t)r * ld];
     return best;
 }
 
@@ -219,20 +219,29 @@ static int tag_ok(const eg_route_opts *o, uint32_t tag)
 }
 
 /* Score segments [s0, s1) (into the cache when there is one, else buf)
- * and push the candidates among them. */
+ * and push the candidates among them: the max over rows first, row by
+ * row over contiguous scores, then only what beats the heap's k-th. */
 static void push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_t s1, ix_heap *hp, float *buf,
                        ix_cache *k)
 {
-    size_t nr = (size_t)c->nr;
+    float agg[CHUNK];
     for (size_t a = s0; a < s1; a += CHUNK) {
-        size_t b = a + CHUNK < s1 ? a + CHUNK : s1;
-        float *out = k && k->sc ? k->sc + a * nr : buf;
-        score_range(c, a, b, out);
+        size_t b = a + CHUNK < s1 ? a + CHUNK : s1, ld = k && k->sc ? k->n_vis : CHUNK;
+        float *out = k && k->sc ? k->sc + a : buf;
+        score_range(c, a, b, out, ld);
+        for (size_t i = 0; i < b - a; i++) agg[i] = -INFINITY;
+        for (int r = 0; r < c->nr; r++) {
+            size_t lim = c->row_vis[r] < b ? c->row_vis[r] : b;
+            const float *p = out + (size_t)r * ld;
+            for (size_t i = 0; a + i < lim; i++) agg[i] = p[i] > agg[i] ? p[i] : agg[i];
+        }
+        float thr = hp->n == hp->k && hp->k ? hp->h[0].score : -INFINITY;
         for (size_t s = a; s < b; s++) {
+            float v = agg[s - a];
+            if (v < thr || v == -INFINITY) continue;   /* cannot enter the heap */
             if (ix_forced(c, s) || !tag_ok(o, c->t->tags[s])) continue;
-            float v = aggregate(c, s, out + (s - a) * nr);
-            if (v == -INFINITY) continue;
             ix_heap_push(hp, (ix_cand){ v, (int64_t)s });
+            if (hp->n == hp->k && hp->k) thr = hp->h[0].score;
         }
     }
 }
@@ -282,9 +291,10 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
     if (!gs || (!gb && !(k && k->gsc))) { free(gs); free(gb); return (size_t)-1; }
     for (size_t a = 0; a < ng; a += CHUNK) {
         size_t b = a + CHUNK < ng ? a + CHUNK : ng;
-        float *out = gb ? gb : k->gsc + a * nr;
-        ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, t->has_inf);
-        for (size_t g = a; g < b; g++) gs[g] = (gsort){ aggregate(c, g * G, out + (g - a) * nr), g };
+        float *out = gb ? gb : k->gsc + a;
+        size_t ld = gb ? CHUNK : ng;
+        ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
+        for (size_t g = a; g < b; g++) gs[g] = (gsort){ aggregate(c, g * G, out + (g - a), ld), g };
     }
     qsort(gs, ng, sizeof(gsort), gsort_cmp);
     for (size_t i = 0; i < ng; i++) {
@@ -385,10 +395,10 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
             for (size_t i = 0; i < d; i++) l1[r] += fabs((double)rows->q[r * d + i]);
     for (size_t a = 0; a < n; a += CHUNK) {
         size_t b = a + CHUNK < n ? a + CHUNK : n;
-        score_range(&c, a, b, buf);
+        score_range(&c, a, b, buf, CHUNK);
         for (size_t s = a; s < b; s++)
             for (size_t r = 0; r < nr; r++) {
-                float v = s < c.row_vis[r] ? buf[(s - a) * nr + r] : -INFINITY;
+                float v = s < c.row_vis[r] ? buf[r * CHUNK + (s - a)] : -INFINITY;
                 if (t->spec.kind == EG_ROUTER_QUEST && v > -INFINITY) {
                     /* A true bound: add the rounding slack of the f32 dot. */
                     v = (float)((double)v + ix_quest_slack((int)d, l1[r], t->gabs[s / EG_IX_GROUP]));

@@ -30,7 +30,7 @@ static void lut_init(void)
 /* Blocked layout (see ix_internal.h): each row's score is the sum over
  * channels in order, one lane per segment. */
 static void score_h_portable(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp,
-                             int nr, float *out, int clamp)
+                             int nr, float *out, size_t ld, int clamp)
 {
     (void)clamp;   /* the table maps inf to FLT_MAX already */
     for (size_t s = s0; s < s1; s++) {
@@ -39,7 +39,7 @@ static void score_h_portable(const uint16_t *tab, size_t s0, size_t s1, size_t w
             const float *b = qp + (size_t)r * width;
             float acc = 0.0f;
             for (size_t c = 0; c < width; c++) acc = fmaf(f16_lut[a[c * IX_BLK]], b[c], acc);
-            out[(s - s0) * (size_t)nr + (size_t)r] = acc != acc ? INFINITY : acc;
+            out[(size_t)r * ld + (s - s0)] = acc != acc ? INFINITY : acc;
         }
     }
 }
@@ -49,6 +49,26 @@ static double sum_exp_portable(const float *u, size_t n)
     double s = 0;
     for (size_t i = 0; i < n; i++) s += u[i] < -87.0f ? 0.0 : exp((double)u[i]);
     return s;
+}
+
+static double sum_exp_terms_portable(const float *sc, const uint8_t *skip, size_t n, float scale, float base,
+                                     float *m_out)
+{
+    float m = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        if (!skip[i]) {
+            float x = fmaf(scale, sc[i], base);
+            m = x > m ? x : m;
+        }
+    *m_out = m;
+    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!skip[i]) {
+            float u = fmaf(scale, sc[i], base) - m;
+            sum += u < -87.0f ? 0.0 : exp((double)u);
+        }
+    return sum;
 }
 
 /* ---- AVX2, FMA, F16C -------------------------------------------------------------------- */
@@ -108,7 +128,7 @@ static const kt_fn kt_table[4][2][2] = {   /* [R-1][NB-1][clamp] */
 /* Blocks covering [s0, s1), two at a time; rows four at a time while the
  * blocks are in L1, so the table streams from memory once for any nr. */
 AVX2 static void score_h_avx2(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp,
-                              int nr, float *out, int clamp)
+                              int nr, float *out, size_t ld, int clamp)
 {
     size_t b0 = s0 / IX_BLK, b1 = (s1 + IX_BLK - 1) / IX_BLK, unr = (size_t)nr;
     float res[2 * 4 * IX_BLK];
@@ -118,13 +138,18 @@ AVX2 static void score_h_avx2(const uint16_t *tab, size_t s0, size_t s1, size_t 
         for (size_t r = 0; r < unr;) {
             size_t R = unr - r < 4 ? unr - r : 4;
             kt_table[R - 1][nb - 1][clamp != 0](blk, width, qp + r * width, res);
-            for (size_t bb = 0; bb < nb; bb++)
-                for (size_t l = 0; l < IX_BLK; l++) {
-                    size_t s = (b + bb) * IX_BLK + l;
-                    if (s < s0 || s >= s1) continue;
-                    for (size_t i = 0; i < R; i++)
-                        out[(s - s0) * unr + r + i] = res[(bb * R + i) * IX_BLK + l];
+            for (size_t bb = 0; bb < nb; bb++) {
+                size_t first = (b + bb) * IX_BLK;
+                for (size_t i = 0; i < R; i++) {
+                    const float *src = res + (bb * R + i) * IX_BLK;
+                    float *dst = out + (r + i) * ld;
+                    if (first >= s0 && first + IX_BLK <= s1)
+                        _mm256_storeu_ps(dst + (first - s0), _mm256_loadu_ps(src));
+                    else
+                        for (size_t l = 0; l < IX_BLK; l++)
+                            if (first + l >= s0 && first + l < s1) dst[first + l - s0] = src[l];
                 }
+            }
             r += R;
         }
         b += nb;
@@ -177,13 +202,59 @@ AVX2 static double sum_exp_avx2(const float *u, size_t n)
     _mm256_storeu_pd(t, _mm256_add_pd(a, b));
     return (t[0] + t[1]) + (t[2] + t[3]);
 }
+
+/* Lanes i..i+7 of the terms, -inf where skipped. */
+AVX2 static inline __m256 terms8(const float *sc, const uint8_t *skip, __m256 scale, __m256 base)
+{
+    __m256 x = _mm256_fmadd_ps(scale, _mm256_loadu_ps(sc), base);
+    __m256i sk = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)skip));
+    __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(sk, _mm256_setzero_si256()));
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), x, keep);
+}
+
+AVX2 static double sum_exp_terms_avx2(const float *sc, const uint8_t *skip, size_t n, float scale, float base,
+                                      float *m_out)
+{
+    size_t n8 = n & ~(size_t)7;
+    if (n8 < n) {   /* a ragged end: the portable loop (within the same error) */
+        float mt;
+        double st = sum_exp_terms_portable(sc + n8, skip + n8, n - n8, scale, base, &mt);
+        if (n8 == 0) { *m_out = mt; return st; }
+        float mh;
+        double sh = sum_exp_terms_avx2(sc, skip, n8, scale, base, &mh);
+        float m = mt > mh ? mt : mh;
+        *m_out = m;
+        if (m == -INFINITY || m == INFINITY) return m == INFINITY;
+        return (mt > -INFINITY ? st * exp((double)mt - m) : 0) + (mh > -INFINITY ? sh * exp((double)mh - m) : 0);
+    }
+    __m256 vs = _mm256_set1_ps(scale), vb = _mm256_set1_ps(base), mx = _mm256_set1_ps(-INFINITY);
+    for (size_t i = 0; i < n8; i += 8) mx = _mm256_max_ps(mx, terms8(sc + i, skip + i, vs, vb));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    float m = _mm_cvtss_f32(h);
+    *m_out = m;
+    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
+    __m256 vm = _mm256_set1_ps(m);
+    __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd();
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(terms8(sc + i, skip + i, vs, vb), vm));
+        a = _mm256_add_pd(a, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        b = _mm256_add_pd(b, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(a, b));
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
-typedef void (*score_fn)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, int);
+typedef void (*score_fn)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, size_t, int);
 typedef double (*sumexp_fn)(const float *, size_t);
+typedef double (*terms_fn)(const float *, const uint8_t *, size_t, float, float, float *);
 static score_fn k_score = score_h_portable;
 static sumexp_fn k_sumexp = sum_exp_portable;
+static terms_fn k_terms = sum_exp_terms_portable;
 static const char *k_name = "portable";
 static int k_cpu_avx2;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
@@ -192,11 +263,13 @@ static void choose(int portable)
 {
     k_score = score_h_portable;
     k_sumexp = sum_exp_portable;
+    k_terms = sum_exp_terms_portable;
     k_name = "portable";
 #ifdef IX_HAVE_AVX2
     if (!portable && k_cpu_avx2) {
         k_score = score_h_avx2;
         k_sumexp = sum_exp_avx2;
+        k_terms = sum_exp_terms_avx2;
         k_name = "avx2";
     }
 #else
@@ -223,14 +296,20 @@ const char *eg_index_kernels(int force_portable)
 }
 
 void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,
-                     float *out, int clamp)
+                     float *out, size_t ld, int clamp)
 {
     pthread_once(&k_once, kernels_init);
-    if (s1 > s0) k_score(tab, s0, s1, width, qp, nr, out, clamp);
+    if (s1 > s0) k_score(tab, s0, s1, width, qp, nr, out, ld, clamp);
 }
 
 double ix_sum_exp(const float *u, size_t n)
 {
     pthread_once(&k_once, kernels_init);
     return k_sumexp(u, n);
+}
+
+double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, float base, float *m)
+{
+    pthread_once(&k_once, kernels_init);
+    return k_terms(sc, skip, n, scale, base, m);
 }
