@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define IX_HAVE_AVX2 1
 #endif
@@ -282,8 +283,9 @@ static void kernels_init(void)
     lut_init();
 #ifdef IX_HAVE_AVX2
     __builtin_cpu_init();
-    k_cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                 __builtin_cpu_supports("f16c");
+    unsigned eax, ebx, ecx = 0, edx;
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));   /* not every compiler names it */
+    k_cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #endif
     choose(0);
 }
