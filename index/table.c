@@ -13,6 +13,14 @@ static float get_f16(const uint8_t *p) { return ix_f16_to_f32(get_h(p)); }
  * read inf as FLT_MAX. */
 static float clamp_inf(float v) { return v > FLT_MAX ? FLT_MAX : (v < -FLT_MAX ? -FLT_MAX : v); }
 static float hval(uint16_t h) { return clamp_inf(ix_f16_to_f32(h)); }
+/* An integer with the order of the half's value (-0 = +0); not for NaN.
+ * Comparing these instead of converting keeps table building cheap. */
+static inline uint16_t hkey(uint16_t h)
+{
+    if ((h & 0x7fffu) == 0) return 0x8000u;
+    return (h & 0x8000u) ? (uint16_t)~h : (uint16_t)(h | 0x8000u);
+}
+static inline int hnan(uint16_t h) { return (h & 0x7fffu) > 0x7c00u; }
 
 int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
 {
@@ -123,8 +131,7 @@ static void regroup(eg_route_table *t, size_t from)
             uint16_t best = ht[ix_hidx(s0, c, w)];
             for (size_t s = s0 + 1; s < s1; s++) {
                 uint16_t h = ht[ix_hidx(s, c, w)];
-                float v = ix_f16_to_f32(h), bv = ix_f16_to_f32(best);
-                if (is_max ? v > bv : v < bv) best = h;
+                if (is_max ? hkey(h) > hkey(best) : hkey(h) < hkey(best)) best = h;
             }
             gt[ix_hidx(g, c, w)] = best;
             a = fabsf(hval(best)) > a ? fabsf(hval(best)) : a;
@@ -151,9 +158,10 @@ static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
         switch (t->spec.kind) {
         case EG_ROUTER_QUEST:
             for (size_t c = 0; c < d; c++) {
-                float mx = get_f16(row + 2 * c), mn = get_f16(row + 2 * (d + c));
-                if (!(mn <= mx)) return ix_fail(EG_IX_ECORRUPT,
-                    "quest summary %zu channel %zu: min %g > max %g or NaN", i, c, mn, mx);
+                uint16_t hx = get_h(row + 2 * c), hn = get_h(row + 2 * (d + c));
+                if (hnan(hx) || hnan(hn) || hkey(hn) > hkey(hx))
+                    return ix_fail(EG_IX_ECORRUPT, "quest summary %zu channel %zu: min %g > max %g or NaN", i, c,
+                                   ix_f16_to_f32(hn), ix_f16_to_f32(hx));
             }
             break;
         case EG_ROUTER_CENTROID:

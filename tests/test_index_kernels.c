@@ -268,8 +268,41 @@ static void test_select_bound_errors(void)
     free(k);
 }
 
+/* Table building compares halves as integers: -0 and +0 are equal, NaN and
+ * min > max are refused, and group rows hold the max of maxes. */
+static void test_half_order(void)
+{
+    enum { D = 2, S = 16 };
+    eg_summary_spec sp = { EG_ROUTER_QUEST, D, S, NULL };
+    eg_route_table *t;
+    REQUIRE(eg_route_table_create(&sp, &t) == 0);
+    /* rows: max[2] then min[2], little-endian halves */
+    uint16_t ok[2][4] = { { 0x8000, 0x3c00, 0x0000, 0xbc00 },    /* max -0, 1; min +0, -1 */
+                          { 0x4000, 0xc000, 0xc200, 0xc400 } };  /* max 2, -2; min -3, -4 */
+    uint8_t b[2][8];
+    for (int i = 0; i < 2; i++)
+        for (int c = 0; c < 4; c++) { b[i][2 * c] = (uint8_t)ok[i][c]; b[i][2 * c + 1] = (uint8_t)(ok[i][c] >> 8); }
+    CHECK_OK(eg_route_table_append(t, b, 2, NULL));
+    uint8_t bad[8];
+    memcpy(bad, b[1], 8);
+    bad[4] = 0x00; bad[5] = 0x44;                                  /* min 4 > max 2 */
+    CHECK_EQ_INT(eg_route_table_append(t, bad, 1, NULL), EG_IX_ECORRUPT);
+    memcpy(bad, b[1], 8);
+    bad[0] = 0x01; bad[1] = 0x7e;                                  /* NaN max */
+    CHECK_EQ_INT(eg_route_table_append(t, bad, 1, NULL), EG_IX_ECORRUPT);
+    CHECK_EQ_INT(eg_route_table_segments(t), 2);
+    /* with q = (1, 1) a quest score is the sum of the maxes */
+    float q[2] = { 1.0f, 1.0f }, out[2];
+    eg_route_rows rw = { .n_rows = 1, .q = q, .scale = 1.0f };
+    CHECK_OK(eg_router_score_all(t, &rw, out));
+    CHECK(out[0] >= 1.0f && out[0] < 1.0001f);    /* max(-0, 1) summed: 0 + 1 */
+    CHECK(out[1] >= 0.0f && out[1] < 0.0001f);    /* 2 + -2 */
+    eg_route_table_free(t);
+}
+
 int main(void)
 {
+    TEST_RUN(test_half_order);
     TEST_RUN(test_score_kernel_reference);
     TEST_RUN(test_sum_exp_accuracy);
     TEST_RUN(test_select_bound_fused);
