@@ -29,8 +29,8 @@ void ix_score_rows(const float *tab, size_t n, size_t width, const float *qp, in
  * +-FLT_MAX (clamp must be 1 when the table holds an inf); a NaN from
  * overflow (inf - inf) comes out as +inf, still a bound. A row's score
  * depends only on the row and qp, whatever range is scored with it. AVX2
- * or portable, chosen at run time (eg_index_kernels); both give the same
- * bits. */
+ * or portable, chosen at run time (eg_index_kernels); they differ by
+ * rounding only (FMA or not). */
 #define IX_BLK 8
 static inline size_t ix_hidx(size_t s, size_t c, size_t width)
 {

@@ -28,19 +28,25 @@ static void lut_init(void)
     }
 }
 
-/* Blocked layout (see ix_internal.h): each row's score is the sum over
- * channels in order, one lane per segment. */
+/* Blocked layout (see ix_internal.h): per block, 8 lanes (one per segment)
+ * summed over the channels in order, a loop the compiler vectorises for
+ * any x86-64 (SSE2) without FMA; so its bits differ from the AVX2 kernel's
+ * by rounding, each within the bound the tests check. */
 static void score_h_portable(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp,
                              int nr, float *out, size_t ld, int clamp)
 {
     (void)clamp;   /* the table maps inf to FLT_MAX already */
-    for (size_t s = s0; s < s1; s++) {
-        const uint16_t *a = tab + (s / IX_BLK) * width * IX_BLK + s % IX_BLK;
+    for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++) {
+        const uint16_t *blk = tab + b * width * IX_BLK;
         for (int r = 0; r < nr; r++) {
-            const float *b = qp + (size_t)r * width;
-            float acc = 0.0f;
-            for (size_t c = 0; c < width; c++) acc = fmaf(f16_lut[a[c * IX_BLK]], b[c], acc);
-            out[(size_t)r * ld + (s - s0)] = acc != acc ? INFINITY : acc;
+            const float *q = qp + (size_t)r * width;
+            float acc[IX_BLK] = { 0 };
+            for (size_t c = 0; c < width; c++)
+                for (int l = 0; l < IX_BLK; l++) acc[l] += f16_lut[blk[c * IX_BLK + l]] * q[c];
+            for (size_t l = 0; l < IX_BLK; l++) {
+                size_t s = b * IX_BLK + l;
+                if (s >= s0 && s < s1) out[(size_t)r * ld + (s - s0)] = acc[l] != acc[l] ? INFINITY : acc[l];
+            }
         }
     }
 }
@@ -84,8 +90,7 @@ AVX2 static inline __m256 load_h(const uint16_t *p, int clamp)
 }
 
 /* NB blocks of 8 segments against R rows: lane l of acc[b][r] is segment
- * l of block b, summed over the channels in order with FMA, exactly as the
- * portable loop does (so both give the same bits). Each table load serves
+ * l of block b, summed over the channels in order with FMA. Each table load serves
  * R rows and each broadcast query value NB blocks. res: [NB][R][8]. */
 #define KT(R, NB, CL)                                                                        \
     AVX2 static void kt_##R##_##NB##_##CL(const uint16_t *blk, size_t width, const float *q,    \
