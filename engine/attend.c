@@ -327,27 +327,28 @@ static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows
         eg_summary_spec spec = {EG_ROUTER_ORACLE, (int)c->v.dk, (int)c->v.S, NULL};
         rc = eg_route_table_create(&spec, &own);
         if (!rc) rc = eg_route_table_append(own, NULL, c->v.n_sealed, NULL);
+        rc = en_pass(rc, "route");
         t = own;
     }
     if (log_ub) *log_ub = NULL;
-    if (!rc && log_ub && t == c->quest[kvh]) {
-        rc = eg_router_select_bound(t, rows, &o, sel, log_ub);
-        return en_pass(rc, "route");
-    }
-    if (!rc) rc = eg_router_select(t, rows, &o, sel);
-    eg_route_table_free(own);
-    if (!rc && log_ub) {
-        size_t n_order = sel->n - sel->n_forced;
-        *log_ub = malloc((size_t)b->nr * (n_order + 1) * sizeof(double));
-        if (!*log_ub) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
-        else if ((rc = en_pass(eg_route_unselected_bound(c->quest[kvh], rows, sel, *log_ub), "bound"))) {
-            free(*log_ub);
-            *log_ub = NULL;
+    if (!rc && log_ub && t == c->quest[kvh]) {           /* one scan routes and bounds */
+        rc = en_pass(eg_router_select_bound(t, rows, &o, sel, log_ub), "route");
+    } else if (!rc) {
+        rc = en_pass(eg_router_select(t, rows, &o, sel), "route");
+        if (!rc && log_ub) {                              /* another router: the quest bound apart */
+            size_t n_order = sel->n - sel->n_forced;
+            *log_ub = malloc((size_t)b->nr * (n_order + 1) * sizeof(double));
+            rc = *log_ub ? en_pass(eg_route_unselected_bound(c->quest[kvh], rows, sel, *log_ub), "bound")
+                         : en_fail(EG_EN_ENOMEM, "attend: out of memory");
+            if (rc) {
+                free(*log_ub);
+                *log_ub = NULL;
+                eg_route_selection_free(sel);
+            }
         }
-        if (rc) eg_route_selection_free(sel);
-        return rc;
     }
-    return en_pass(rc, "route");
+    eg_route_table_free(own);
+    return rc;
 }
 
 static int cmp_i64(const void *a, const void *b)

@@ -190,14 +190,12 @@ int eg_router_select_bound(const eg_route_table *t, const eg_route_rows *rows, c
     if (t && t->spec.kind != EG_ROUTER_QUEST)
         return ix_fail(EG_IX_EKIND, "select_bound needs a quest table, not %s", eg_router_name(t->spec.kind));
     ix_cache k = { 1, 0, NULL, NULL, NULL };
-    int rc = ix_select(t, rows, o, sel, &k);
-    if (rc < 0) { ix_cache_free(&k); return rc; }
     ix_ctx c;
-    rc = ix_ctx_init(&c, t, rows, o);
+    int rc = ix_select(t, rows, o, sel, &k, &c);
+    if (rc < 0) { ix_cache_free(&k); return rc; }
     size_t n_order = sel->n - sel->n_forced;
-    double *ub = rc ? NULL : malloc(sizeof(double) * (size_t)rows->n_rows * (n_order + 1));
-    if (!rc && !ub) rc = ix_fail(EG_IX_ENOMEM, "out of memory");
-    if (!rc) rc = bound_run(&c, sel, &k, ub);
+    double *ub = malloc(sizeof(double) * (size_t)rows->n_rows * (n_order + 1));
+    rc = ub ? bound_run(&c, sel, &k, ub) : ix_fail(EG_IX_ENOMEM, "out of memory");
     ix_ctx_free(&c);
     ix_cache_free(&k);
     if (rc) { free(ub); eg_route_selection_free(sel); return rc; }

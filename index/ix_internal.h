@@ -108,9 +108,10 @@ typedef struct {
     float *gsc;               /* [nr][ceil(n_vis/G)] group scores, or NULL */
 } ix_cache;
 void ix_cache_free(ix_cache *k);
-/* eg_router_select, filling k when k && k->want. */
+/* eg_router_select, filling k when k && k->want. With keep, the call's
+ * context is handed over on success (free it with ix_ctx_free). */
 int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
-              eg_route_selection *sel, ix_cache *k);
+              eg_route_selection *sel, ix_cache *k, ix_ctx *keep);
 /* Validates rows (and o, which may be NULL for defaults) against t. */
 int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, const eg_route_opts *o);
 void ix_ctx_free(ix_ctx *c);

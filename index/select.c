@@ -313,11 +313,11 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
 int eg_router_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
                      eg_route_selection *sel)
 {
-    return ix_select(t, rows, o, sel, NULL);
+    return ix_select(t, rows, o, sel, NULL, NULL);
 }
 
 int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
-              eg_route_selection *sel, ix_cache *kc)
+              eg_route_selection *sel, ix_cache *kc, ix_ctx *keep)
 {
     if (!sel) return ix_fail(EG_IX_EINVAL, "selection is NULL");
     memset(sel, 0, sizeof *sel);
@@ -373,7 +373,8 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
     sel->scored = scored;
     free(hp.h);
     free(buf);
-    ix_ctx_free(&c);
+    if (keep) *keep = c;
+    else ix_ctx_free(&c);
     return 0;
 }
 

@@ -58,23 +58,31 @@ static double sum_exp_portable(const float *u, size_t n)
     return s;
 }
 
+/* One term of ix_sum_exp_terms: -inf where skipped. The vector kernel's
+ * fused multiply-add rounds the same way as fmaf. */
+static inline float term(const float *sc, const uint8_t *skip, size_t i, float scale, float base)
+{
+    return skip[i] ? -INFINITY : fmaf(scale, sc[i], base);
+}
+
+#define TERMS_CHUNK 64   /* terms relative to the max, staged for the exp-sum kernel */
+
 static double sum_exp_terms_portable(const float *sc, const uint8_t *skip, size_t n, float scale, float base,
                                      float *m_out)
 {
-    float m = -INFINITY;
-    for (size_t i = 0; i < n; i++)
-        if (!skip[i]) {
-            float x = fmaf(scale, sc[i], base);
-            m = x > m ? x : m;
-        }
+    float m = -INFINITY, u[TERMS_CHUNK];
+    for (size_t i = 0; i < n; i++) {
+        float x = term(sc, skip, i, scale, base);
+        m = x > m ? x : m;
+    }
     *m_out = m;
     if (m == -INFINITY || m == INFINITY) return m == INFINITY;
     double sum = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!skip[i]) {
-            float u = fmaf(scale, sc[i], base) - m;
-            sum += u < -87.0f ? 0.0 : exp((double)u);
-        }
+    for (size_t i0 = 0; i0 < n; i0 += TERMS_CHUNK) {
+        size_t len = n - i0 < TERMS_CHUNK ? n - i0 : TERMS_CHUNK;
+        for (size_t j = 0; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base) - m;
+        sum += sum_exp_portable(u, len);
+    }
     return sum;
 }
 
@@ -222,35 +230,28 @@ AVX2 static double sum_exp_terms_avx2(const float *sc, const uint8_t *skip, size
                                       float *m_out)
 {
     size_t n8 = n & ~(size_t)7;
-    if (n8 < n) {   /* a ragged end: the portable loop (within the same error) */
-        float mt;
-        double st = sum_exp_terms_portable(sc + n8, skip + n8, n - n8, scale, base, &mt);
-        if (n8 == 0) { *m_out = mt; return st; }
-        float mh;
-        double sh = sum_exp_terms_avx2(sc, skip, n8, scale, base, &mh);
-        float m = mt > mh ? mt : mh;
-        *m_out = m;
-        if (m == -INFINITY || m == INFINITY) return m == INFINITY;
-        return (mt > -INFINITY ? st * exp((double)mt - m) : 0) + (mh > -INFINITY ? sh * exp((double)mh - m) : 0);
-    }
     __m256 vs = _mm256_set1_ps(scale), vb = _mm256_set1_ps(base), mx = _mm256_set1_ps(-INFINITY);
     for (size_t i = 0; i < n8; i += 8) mx = _mm256_max_ps(mx, terms8(sc + i, skip + i, vs, vb));
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    float m = _mm_cvtss_f32(h);
+    float m = _mm_cvtss_f32(h), u[TERMS_CHUNK];
+    for (size_t i = n8; i < n; i++) {
+        float x = term(sc, skip, i, scale, base);
+        m = x > m ? x : m;
+    }
     *m_out = m;
     if (m == -INFINITY || m == INFINITY) return m == INFINITY;
     __m256 vm = _mm256_set1_ps(m);
-    __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd();
-    for (size_t i = 0; i < n8; i += 8) {
-        __m256 e = exp8(_mm256_sub_ps(terms8(sc + i, skip + i, vs, vb), vm));
-        a = _mm256_add_pd(a, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        b = _mm256_add_pd(b, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    double sum = 0;
+    for (size_t i0 = 0; i0 < n; i0 += TERMS_CHUNK) {
+        size_t len = n - i0 < TERMS_CHUNK ? n - i0 : TERMS_CHUNK, j = 0;
+        for (; j + 8 <= len; j += 8)
+            _mm256_storeu_ps(u + j, _mm256_sub_ps(terms8(sc + i0 + j, skip + i0 + j, vs, vb), vm));
+        for (; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base) - m;
+        sum += sum_exp_avx2(u, len);
     }
-    double t[4];
-    _mm256_storeu_pd(t, _mm256_add_pd(a, b));
-    return (t[0] + t[1]) + (t[2] + t[3]);
+    return sum;
 }
 #endif
 
