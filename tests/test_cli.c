@@ -4,10 +4,24 @@
 #include "netutil.h"
 #include <stdarg.h>
 
-static char engram_bin[1100], out_path[600];
+static char engram_bin[1100], bench_bin[1100], out_path[600];
 
-/* Run engram with args (NULL-terminated); stdout+stderr to out_path.
- * Returns the exit code. */
+/* Run argv[0] with argv; stdout+stderr to out_path. Returns the exit code. */
+static int run_argv(const char **argv)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        FILE *f = fopen(out_path, "w");
+        if (f) { dup2(fileno(f), 1); dup2(fileno(f), 2); }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(p, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Run engram with args (NULL-terminated). */
 static int run(const char *addr, ...)
 {
     const char *argv[32] = {engram_bin};
@@ -19,16 +33,7 @@ static int run(const char *addr, ...)
     while ((a = va_arg(ap, const char *)) && n < 31) argv[n++] = a;
     va_end(ap);
     argv[n] = NULL;
-    pid_t p = fork();
-    if (p == 0) {
-        FILE *f = fopen(out_path, "w");
-        if (f) { dup2(fileno(f), 1); dup2(fileno(f), 2); }
-        execv(engram_bin, (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(p, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return run_argv(argv);
 }
 
 static int output_has(const char *s)
@@ -173,12 +178,38 @@ static void test_cli_commands_and_exit_codes(void)
     tu_rmrf(dir);
 }
 
+/* engram-bench refuses what it cannot measure before doing any work. */
+static void test_bench_usage(void)
+{
+    const char *shape[] = {bench_bin, "attend", "--shape", "1/2/3", NULL};
+    const char *codec[] = {bench_bin, "attend", "--codec", "f32", NULL};
+    const char *tokens[] = {bench_bin, "attend", "--tokens", "12x", NULL};
+    const char *suite[] = {bench_bin, "nosuch", NULL};
+    const char *help[] = {bench_bin, "--help", NULL};
+    char dir[512];
+    tu_tmpdir(dir, sizeof dir, "bench-cli");
+    snprintf(out_path, sizeof out_path, "%s/out", dir);
+    CHECK_EQ_INT(run_argv(shape), 2);
+    CHECK(output_has("--shape is 32/8/128 or 9/3/64"));
+    CHECK_EQ_INT(run_argv(codec), 2);
+    CHECK(output_has("--codec is q8 or q4"));
+    CHECK_EQ_INT(run_argv(tokens), 2);
+    CHECK(output_has("--tokens wants"));
+    CHECK_EQ_INT(run_argv(suite), 2);
+    CHECK(output_has("unknown suite"));
+    CHECK_EQ_INT(run_argv(help), 0);
+    CHECK(output_has("--tokens N"));
+    tu_rmrf(dir);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
     nt_init(argv[0]);
     snprintf(engram_bin, sizeof engram_bin, "%s", nt_engramd);
     engram_bin[strlen(engram_bin) - 1] = 0; /* ".../engramd" -> ".../engram" */
+    snprintf(bench_bin, sizeof bench_bin, "%s-bench", engram_bin);
     TEST_RUN(test_cli_commands_and_exit_codes);
+    TEST_RUN(test_bench_usage);
     TEST_END();
 }

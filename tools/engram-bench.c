@@ -53,6 +53,14 @@ int main(int argc, char **argv)
         else { fprintf(stderr, "engram-bench: unknown argument '%s'\n", argv[i]); usage(stderr); return 2; }
     }
     if (!suite) { usage(stderr); return 2; }
+    if (o.shape && strcmp(o.shape, "32/8/128") && strcmp(o.shape, "9/3/64")) {
+        fprintf(stderr, "engram-bench: --shape is 32/8/128 or 9/3/64, not '%s'\n", o.shape);
+        return 2;
+    }
+    if (o.codec && strcmp(o.codec, "q8") && strcmp(o.codec, "q4")) {
+        fprintf(stderr, "engram-bench: --codec is q8 or q4, not '%s'\n", o.codec);
+        return 2;
+    }
     int all = !strcmp(suite, "all"), found = all, rc = 0;
     char tmp[] = "/tmp/engram-bench-XXXXXX";
     if (!o.dir) {
