@@ -4,7 +4,7 @@
 #include "netutil.h"
 #include <stdarg.h>
 
-static char engram_bin[1100], bench_bin[1100], out_path[600];
+static char engram_bin[1100], bench_bin[1100 + 8], out_path[600];
 
 /* Run argv[0] with argv; stdout+stderr to out_path. Returns the exit code. */
 static int run_argv(const char **argv)
