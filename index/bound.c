@@ -38,36 +38,51 @@ double ix_quest_slack(int d, double q_l1, float gabs)
     return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
 }
 
+/* Segments per run of the bound's exp-sum when the call keeps no score
+ * cache (the scores of a run are made in a buffer of this many). */
+#define RUN_SEGS ((size_t)64 * EG_IX_GROUP)
+
 /* Bound of the left-out mass given a selection (see the header), with the
  * scores of the call in k where select left them. Score arrays are
- * row-major: row r of a block of scores at r * ld. */
+ * row-major: row r of a block of scores at r * ld. Refined groups are summed
+ * by one vector exp-sum per row and run of segments (the whole visible range
+ * when every score fits in the cache), not group by group. */
 static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache *k, double *log_ub)
 {
     const eg_route_table *t = c->t;
     const eg_route_rows *rows = c->rows;
     size_t n = t->n, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, G = EG_IX_GROUP;
     size_t w = (size_t)t->width, d = w / 2, nv = c->n_vis, ng = (nv + G - 1) / G;
-    size_t n_order = sel->n - sel->n_forced, lds = G > n_order ? G : n_order;
-    int rc = 0;
-    uint8_t *mark = calloc(n ? n : 1, 1);               /* 1 = selected */
-    size_t *cnt = malloc(sizeof(size_t) * (n + 1));     /* prefix counts of unselected */
-    float *sc = malloc(sizeof(float) * nr * lds + sizeof(float));
+    size_t n_order = sel->n - sel->n_forced;
+    int cached = k && k->sc, rc = 0;
+    size_t run = cached ? (nv ? nv : 1) : RUN_SEGS, ldr = cached ? k->n_vis : RUN_SEGS;
+    ix_buf skb;
+    int skb_ok = ix_buf_get(&skb, IX_SCR_MARK, n ? n : 1) == 0;
+    uint8_t *skip = skb.p;                               /* 1 = selected, or kept coarse */
+    uint32_t *gsel = calloc(ng ? ng : 1, sizeof(uint32_t));   /* selected per group */
+    uint8_t *refine = malloc(ng ? ng : 1);
+    float *sc = malloc(sizeof(float) * nr * (n_order > 0 ? n_order : 1));
+    float *tmp = cached ? NULL : malloc(sizeof(float) * nr * RUN_SEGS);
     float *gsc = k && k->gsc ? NULL : malloc(sizeof(float) * nr * (ng ? ng : 1));
+    float *base = malloc(sizeof(float) * (ng ? ng : 1));
     double *coarse = malloc(sizeof(double) * nr * (ng ? ng : 1));
     double *ql1 = malloc(sizeof(double) * nr);
     double *margin = malloc(sizeof(double) * nr);
     lse_acc *acc = malloc(sizeof(lse_acc) * nr);
     size_t *pseg = malloc(sizeof(size_t) * nr);
     double *lpart = malloc(sizeof(double) * nr);
-    if (!mark || !cnt || !sc || (!gsc && !(k && k->gsc)) || !coarse || !ql1 || !margin || !acc || !pseg ||
-        !lpart) {
+    if (!skb_ok || !gsel || !refine || !sc || (!cached && !tmp) || (!gsc && !(k && k->gsc)) || !base || !coarse ||
+        !ql1 || !margin || !acc || !pseg || !lpart) {
         rc = ix_fail(EG_IX_ENOMEM, "out of memory");
         goto out;
     }
     const float *gs = gsc ? gsc : k->gsc;                /* [nr][ng] */
-    for (size_t i = 0; i < sel->n; i++) mark[sel->segments[i]] = 1;
-    cnt[0] = 0;
-    for (size_t s = 0; s < n; s++) cnt[s + 1] = cnt[s] + !mark[s];
+    memset(skip, 0, n ? n : 1);
+    for (size_t i = 0; i < sel->n; i++) {
+        size_t s = (size_t)sel->segments[i];
+        skip[s] = 1;
+        if (s < nv) gsel[s / G]++;
+    }
     const double scale = rows->scale, logS = log((double)S);
     for (size_t r = 0; r < nr; r++) {
         double l1 = 0;
@@ -93,49 +108,74 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
         for (size_t r = 0; r < nr; r++) {
             size_t a = g * G, b = a + G < c->row_vis[r] ? a + G : c->row_vis[r];
             double v = -INFINITY;
-            if (b > a && cnt[b] - cnt[a] > 0)
-                v = log((double)(cnt[b] - cnt[a]) * S) +
+            size_t unsel = 0;
+            if (b == a + G) unsel = G - gsel[g];
+            else for (size_t s = a; s < b; s++) unsel += !skip[s];
+            if (b > a && unsel > 0)
+                v = log((double)unsel * S) +
                     scale * ((double)gs[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
             coarse[g * nr + r] = v;
             best = v > best ? v : best;
         }
-    /* Refine the groups select scored and those that can matter; keep the
-     * coarse term elsewhere. Per group and row, the vector kernel sums the
-     * terms relative to their max (the partial segment is added exactly). */
+    /* Refine the groups select scored and those that can matter (scored
+     * here where select did not); the others keep their coarse term and
+     * are skipped by the exp-sum. */
     for (size_t g = 0; g < ng; g++) {
-        int cached = k && k->sc && k->done[g], refine = cached;
-        for (size_t r = 0; r < nr && !refine; r++) refine |= coarse[g * nr + r] >= best - REFINE_NATS;
-        if (!refine) {
+        int done = cached && k->done[g];
+        refine[g] = (uint8_t)done;
+        for (size_t r = 0; r < nr && !refine[g]; r++) refine[g] |= coarse[g * nr + r] >= best - REFINE_NATS;
+        size_t a = g * G, b = a + G < nv ? a + G : nv;
+        if (!refine[g]) {
             for (size_t r = 0; r < nr; r++) lse_add(&acc[r], coarse[g * nr + r]);
-            continue;
+            memset(skip + a, 1, b - a);
+            if (cached)                       /* defined values where the kernel skips */
+                for (size_t r = 0; r < nr; r++)
+                    for (size_t s = a; s < b; s++) k->sc[r * k->n_vis + s] = -INFINITY;
+        } else if (cached && !done) {
+            ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, k->sc + a, k->n_vis, t->has_inf);
         }
-        size_t a = g * G, b = a + G < nv ? a + G : nv, ld = cached ? k->n_vis : G;
-        const float *gsr = cached ? k->sc + a : sc;
-        if (!cached) ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, sc, G, t->has_inf);
-        for (size_t r = 0; r < nr; r++) {
-            size_t e = b < c->row_vis[r] ? b : c->row_vis[r], ps = pseg[r];
-            if (e <= a) continue;
-            const float *row = gsr + r * ld;
-            int part = ps >= a && ps < e && !mark[ps];
-            if (part) {                       /* exactly, outside the kernel */
-                lse_add(&acc[r], TERM(r, ps, row[ps - a], g));
-                mark[ps] = 1;
+    }
+    for (size_t a0 = 0; a0 < nv; a0 += run) {
+        size_t b0 = a0 + run < nv ? a0 + run : nv;
+        const float *src = cached ? k->sc + a0 : tmp;
+        if (!cached)
+            for (size_t g = a0 / G; g * G < b0; g++)
+            {
+                size_t a = g * G, b = a + G < nv ? a + G : nv;
+                if (refine[g])
+                    ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, tmp + (a - a0), RUN_SEGS, t->has_inf);
+                else
+                    for (size_t r = 0; r < nr; r++)
+                        for (size_t s = a; s < b; s++) tmp[r * RUN_SEGS + (s - a0)] = -INFINITY;
             }
-            double base = logS + scale * ix_quest_slack((int)d, ql1[r], t->gabs[g]);
+        for (size_t r = 0; r < nr; r++) {
+            size_t e = b0 < c->row_vis[r] ? b0 : c->row_vis[r], ps = pseg[r];
+            if (e <= a0) continue;
+            const float *row = src + r * ldr;
+            int part = ps >= a0 && ps < e && !skip[ps];
+            if (part) {                       /* exactly, outside the kernel */
+                lse_add(&acc[r], TERM(r, ps, row[ps - a0], ps / G));
+                skip[ps] = 1;
+            }
+            float bmax = 0;
+            for (size_t g = a0 / G; g * G < e; g++) {
+                base[g - a0 / G] = (float)(logS + scale * ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+                bmax = fabsf(base[g - a0 / G]) > bmax ? fabsf(base[g - a0 / G]) : bmax;
+            }
             float m;
-            double sum = ix_sum_exp_terms(row, mark + a, e - a, (float)scale, (float)base, &m);
-            if (part) mark[ps] = 0;
+            double sum = ix_sum_exp_terms(row, skip + a0, e - a0, (float)scale, base, G, &m);
+            if (part) skip[ps] = 0;
             if (m == INFINITY) { lse_add(&acc[r], INFINITY); continue; }   /* overflowed: no bound */
             if (m == -INFINITY) continue;
             lse_add(&acc[r], (double)m + log(sum));
-            double err = IX_EXP_REL + 0x1p-24 * (2.0 * fabs(m) + fabs(base) + 174.0);
+            double err = IX_EXP_REL + 0x1p-24 * (2.0 * fabs(m) + bmax + 174.0) + 1e-30;
             margin[r] = err > margin[r] ? err : margin[r];
         }
     }
     /* Routed segments, as suffixes: prefix i leaves out routed[i..n_order). */
     for (size_t i = 0; i < n_order; i++) {
         size_t s = (size_t)sel->segments[sel->n_forced + i];
-        if (k && k->sc && s < k->n_vis && k->done[s / G])
+        if (cached && s < k->n_vis && k->done[s / G])
             for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
         else ix_score_rows_h(t->htab, s, s + 1, w, c->qp, c->nr, sc + i, n_order, t->has_inf);
     }
@@ -153,8 +193,9 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
     }
     #undef TERM
 out:
-    free(mark); free(cnt); free(sc); free(gsc); free(coarse); free(ql1); free(margin); free(acc); free(pseg);
-    free(lpart);
+    ix_buf_put(&skb);
+    free(gsel); free(refine); free(sc); free(tmp); free(gsc); free(base); free(coarse); free(ql1); free(margin);
+    free(acc); free(pseg); free(lpart);
     return rc;
 }
 
@@ -189,7 +230,7 @@ int eg_router_select_bound(const eg_route_table *t, const eg_route_rows *rows, c
     *log_ub = NULL;
     if (t && t->spec.kind != EG_ROUTER_QUEST)
         return ix_fail(EG_IX_EKIND, "select_bound needs a quest table, not %s", eg_router_name(t->spec.kind));
-    ix_cache k = { 1, 0, NULL, NULL, NULL };
+    ix_cache k = { 1, 0, { NULL, 0 }, NULL, NULL, NULL };
     ix_ctx c;
     int rc = ix_select(t, rows, o, sel, &k, &c);
     if (rc < 0) { ix_cache_free(&k); return rc; }

@@ -43,13 +43,22 @@ void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, co
  * which callers make negligible by taking u relative to its max. */
 #define IX_EXP_REL 4e-6
 double ix_sum_exp(const float *u, size_t n);
-/* The terms x_i = fmaf(scale, sc[i], base) for i < n with skip[i] == 0:
- * *m = their max (-inf if none), returns the sum of exp(x_i - m) (0 if
- * none; 1 if m is +inf). Against exact arithmetic on sc, scale and base,
- * each term's relative error is at most
- * IX_EXP_REL + 2^-24 (2|m| + |base| + 174) (float rounding of x_i and of
- * x_i - m, which is at most 87 where it counts). */
-double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, float base, float *m);
+/* The terms x_i = fmaf(scale, sc[i], base[i / G]) for i < n with
+ * skip[i] == 0 (one base per group of G; G a multiple of 8 takes the
+ * vector kernel): *m = their max (-inf if none), returns the sum of
+ * exp(x_i - m) (0 if none; 1 if m is +inf). Against exact arithmetic on
+ * sc, scale and base, each term's relative error is at most
+ * IX_EXP_REL + 2^-24 (2|m| + max|base| + 174) (float rounding of x_i and
+ * of x_i - m, which is at most 87 where it counts); terms below m - 87
+ * count as 0, at most n e^-87 of the sum. */
+double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, const float *base,
+                        size_t G, float *m);
+/* agg[i] = max of sc[r * ld + i] over the rows r that see segment a + i
+ * (a + i < vis[r]), -inf where none does; i < n. */
+void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float *agg);
+/* The i < n with v[i] >= thr and v[i] > -inf, ascending, into idx (room
+ * for n); returns how many. */
+size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx);
 /* out[r] = dot(a, b[r]) for int8 a (times scale) against f32 rows b. */
 float ix_dot_i8(const int8_t *a, const float *b, int n);
 
@@ -95,6 +104,18 @@ typedef struct {
     float *qp;                /* prepared rows: quest [nr][2d] (q+, q-), centroid [nr][d], learned [nr][r] */
     float *lut;               /* PQ: [nr][m][256] */
 } ix_ctx;
+/* Per-thread scratch (scratch.c): a buffer of at least `bytes` for slot,
+ * reused by the next get of the same slot on the same thread, so a caller
+ * holds at most one buffer per slot at a time. Larger than IX_SCR_KEEP it
+ * is malloc'd for the call alone. ix_buf_put releases it (frees what is
+ * not kept). Returns 0, or -1 with b->p NULL when out of memory. */
+#define IX_SCR_SLOTS 4
+#define IX_SCR_KEEP ((size_t)4 << 20)
+enum { IX_SCR_SC, IX_SCR_MARK, IX_SCR_TMP };
+typedef struct { void *p; int owned; } ix_buf;
+int ix_buf_get(ix_buf *b, int slot, size_t bytes);
+void ix_buf_put(ix_buf *b);
+
 /* Scores kept through one call so that select and bound score each
  * summary once (quest tables). Filled by ix_select when `want` is set and
  * n_vis * rows fits IX_CACHE_MAX floats; otherwise sc stays NULL and the
@@ -103,6 +124,7 @@ typedef struct {
 typedef struct {
     int want;
     size_t n_vis;
+    ix_buf scb;               /* holds sc (per-thread scratch) */
     float *sc;                /* [nr][n_vis] raw scores of segments in groups marked done */
     uint8_t *done;            /* [ceil(n_vis/G)] */
     float *gsc;               /* [nr][ceil(n_vis/G)] group scores, or NULL */

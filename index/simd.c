@@ -60,19 +60,20 @@ static double sum_exp_portable(const float *u, size_t n)
 
 /* One term of ix_sum_exp_terms: -inf where skipped. The vector kernel's
  * fused multiply-add rounds the same way as fmaf. */
-static inline float term(const float *sc, const uint8_t *skip, size_t i, float scale, float base)
+static inline float term(const float *sc, const uint8_t *skip, size_t i, float scale, const float *base,
+                         size_t G)
 {
-    return skip[i] ? -INFINITY : fmaf(scale, sc[i], base);
+    return skip[i] ? -INFINITY : fmaf(scale, sc[i], base[i / G]);
 }
 
 #define TERMS_CHUNK 64   /* terms relative to the max, staged for the exp-sum kernel */
 
-static double sum_exp_terms_portable(const float *sc, const uint8_t *skip, size_t n, float scale, float base,
-                                     float *m_out)
+static double sum_exp_terms_portable(const float *sc, const uint8_t *skip, size_t n, float scale,
+                                     const float *base, size_t G, float *m_out)
 {
     float m = -INFINITY, u[TERMS_CHUNK];
     for (size_t i = 0; i < n; i++) {
-        float x = term(sc, skip, i, scale, base);
+        float x = term(sc, skip, i, scale, base, G);
         m = x > m ? x : m;
     }
     *m_out = m;
@@ -80,10 +81,29 @@ static double sum_exp_terms_portable(const float *sc, const uint8_t *skip, size_
     double sum = 0;
     for (size_t i0 = 0; i0 < n; i0 += TERMS_CHUNK) {
         size_t len = n - i0 < TERMS_CHUNK ? n - i0 : TERMS_CHUNK;
-        for (size_t j = 0; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base) - m;
+        for (size_t j = 0; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base, G) - m;
         sum += sum_exp_portable(u, len);
     }
     return sum;
+}
+
+static void rows_max_portable(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
+                              float *agg)
+{
+    for (size_t i = 0; i < n; i++) agg[i] = -INFINITY;
+    for (int r = 0; r < nr; r++) {
+        size_t lim = vis[r] <= a ? 0 : vis[r] - a < n ? vis[r] - a : n;
+        const float *p = sc + (size_t)r * ld;
+        for (size_t i = 0; i < lim; i++) agg[i] = p[i] > agg[i] ? p[i] : agg[i];
+    }
+}
+
+static size_t at_least_portable(const float *v, size_t n, float thr, uint32_t *idx)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] >= thr && v[i] > -INFINITY) idx[k++] = (uint32_t)i;
+    return k;
 }
 
 /* ---- AVX2, FMA, F16C -------------------------------------------------------------------- */
@@ -226,18 +246,20 @@ AVX2 static inline __m256 terms8(const float *sc, const uint8_t *skip, __m256 sc
     return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), x, keep);
 }
 
-AVX2 static double sum_exp_terms_avx2(const float *sc, const uint8_t *skip, size_t n, float scale, float base,
-                                      float *m_out)
+/* G is a multiple of 8 (checked by the dispatcher): lanes i..i+7 share a base. */
+AVX2 static double sum_exp_terms_avx2(const float *sc, const uint8_t *skip, size_t n, float scale,
+                                      const float *base, size_t G, float *m_out)
 {
     size_t n8 = n & ~(size_t)7;
-    __m256 vs = _mm256_set1_ps(scale), vb = _mm256_set1_ps(base), mx = _mm256_set1_ps(-INFINITY);
-    for (size_t i = 0; i < n8; i += 8) mx = _mm256_max_ps(mx, terms8(sc + i, skip + i, vs, vb));
+    __m256 vs = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
+    for (size_t i = 0; i < n8; i += 8)
+        mx = _mm256_max_ps(mx, terms8(sc + i, skip + i, vs, _mm256_set1_ps(base[i / G])));
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
     float m = _mm_cvtss_f32(h), u[TERMS_CHUNK];
     for (size_t i = n8; i < n; i++) {
-        float x = term(sc, skip, i, scale, base);
+        float x = term(sc, skip, i, scale, base, G);
         m = x > m ? x : m;
     }
     *m_out = m;
@@ -247,21 +269,68 @@ AVX2 static double sum_exp_terms_avx2(const float *sc, const uint8_t *skip, size
     for (size_t i0 = 0; i0 < n; i0 += TERMS_CHUNK) {
         size_t len = n - i0 < TERMS_CHUNK ? n - i0 : TERMS_CHUNK, j = 0;
         for (; j + 8 <= len; j += 8)
-            _mm256_storeu_ps(u + j, _mm256_sub_ps(terms8(sc + i0 + j, skip + i0 + j, vs, vb), vm));
-        for (; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base) - m;
+            _mm256_storeu_ps(u + j, _mm256_sub_ps(terms8(sc + i0 + j, skip + i0 + j, vs,
+                                                         _mm256_set1_ps(base[(i0 + j) / G])), vm));
+        for (; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base, G) - m;
         sum += sum_exp_avx2(u, len);
     }
     return sum;
+}
+
+AVX2 static void rows_max_avx2(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
+                               float *agg)
+{
+    size_t n8 = n & ~(size_t)7, seen = n;   /* segments every row sees */
+    for (int r = 0; r < nr; r++) {
+        size_t v = vis[r] <= a ? 0 : vis[r] - a;
+        seen = v < seen ? v : seen;
+    }
+    if (nr == 0 || seen < n8) { rows_max_portable(sc, ld, nr, vis, a, n, agg); return; }
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 m = _mm256_loadu_ps(sc + i);
+        for (int r = 1; r < nr; r++) m = _mm256_max_ps(m, _mm256_loadu_ps(sc + (size_t)r * ld + i));
+        _mm256_storeu_ps(agg + i, m);
+    }
+    for (size_t i = n8; i < n; i++) {
+        float m = -INFINITY;
+        for (int r = 0; r < nr; r++) {
+            float x = sc[(size_t)r * ld + i];
+            m = vis[r] > a + i && x > m ? x : m;
+        }
+        agg[i] = m;
+    }
+}
+
+AVX2 static size_t at_least_avx2(const float *v, size_t n, float thr, uint32_t *idx)
+{
+    size_t k = 0, n8 = n & ~(size_t)7;
+    __m256 t = _mm256_set1_ps(thr), ninf = _mm256_set1_ps(-INFINITY);
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 x = _mm256_loadu_ps(v + i);
+        unsigned m = (unsigned)_mm256_movemask_ps(
+            _mm256_and_ps(_mm256_cmp_ps(x, t, _CMP_GE_OQ), _mm256_cmp_ps(x, ninf, _CMP_GT_OQ)));
+        while (m) {
+            idx[k++] = (uint32_t)(i + (size_t)__builtin_ctz(m));
+            m &= m - 1;
+        }
+    }
+    for (size_t i = n8; i < n; i++)
+        if (v[i] >= thr && v[i] > -INFINITY) idx[k++] = (uint32_t)i;
+    return k;
 }
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
 typedef void (*score_fn)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, size_t, int);
 typedef double (*sumexp_fn)(const float *, size_t);
-typedef double (*terms_fn)(const float *, const uint8_t *, size_t, float, float, float *);
+typedef double (*terms_fn)(const float *, const uint8_t *, size_t, float, const float *, size_t, float *);
 static score_fn k_score = score_h_portable;
 static sumexp_fn k_sumexp = sum_exp_portable;
 static terms_fn k_terms = sum_exp_terms_portable;
+typedef void (*rowsmax_fn)(const float *, size_t, int, const size_t *, size_t, size_t, float *);
+typedef size_t (*atleast_fn)(const float *, size_t, float, uint32_t *);
+static rowsmax_fn k_rowsmax = rows_max_portable;
+static atleast_fn k_atleast = at_least_portable;
 static const char *k_name = "portable";
 static int k_cpu_avx2;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
@@ -271,12 +340,16 @@ static void choose(int portable)
     k_score = score_h_portable;
     k_sumexp = sum_exp_portable;
     k_terms = sum_exp_terms_portable;
+    k_rowsmax = rows_max_portable;
+    k_atleast = at_least_portable;
     k_name = "portable";
 #ifdef IX_HAVE_AVX2
     if (!portable && k_cpu_avx2) {
         k_score = score_h_avx2;
         k_sumexp = sum_exp_avx2;
         k_terms = sum_exp_terms_avx2;
+        k_rowsmax = rows_max_avx2;
+        k_atleast = at_least_avx2;
         k_name = "avx2";
     }
 #else
@@ -316,8 +389,22 @@ double ix_sum_exp(const float *u, size_t n)
     return k_sumexp(u, n);
 }
 
-double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, float base, float *m)
+double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, const float *base,
+                        size_t G, float *m)
 {
     pthread_once(&k_once, kernels_init);
-    return k_terms(sc, skip, n, scale, base, m);
+    if (G == 0 || G % 8) return sum_exp_terms_portable(sc, skip, n, scale, base, G ? G : 1, m);
+    return k_terms(sc, skip, n, scale, base, G, m);
+}
+
+void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float *agg)
+{
+    pthread_once(&k_once, kernels_init);
+    k_rowsmax(sc, ld, nr, vis, a, n, agg);
+}
+
+size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx)
+{
+    pthread_once(&k_once, kernels_init);
+    return k_atleast(v, n, thr, idx);
 }
