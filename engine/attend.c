@@ -306,6 +306,11 @@ static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
         rows->oracle_mass = c->req->oracle_mass + (size_t)kvh * c->v.n_sealed;
 }
 
+/* The router's parallel_for: a nested job on the pool. Its caller works
+ * on it too, so a head whose peers are busy scores alone, and a thread
+ * that finished its own head early helps with the rest. */
+static void pool_for(void *pool, int n, void (*fn)(void *, int), void *arg) { en_pool_run(pool, n, fn, arg); }
+
 /* Route kv-head kvh. With log_ub (sparse attend) also the lost-mass bound
  * of every prefix of the routed order, malloc'd: quest routes and bounds
  * in one scan of the table. */
@@ -321,6 +326,9 @@ static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows
     o.recent_tokens = q->recent_tokens;
     o.tags = q->tags;
     o.n_tags = q->n_tags;
+    o.parallel_for = pool_for;
+    o.parallel_ctx = c->s->e->pool;
+    o.parallel_parts = en_pool_threads(c->s->e->pool);
     eg_route_table *t = c->route ? c->route[kvh] : NULL, *own = NULL;
     int rc = 0;
     if (!t) { /* oracle: a table of counts only */

@@ -1,6 +1,7 @@
 /* pool.c: a small worker pool. A call is a job of n tasks; the caller works
  * on its own job too, so a call never waits on a busy pool, and many
- * threads may submit at once. */
+ * threads may submit at once. Tasks may submit jobs of their own; a caller
+ * waiting for its last tasks helps with whatever is queued. */
 #include "en_internal.h"
 #include <stdlib.h>
 
@@ -99,6 +100,7 @@ void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg)
     while (*tail) tail = &(*tail)->link;
     *tail = &j;
     pthread_cond_broadcast(&p->work);
+    pthread_cond_broadcast(&p->fin);   /* callers waiting on their jobs help with this one */
     /* Work on our own job until its tasks are all handed out. */
     while (j.next < j.n) {
         int i = j.next++;
@@ -112,6 +114,22 @@ void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg)
         pthread_mutex_lock(&p->mu);
         finish(p, &j);
     }
-    while (j.done < j.n) pthread_cond_wait(&p->fin, &p->mu);
+    /* Until the others finish our tasks, help with any job queued since
+     * (a task's nested job, typically: a head's scan split in parts), so
+     * a caller never idles while work is waiting. */
+    while (j.done < j.n) {
+        int i;
+        en_job *o = take(p, &i);
+        if (!o) {
+            pthread_cond_wait(&p->fin, &p->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        o->fn(o->arg, i);
+        pthread_mutex_lock(&p->mu);
+        finish(p, o);
+    }
     pthread_mutex_unlock(&p->mu);
 }
+
+int en_pool_threads(const en_pool *p) { return p ? p->n_threads + 1 : 1; }

@@ -222,14 +222,14 @@ static int tag_ok(const eg_route_opts *o, uint32_t tag)
  * and push the candidates among them: the max over rows first, row by
  * row over contiguous scores, then only what beats the heap's k-th. */
 static void push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_t s1, ix_heap *hp, float *buf,
-                       ix_cache *k)
+                       ix_cache *k, int scored)
 {
     float agg[CHUNK];
     uint32_t idx[CHUNK];
     for (size_t a = s0; a < s1; a += CHUNK) {
         size_t b = a + CHUNK < s1 ? a + CHUNK : s1, ld = k && k->sc ? k->n_vis : CHUNK;
         float *out = k && k->sc ? k->sc + a : buf;
-        score_range(c, a, b, out, ld);
+        if (!scored) score_range(c, a, b, out, ld);
         ix_rows_max(out, ld, c->nr, c->row_vis, a, b - a, agg);
         float thr = hp->n == hp->k && hp->k ? hp->h[0].score : -INFINITY;
         size_t n_cand = ix_at_least(agg, b - a, thr, idx);   /* the others cannot enter the heap */
@@ -297,6 +297,48 @@ static void sort_keys(uint64_t *key, uint64_t *tmp, size_t n)
     }
 }
 
+/* Scoring of a set of groups into the cache, split over the caller's
+ * parallel_for: ids ascending, so that runs of adjacent groups stream as
+ * one range. Each part writes its own columns of the cache. */
+typedef struct {
+    const ix_ctx *c;
+    ix_cache *k;
+    const uint32_t *ids;
+    size_t n;
+    int parts;
+} score_job;
+
+static void score_part(void *arg, int p)
+{
+    const score_job *j = arg;
+    size_t a = j->n * (size_t)p / (size_t)j->parts, b = j->n * (size_t)(p + 1) / (size_t)j->parts;
+    size_t G = EG_IX_GROUP, nv = j->c->n_vis;
+    while (a < b) {
+        size_t e = a + 1;
+        while (e < b && j->ids[e] == j->ids[e - 1] + 1) e++;
+        size_t s0 = (size_t)j->ids[a] * G, s1 = (size_t)j->ids[e - 1] * G + G;
+        s1 = s1 < nv ? s1 : nv;
+        score_range(j->c, s0, s1, j->k->sc + s0, j->k->n_vis);
+        a = e;
+    }
+}
+
+/* Parts worth splitting n groups into: each at least PAR_MIN_GROUPS. */
+#define PAR_MIN_GROUPS 16
+static int par_parts(const eg_route_opts *o, size_t n)
+{
+    if (!o || !o->parallel_for || o->parallel_parts <= 1) return 1;
+    size_t p = n / PAR_MIN_GROUPS;
+    return p < 1 ? 1 : p < (size_t)o->parallel_parts ? (int)p : o->parallel_parts;
+}
+
+static void score_groups(const ix_ctx *c, const eg_route_opts *o, ix_cache *k, const uint32_t *ids, size_t n)
+{
+    score_job j = { c, k, ids, n, par_parts(o, n) };
+    if (j.parts > 1) o->parallel_for(o->parallel_ctx, j.parts, score_part, &j);
+    else score_part(&j, 0);
+}
+
 /* Descend groups in bound order; stop once a group's bound cannot beat
  * (or tie) the current k-th score: every segment in it scores at most its
  * bound, so the flat scan would not pick it either. */
@@ -319,15 +361,37 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
         }
     }
     sort_keys(gs, gs + ng, ng);
+    /* With a cache, groups are scored in batches (growing, so a peaked head
+     * scores few), in parallel where the caller allows, then pushed in
+     * bound order as before. A batch may score a group the heap no longer
+     * needs: it pushes nothing and its scores serve the bound. */
+    uint32_t *ids = k && k->sc ? (uint32_t *)(gs + ng) : NULL;   /* the sort's room, free again */
+    size_t batch_end = 0, batch = 2 * PAR_MIN_GROUPS;
     for (size_t i = 0; i < ng; i++) {
         size_t g = (uint32_t)gs[i];
         float bound = bnd[g];
         if (hp->n == hp->k && bound < hp->h[0].score) break;
         if (bound == -INFINITY) break;
+        if (ids && i == batch_end) {
+            float thr = hp->n == hp->k && hp->k ? hp->h[0].score : -INFINITY;
+            size_t e = i;
+            while (e < ng && e < i + batch && bnd[(uint32_t)gs[e]] >= thr && bnd[(uint32_t)gs[e]] > -INFINITY) e++;
+            size_t n_ids = 0;
+            for (size_t x = i; x < e; x++) k->done[(uint32_t)gs[x]] = 2;   /* 2: in this batch */
+            for (size_t x = 0; x < ng; x++) if (k->done[x] == 2) ids[n_ids++] = (uint32_t)x;
+            score_groups(c, o, k, ids, n_ids);
+            for (size_t x = 0; x < n_ids; x++) {
+                k->done[ids[x]] = 1;
+                size_t s0 = (size_t)ids[x] * G;
+                scored += (s0 + G < c->n_vis ? s0 + G : c->n_vis) - s0;
+            }
+            batch_end = e;
+            batch *= 2;
+        }
         size_t s0 = g * G, s1 = s0 + G < c->n_vis ? s0 + G : c->n_vis;
-        push_range(c, o, s0, s1, hp, buf, k);
+        push_range(c, o, s0, s1, hp, buf, k, ids != NULL);
+        if (!ids) scored += s1 - s0;
         if (k && k->sc) k->done[g] = 1;
-        scored += s1 - s0;
     }
     free(gs);
     free(bnd);
@@ -377,13 +441,21 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
                 return ix_fail(EG_IX_ENOMEM, "out of memory");
             }
         } else if (kc && kc->sc) {   /* flat, keeping every visible score for the bound */
-            push_range(&c, o, 0, c.n_vis, &hp, buf, kc);
+            size_t ngv = (c.n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP;
+            uint32_t *ids = malloc(sizeof(uint32_t) * ngv);
+            int pre = ids != NULL;     /* else push_range scores as it goes */
+            if (pre) {
+                for (size_t g = 0; g < ngv; g++) ids[g] = (uint32_t)g;
+                score_groups(&c, o, kc, ids, ngv);
+            }
+            free(ids);
+            push_range(&c, o, 0, c.n_vis, &hp, buf, kc, pre);
             memset(kc->done, 1, (c.n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP);
             free(kc->gsc);                  /* no group scores: the bound makes them */
             kc->gsc = NULL;
             scored = c.n_vis;
         } else {
-            push_range(&c, o, c.n_sink, c.recent0, &hp, buf, NULL);
+            push_range(&c, o, c.n_sink, c.recent0, &hp, buf, NULL, 0);
             scored = c.recent0 > c.n_sink ? c.recent0 - c.n_sink : 0;
         }
     }

@@ -6,6 +6,7 @@
 #include "index.h"
 #include "ix_internal.h"
 #include "testutil.h"
+#include <pthread.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -242,6 +243,84 @@ static void test_select_bound_fused(void)
     printf("  %d (row, prefix) bounds: fused <= separate, and >= the exact left-out mass\n", checked);
 }
 
+/* parallel_for helpers: one runs the parts on threads of its own, the
+ * other in reverse order on the caller's; both must give the same bits
+ * as one thread. */
+typedef struct { void (*fn)(void *, int); void *arg; int i; } par_task;
+static void *par_thread(void *a)
+{
+    par_task *t = a;
+    t->fn(t->arg, t->i);
+    return NULL;
+}
+static int par_calls;
+static void par_threads(void *ctx, int n, void (*fn)(void *, int), void *arg)
+{
+    (void)ctx;
+    par_task t[16];
+    pthread_t th[16];
+    REQUIRE(n >= 1 && n <= 16);
+    for (int i = 0; i < n; i++) {
+        t[i] = (par_task){ fn, arg, i };
+        REQUIRE(pthread_create(&th[i], NULL, par_thread, &t[i]) == 0);
+    }
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    par_calls++;
+}
+static void par_reverse(void *ctx, int n, void (*fn)(void *, int), void *arg)
+{
+    (void)ctx;
+    for (int i = n; i-- > 0;) fn(arg, i);
+    par_calls++;
+}
+
+/* A scan split over parallel_for selects and bounds exactly as one thread,
+ * flat and hierarchical, peaked and flat heads, both kernels. */
+static void test_select_bound_parallel(void)
+{
+    const int d = 16, S = 16;
+    uint64_t seed = 7;
+    int split = 0;
+    for (int trial = 0; trial < 8; trial++) {
+        size_t nseg = 1500 + (size_t)trial * 701;
+        float *k = rand_keys(nseg * S, d, seed++, 0);
+        built b;
+        REQUIRE(build_table(EG_ROUTER_QUEST, k, nseg, d, S, &b) == 0);
+        int nr = 1 + trial % 4;
+        float q[4 * 16];
+        for (int i = 0; i < nr * d; i++) q[i] = (trial % 2 ? 3.0f : 0.3f) * tu_randn(&seed);
+        eg_route_rows rw = { .n_rows = nr, .q = q, .pos = NULL, .scale = 0.25f };
+        eg_route_opts o;
+        eg_route_opts_init(&o);
+        o.budget_tokens = S * (8 + 40 * trial);
+        o.hierarchical = trial % 3 != 2;
+        eg_index_kernels(trial % 2);
+        eg_route_selection a, f;
+        double *ua = NULL, *uf = NULL;
+        CHECK_OK(eg_router_select_bound(b.t, &rw, &o, &a, &ua));
+        o.parallel_for = trial % 4 < 2 ? par_threads : par_reverse;
+        o.parallel_parts = 2 + trial % 3;
+        int calls = par_calls;
+        CHECK_OK(eg_router_select_bound(b.t, &rw, &o, &f, &uf));
+        split += par_calls > calls;   /* a peaked head may descend too few groups to split */
+        REQUIRE(ua && uf && a.n == f.n && a.n_forced == f.n_forced);
+        CHECK(!memcmp(a.segments, f.segments, a.n * sizeof *a.segments));
+        CHECK(!memcmp(a.scores, f.scores, a.n * sizeof *a.scores));
+        CHECK(!memcmp(ua, uf, (size_t)nr * (a.n - a.n_forced + 1) * sizeof *ua));
+        CHECK_EQ_INT((long long)a.scored, (long long)f.scored);
+        free(ua);
+        free(uf);
+        eg_route_selection_free(&a);
+        eg_route_selection_free(&f);
+        built_free(&b);
+        free(k);
+    }
+    eg_index_kernels(0);
+    CHECK(split >= 6);
+    printf("  %d of 8 calls split (%d parallel_for calls): same selection and bound bits as one thread\n", split,
+           par_calls);
+}
+
 /* Bad input to the fused call loses nothing and allocates nothing. */
 static void test_select_bound_errors(void)
 {
@@ -308,6 +387,7 @@ int main(void)
     TEST_RUN(test_score_kernel_reference);
     TEST_RUN(test_sum_exp_accuracy);
     TEST_RUN(test_select_bound_fused);
+    TEST_RUN(test_select_bound_parallel);
     TEST_RUN(test_select_bound_errors);
     TEST_END();
 }
