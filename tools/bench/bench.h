@@ -20,7 +20,11 @@ void bench_figure(const bench_opts *o, const char *suite, const char *figure, do
                   const char *unit, double baseline, const char *params);
 /* Baselines measured in the same run. */
 double bench_disk_write_mbps(const bench_opts *o, size_t bytes);  /* write + fsync */
-double bench_mem_gbps(void);                                      /* memcpy, best of runs */
+double bench_mem_gbps(void);
+/* GB/s (read plus write) of one memcpy of n bytes from src to dst: a probe
+ * taken beside each timed call, so that a figure and its baseline see the
+ * same machine load. */
+double bench_mem_once(char *dst, const char *src, size_t n);                                      /* memcpy, best of runs */
 /* Deterministic random normal floats. */
 void bench_randn(float *x, size_t n, uint64_t seed);
 

@@ -71,19 +71,44 @@ static int cmp_d(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median seconds of n calls (after warm runs); res of the last call. */
+/* Bandwidth probe buffers (see time_attend). */
+#define PROBE_BYTES ((size_t)64 << 20)
+static char *probe_src, *probe_dst;
+
+/* Median seconds of n calls (after warm runs); res of the last call. With
+ * gbps, each timed call follows a memcpy probe of PROBE_BYTES and *gbps is
+ * the probes' median: the floor then sees the same load as the call, on
+ * this shared machine whose bandwidth varies by half within minutes, and
+ * the call starts with the caches flushed, as a step after other work. */
 static double time_attend(eg_engine_session *s, const eg_attend_req *r, eg_attend_result *res, int dense,
-                          int warm, int n)
+                          int warm, int n, double *gbps)
 {
-    double t[64];
+    double t[64], g[64];
     if (n > 64) n = 64;
+    if (gbps && !probe_src) {
+        probe_src = malloc(PROBE_BYTES);
+        probe_dst = malloc(PROBE_BYTES);
+        if (!probe_src || !probe_dst) {
+            free(probe_src); free(probe_dst);
+            probe_src = probe_dst = NULL;
+            gbps = NULL;       /* keep the suite's own figure */
+        } else {
+            memset(probe_src, 1, PROBE_BYTES);
+            memset(probe_dst, 2, PROBE_BYTES);
+        }
+    }
     for (int i = 0; i < warm + n; i++) {
+        if (gbps && probe_src && i >= warm) g[i - warm] = bench_mem_once(probe_dst, probe_src, PROBE_BYTES);
         double t0 = bench_now();
         int rc = dense ? eg_engine_attend_dense(s, r, res, NULL) : eg_engine_attend(s, r, res);
         if (rc) { fprintf(stderr, "bench: attend failed: %s\n", eg_engine_last_error()); return -1; }
         if (i >= warm) t[i - warm] = bench_now() - t0;
     }
     qsort(t, (size_t)n, sizeof *t, cmp_d);
+    if (gbps && probe_src) {
+        qsort(g, (size_t)n, sizeof *g, cmp_d);
+        *gbps = g[n / 2];
+    }
     return t[n / 2];
 }
 
@@ -153,9 +178,9 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
     decode_req(&r, q, &pos);
     eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
     int big = T >= (1u << 20);
-    double sp = time_attend(s, &r, &res, 0, 3, big ? 15 : 31);
+    double sp = time_attend(s, &r, &res, 0, 3, big ? 15 : 31, &gbps);
     uint64_t segs = res.segments, toks = res.tokens;
-    double de = sp < 0 ? -1 : time_attend(s, &r, &res, 1, 0, big ? 1 : 3);
+    double de = sp < 0 ? -1 : time_attend(s, &r, &res, 1, 0, big ? 1 : 3, NULL);
     int rc = sp < 0 || de < 0;
     if (!rc) {
         size_t kb, vb;
@@ -190,7 +215,7 @@ static int prefill_figure(const bench_opts *o, eg_engine_session *s, const shape
     eg_attend_req_init(&r);
     r.n_queries = nq; r.q = q; r.pos = pos; r.include_self = 1;
     eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
-    double sp = time_attend(s, &r, &res, 0, 1, 3), de = sp < 0 ? -1 : time_attend(s, &r, &res, 1, 0, 1);
+    double sp = time_attend(s, &r, &res, 0, 1, 3, NULL), de = sp < 0 ? -1 : time_attend(s, &r, &res, 1, 0, 1, NULL);
     if (sp >= 0 && de >= 0) {
         char p[256];
         snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,\"queries\":512",
@@ -275,6 +300,9 @@ int bench_suite_attend(const bench_opts *o)
             eg_engine_close(e);
             rm_store(dir);
         }
+    free(probe_src);
+    free(probe_dst);
+    probe_src = probe_dst = NULL;
     return rc ? 1 : 0;
 }
 

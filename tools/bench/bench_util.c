@@ -76,6 +76,14 @@ double bench_mem_gbps(void)
     return best;
 }
 
+double bench_mem_once(char *dst, const char *src, size_t n)
+{
+    double t0 = bench_now();
+    memcpy(dst, src, n);
+    double t = bench_now() - t0;
+    return 2.0 * (double)n / t / 1e9;
+}
+
 void bench_randn(float *x, size_t n, uint64_t seed)
 {
     uint64_t s = seed | 1;
