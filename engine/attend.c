@@ -306,10 +306,11 @@ static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
         rows->oracle_mass = c->req->oracle_mass + (size_t)kvh * c->v.n_sealed;
 }
 
-/* The router's parallel_for: a nested job on the pool. Its caller works
- * on it too, so a head whose peers are busy scores alone, and a thread
- * that finished its own head early helps with the rest. */
-static void pool_for(void *pool, int n, void (*fn)(void *, int), void *arg) { en_pool_run(pool, n, fn, arg); }
+/* The router's parallel_for: a nested leaf job on the pool (its parts
+ * only score into the call's cache). Its caller works on it too, so a head
+ * whose peers are busy scores alone, and a thread that finished its own
+ * head early helps with the rest. */
+static void pool_for(void *pool, int n, void (*fn)(void *, int), void *arg) { en_pool_run_leaf(pool, n, fn, arg); }
 
 /* Route kv-head kvh. With log_ub (sparse attend) also the lost-mass bound
  * of every prefix of the routed order, malloc'd: quest routes and bounds

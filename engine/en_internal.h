@@ -34,6 +34,10 @@ void en_pool_destroy(en_pool *p);
 /* Run fn(arg, i) for i in 0..n-1 on the workers and the calling thread;
  * returns when all are done. Safe to call from many threads at once. */
 void en_pool_run(en_pool *p, int n, void (*fn)(void *arg, int i), void *arg);
+/* The same for a leaf job: its tasks submit no jobs and use no per-thread
+ * scratch (index/scratch.c), so a caller waiting inside another task may
+ * run them. Callers waiting for their last tasks help only with these. */
+void en_pool_run_leaf(en_pool *p, int n, void (*fn)(void *arg, int i), void *arg);
 /* Threads a job can run on (workers and the caller). */
 int en_pool_threads(const en_pool *p);
 

@@ -1,7 +1,7 @@
 /* pool.c: a small worker pool. A call is a job of n tasks; the caller works
  * on its own job too, so a call never waits on a busy pool, and many
- * threads may submit at once. Tasks may submit jobs of their own; a caller
- * waiting for its last tasks helps with whatever is queued. */
+ * threads may submit at once. Tasks may submit leaf jobs of their own; a
+ * caller waiting for its last tasks helps with queued leaf jobs. */
 #include "en_internal.h"
 #include <stdlib.h>
 
@@ -9,6 +9,7 @@ typedef struct en_job {
     void (*fn)(void *, int);
     void *arg;
     int n, next, done;
+    int leaf;                 /* tasks that submit nothing and use no per-thread scratch */
     struct en_job *link;
 } en_job;
 
@@ -27,6 +28,18 @@ static en_job *take(en_pool *p, int *idx)
     if (!j) return NULL;
     *idx = j->next++;
     if (j->next == j->n) p->jobs = j->link; /* all handed out */
+    return j;
+}
+
+/* Take a task of the first leaf job with one left (mutex held). */
+static en_job *take_leaf(en_pool *p, int *idx)
+{
+    en_job **q = &p->jobs;
+    while (*q && !(*q)->leaf) q = &(*q)->link;
+    en_job *j = *q;
+    if (!j) return NULL;
+    *idx = j->next++;
+    if (j->next == j->n) *q = j->link;
     return j;
 }
 
@@ -87,14 +100,14 @@ void en_pool_destroy(en_pool *p)
     free(p);
 }
 
-void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg)
+static void pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg, int leaf)
 {
     if (n <= 0) return;
     if (!p || p->n_threads == 0 || n == 1) {
         for (int i = 0; i < n; i++) fn(arg, i);
         return;
     }
-    en_job j = {fn, arg, n, 0, 0, NULL};
+    en_job j = {fn, arg, n, 0, 0, leaf, NULL};
     pthread_mutex_lock(&p->mu);
     en_job **tail = &p->jobs;
     while (*tail) tail = &(*tail)->link;
@@ -114,12 +127,13 @@ void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg)
         pthread_mutex_lock(&p->mu);
         finish(p, &j);
     }
-    /* Until the others finish our tasks, help with any job queued since
-     * (a task's nested job, typically: a head's scan split in parts), so
-     * a caller never idles while work is waiting. */
+    /* Until the others finish our tasks, help with leaf jobs (a head's
+     * scan split in parts), so a caller never idles while such work waits.
+     * Only leaf jobs: this caller may be inside a task whose per-thread
+     * scratch another whole task would reuse. */
     while (j.done < j.n) {
         int i;
-        en_job *o = take(p, &i);
+        en_job *o = take_leaf(p, &i);
         if (!o) {
             pthread_cond_wait(&p->fin, &p->mu);
             continue;
@@ -131,5 +145,9 @@ void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg)
     }
     pthread_mutex_unlock(&p->mu);
 }
+
+void en_pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg) { pool_run(p, n, fn, arg, 0); }
+
+void en_pool_run_leaf(en_pool *p, int n, void (*fn)(void *, int), void *arg) { pool_run(p, n, fn, arg, 1); }
 
 int en_pool_threads(const en_pool *p) { return p ? p->n_threads + 1 : 1; }

@@ -222,8 +222,9 @@ typedef struct {
     /* Optional helpers for long scans (quest, with eg_router_select_bound):
      * parallel_for(parallel_ctx, n, fn, arg) must run fn(arg, i) for every
      * i < n, on any threads, and return when all have returned; the call
-     * then splits its scoring into up to parallel_parts parts. The answer
-     * is the same bits with or without. NULL or parts <= 1: one thread. */
+     * then splits its scoring into up to parallel_parts parts. The parts
+     * call no router entry and use no per-thread scratch. The answer is
+     * the same bits with or without. NULL or parts <= 1: one thread. */
     void (*parallel_for)(void *parallel_ctx, int n, void (*fn)(void *arg, int i), void *arg);
     void *parallel_ctx;
     int parallel_parts;
