@@ -21,30 +21,29 @@ struct en_pool {
     pthread_t th[EG_EN_THREADS_MAX];
 };
 
-/* Take a task of the first job with one left (mutex held). */
-static en_job *take(en_pool *p, int *idx)
-{
-    en_job *j = p->jobs;
-    if (!j) return NULL;
-    *idx = j->next++;
-    if (j->next == j->n) p->jobs = j->link; /* all handed out */
-    return j;
-}
+/* Which queued jobs a taker accepts. */
+enum { TAKE_ANY, TAKE_LEAF, TAKE_OWN };
 
-/* Take a task of the first leaf job with one left (mutex held). */
-static en_job *take_leaf(en_pool *p, int *idx)
+/* Hand out the next task of the first queued job the taker accepts (own:
+ * that job only), unlinking a job whose tasks are all handed out. Mutex
+ * held; NULL when there is none. */
+static en_job *take(en_pool *p, int which, const en_job *own, int *idx)
 {
     en_job **q = &p->jobs;
-    while (*q && !(*q)->leaf) q = &(*q)->link;
+    while (*q && !(which == TAKE_ANY || (which == TAKE_LEAF ? (*q)->leaf : *q == own))) q = &(*q)->link;
     en_job *j = *q;
     if (!j) return NULL;
     *idx = j->next++;
-    if (j->next == j->n) *q = j->link;
+    if (j->next == j->n) *q = j->link; /* all handed out */
     return j;
 }
 
-static void finish(en_pool *p, en_job *j)
+/* Run task i of j with the mutex released; count it done. */
+static void run_task(en_pool *p, en_job *j, int i)
 {
+    pthread_mutex_unlock(&p->mu);
+    j->fn(j->arg, i);
+    pthread_mutex_lock(&p->mu);
     if (++j->done == j->n) pthread_cond_broadcast(&p->fin);
 }
 
@@ -54,16 +53,10 @@ static void *worker(void *arg)
     pthread_mutex_lock(&p->mu);
     for (;;) {
         int i;
-        en_job *j = take(p, &i);
-        if (!j) {
-            if (p->stop) break;
-            pthread_cond_wait(&p->work, &p->mu);
-            continue;
-        }
-        pthread_mutex_unlock(&p->mu);
-        j->fn(j->arg, i);
-        pthread_mutex_lock(&p->mu);
-        finish(p, j);
+        en_job *j = take(p, TAKE_ANY, NULL, &i);
+        if (j) run_task(p, j, i);
+        else if (p->stop) break;
+        else pthread_cond_wait(&p->work, &p->mu);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -113,35 +106,18 @@ static void pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg, int 
     while (*tail) tail = &(*tail)->link;
     *tail = &j;
     pthread_cond_broadcast(&p->work);
-    pthread_cond_broadcast(&p->fin);   /* callers waiting on their jobs help with this one */
-    /* Work on our own job until its tasks are all handed out. */
-    while (j.next < j.n) {
-        int i = j.next++;
-        if (j.next == j.n) { /* unlink */
-            en_job **q = &p->jobs;
-            while (*q != &j) q = &(*q)->link;
-            *q = j.link;
-        }
-        pthread_mutex_unlock(&p->mu);
-        fn(arg, i);
-        pthread_mutex_lock(&p->mu);
-        finish(p, &j);
-    }
-    /* Until the others finish our tasks, help with leaf jobs (a head's
-     * scan split in parts), so a caller never idles while such work waits.
-     * Only leaf jobs: this caller may be inside a task whose per-thread
-     * scratch another whole task would reuse. */
+    if (leaf) pthread_cond_broadcast(&p->fin);   /* callers waiting on their jobs help with it */
+    /* Work on our own job until its tasks are all handed out. Then, until
+     * the others finish them, help with leaf jobs (a head's scan split in
+     * parts), so a caller never idles while such work waits. Only leaf
+     * jobs: this caller may be inside a task whose per-thread scratch
+     * another whole task would reuse. */
+    en_job *o;
+    int i;
+    while ((o = take(p, TAKE_OWN, &j, &i))) run_task(p, o, i);
     while (j.done < j.n) {
-        int i;
-        en_job *o = take_leaf(p, &i);
-        if (!o) {
-            pthread_cond_wait(&p->fin, &p->mu);
-            continue;
-        }
-        pthread_mutex_unlock(&p->mu);
-        o->fn(o->arg, i);
-        pthread_mutex_lock(&p->mu);
-        finish(p, o);
+        if ((o = take(p, TAKE_LEAF, NULL, &i))) run_task(p, o, i);
+        else pthread_cond_wait(&p->fin, &p->mu);
     }
     pthread_mutex_unlock(&p->mu);
 }

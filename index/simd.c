@@ -321,37 +321,32 @@ AVX2 static size_t at_least_avx2(const float *v, size_t n, float thr, uint32_t *
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
-typedef void (*score_fn)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, size_t, int);
-typedef double (*sumexp_fn)(const float *, size_t);
-typedef double (*terms_fn)(const float *, const uint8_t *, size_t, float, const float *, size_t, float *);
-static score_fn k_score = score_h_portable;
-static sumexp_fn k_sumexp = sum_exp_portable;
-static terms_fn k_terms = sum_exp_terms_portable;
-typedef void (*rowsmax_fn)(const float *, size_t, int, const size_t *, size_t, size_t, float *);
-typedef size_t (*atleast_fn)(const float *, size_t, float, uint32_t *);
-static rowsmax_fn k_rowsmax = rows_max_portable;
-static atleast_fn k_atleast = at_least_portable;
-static const char *k_name = "portable";
+/* One version of every kernel. */
+typedef struct {
+    void (*score)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, size_t, int);
+    double (*sumexp)(const float *, size_t);
+    double (*terms)(const float *, const uint8_t *, size_t, float, const float *, size_t, float *);
+    void (*rowsmax)(const float *, size_t, int, const size_t *, size_t, size_t, float *);
+    size_t (*atleast)(const float *, size_t, float, uint32_t *);
+    const char *name;
+} kernel_set;
+
+static const kernel_set k_portable = { score_h_portable, sum_exp_portable, sum_exp_terms_portable,
+                                       rows_max_portable, at_least_portable, "portable" };
+#ifdef IX_HAVE_AVX2
+static const kernel_set k_avx2 = { score_h_avx2, sum_exp_avx2, sum_exp_terms_avx2, rows_max_avx2, at_least_avx2,
+                                   "avx2" };
+#endif
+static kernel_set k = { score_h_portable, sum_exp_portable, sum_exp_terms_portable, rows_max_portable,
+                        at_least_portable, "portable" };
 static int k_cpu_avx2;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 
 static void choose(int portable)
 {
-    k_score = score_h_portable;
-    k_sumexp = sum_exp_portable;
-    k_terms = sum_exp_terms_portable;
-    k_rowsmax = rows_max_portable;
-    k_atleast = at_least_portable;
-    k_name = "portable";
+    k = k_portable;
 #ifdef IX_HAVE_AVX2
-    if (!portable && k_cpu_avx2) {
-        k_score = score_h_avx2;
-        k_sumexp = sum_exp_avx2;
-        k_terms = sum_exp_terms_avx2;
-        k_rowsmax = rows_max_avx2;
-        k_atleast = at_least_avx2;
-        k_name = "avx2";
-    }
+    if (!portable && k_cpu_avx2) k = k_avx2;
 #else
     (void)portable;
 #endif
@@ -373,20 +368,20 @@ const char *eg_index_kernels(int force_portable)
 {
     pthread_once(&k_once, kernels_init);
     if (force_portable >= 0) choose(force_portable);
-    return k_name;
+    return k.name;
 }
 
 void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,
                      float *out, size_t ld, int clamp)
 {
     pthread_once(&k_once, kernels_init);
-    if (s1 > s0) k_score(tab, s0, s1, width, qp, nr, out, ld, clamp);
+    if (s1 > s0) k.score(tab, s0, s1, width, qp, nr, out, ld, clamp);
 }
 
 double ix_sum_exp(const float *u, size_t n)
 {
     pthread_once(&k_once, kernels_init);
-    return k_sumexp(u, n);
+    return k.sumexp(u, n);
 }
 
 double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, const float *base,
@@ -394,17 +389,17 @@ double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float sc
 {
     pthread_once(&k_once, kernels_init);
     if (G == 0 || G % 8) return sum_exp_terms_portable(sc, skip, n, scale, base, G ? G : 1, m);
-    return k_terms(sc, skip, n, scale, base, G, m);
+    return k.terms(sc, skip, n, scale, base, G, m);
 }
 
 void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float *agg)
 {
     pthread_once(&k_once, kernels_init);
-    k_rowsmax(sc, ld, nr, vis, a, n, agg);
+    k.rowsmax(sc, ld, nr, vis, a, n, agg);
 }
 
 size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx)
 {
     pthread_once(&k_once, kernels_init);
-    return k_atleast(v, n, thr, idx);
+    return k.atleast(v, n, thr, idx);
 }
