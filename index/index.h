@@ -19,6 +19,12 @@
  *            r dims (16..32); a segment keeps product-quantised codes of its
  *            projected keys per token (r/8 bytes per token) or a few int8
  *            representative vectors; score = max over what it keeps.
+ *            Or (outliers mode) the f16 mean of a segment's keys but its
+ *            n_reps farthest from the mean, and those keys q8; score =
+ *            log(e^(bias + tau q.mean) + sum_o e^(tau_out q.k_o)), the
+ *            segment's log attention mass with most keys replaced by
+ *            their mean, tau, tau_out and bias trained.
+ *            (2*dim + n_reps*(4+dim))/S bytes per token.
  *  indexer   the model's own indexer (DeepSeek V3.2 style): per token an
  *            index key stored q8; per query index heads with weights; token
  *            score = sum_h w_h relu(q_h.k); segment score = max over tokens.
@@ -95,13 +101,15 @@ typedef struct eg_learned eg_learned;
 typedef enum {
     EG_LEARNED_PQ = 1,    /* per token: r/8 product-quantised codes (8 dims, 256 centroids each) */
     EG_LEARNED_REPS = 2,  /* per segment: n_reps int8 vectors of r dims (k-means in projected space) */
+    EG_LEARNED_OUTLIERS = 3, /* per segment: f16 mean of the keys but the n_reps farthest (L2) from
+                                the segment's mean, and those n_reps keys as q8; no projection */
 } eg_learned_mode;
 
 typedef struct {
     int dim;              /* key/query head dim, 1..EG_IX_DIM_MAX */
-    int rank;             /* r, EG_LEARNED_RANK_MIN..MAX, a multiple of 8 for PQ */
+    int rank;             /* PQ, REPS: r, EG_LEARNED_RANK_MIN..MAX, a multiple of 8 for PQ */
     eg_learned_mode mode;
-    int n_reps;           /* REPS: vectors per segment, 1..8 (default 4) */
+    int n_reps;           /* REPS: vectors, OUTLIERS: outlier keys per segment; 1..8 (default 1) */
     int seg_tokens;       /* S the weights are trained for (16..256) */
     int steps;            /* optimisation steps (default 200) */
     float lr;             /* Adam step size (default 0.01) */

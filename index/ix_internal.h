@@ -79,7 +79,9 @@ struct eg_route_table {
     size_t n, cap;            /* segments */
     int width;                /* values per row of htab or tab */
     uint16_t *htab;           /* f16 as stored, blocked (ix_hidx): quest rows of 2*dim, max then min;
-                                 centroid rows of dim. Blocks past n are zero or stale. */
+                                 centroid rows of dim; learned OUTLIERS rows of dim (the mean).
+                                 Blocks past n are zero or stale. */
+    uint16_t *otab;           /* learned OUTLIERS: n*n_reps rows of dim (the outliers), blocked */
     float *tab;               /* learned reps: [n*n_reps][rank] */
     int has_inf;              /* htab holds +-inf (beyond f16): kernels clamp to +-FLT_MAX */
     uint32_t *tags;           /* [n] */
@@ -151,9 +153,18 @@ struct eg_learned {
     float *wq;                /* [rank][dim] */
     float *wk;                /* [rank][dim] */
     float *codebook;          /* PQ: [rank/8][256][8] */
-    float tau;                /* softmax temperature of segment scores */
+    float tau;                /* softmax temperature of segment scores (OUTLIERS: of the mean's) */
+    float tau_out, bias;      /* OUTLIERS: the outliers' temperature; log weight of the mean */
 };
 int ix_learned_check_config(const eg_learned_config *c);
+/* 1 for a learned table in OUTLIERS mode. */
+static inline int ix_learned_outliers(const eg_route_table *t)
+{ return t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_OUTLIERS; }
+/* OUTLIERS summary of one segment's keys k [s][d]: the m keys farthest
+ * (L2) from the segment's mean (ties: lower token) and the mean of the
+ * others. Writes the summary bytes to out when non-NULL, and when mean /
+ * ok are non-NULL the values as a table decodes them: mean [d], ok [m][d]. */
+void ix_outliers_summary(const float *k, int s, int d, int m, uint8_t *out, float *mean, float *ok);
 /* Project rows x [n][dim] to out [n][rank] with w ([rank][dim]). */
 void ix_project(const float *w, int rank, int dim, const float *x, size_t n, float *out);
 /* Nearest PQ code of each sub-vector of a projected key. */

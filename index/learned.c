@@ -1,10 +1,14 @@
-/* learned.c: the learned router's training. Per (layer, kv-head), queries
- * and keys are projected to r dims (wq, wk: [r][dim]); a segment's score is
- * tau * max over its tokens of (wq q).(wk k). Training minimises the mean
+/* learned.c: the learned router's training. Training minimises the mean
  * over calibration queries of KL(dense mass per segment || softmax of
  * segment scores), over the segments a query can route (sealed, visible,
- * neither sink nor recent window), with Adam. The max is differentiated
- * through its argmax token. Projections run as OpenBLAS sgemm. */
+ * neither sink nor recent window), with Adam.
+ * PQ and REPS: queries and keys are projected to r dims (wq, wk:
+ * [r][dim]); a segment's score is tau * max over its tokens (or
+ * representatives) of (wq q).(wk k), the max differentiated through its
+ * argmax. OUTLIERS: the score is log(e^(bias + tau q.mean) + sum_o
+ * e^(tau_out q.k_o)); tau, tau_out and bias are trained, from the exact
+ * mixture (scale, scale, log(S - m)) as the start. Projections run as
+ * OpenBLAS sgemm. */
 #include "ix_internal.h"
 #include <cblas.h>
 #include <stdlib.h>
@@ -39,6 +43,8 @@ size_t eg_learned_summary_bytes(const eg_learned *w)
     if (!w) return 0;
     size_t r = (size_t)w->cfg.rank;
     if (w->cfg.mode == EG_LEARNED_PQ) return (size_t)w->cfg.seg_tokens * (r / IX_PQ_SUB);
+    if (w->cfg.mode == EG_LEARNED_OUTLIERS)
+        return 2 * (size_t)w->cfg.dim + (size_t)w->cfg.n_reps * (4 + (size_t)w->cfg.dim);
     return (size_t)w->cfg.n_reps * (4 + r);
 }
 
@@ -69,14 +75,16 @@ int ix_learned_check_config(const eg_learned_config *c)
 {
     if (!c) return ix_fail(EG_IX_EINVAL, "config is NULL");
     if (c->dim < 1 || c->dim > EG_IX_DIM_MAX) return ix_fail(EG_IX_EDIM, "dim %d outside 1..%d", c->dim, EG_IX_DIM_MAX);
-    if (c->rank < EG_LEARNED_RANK_MIN || c->rank > EG_LEARNED_RANK_MAX)
-        return ix_fail(EG_IX_ERANK, "rank %d outside %d..%d", c->rank, EG_LEARNED_RANK_MIN, EG_LEARNED_RANK_MAX);
-    if (c->rank > c->dim) return ix_fail(EG_IX_ERANK, "rank %d exceeds dim %d", c->rank, c->dim);
-    if (c->mode != EG_LEARNED_PQ && c->mode != EG_LEARNED_REPS)
+    if (c->mode != EG_LEARNED_PQ && c->mode != EG_LEARNED_REPS && c->mode != EG_LEARNED_OUTLIERS)
         return ix_fail(EG_IX_EINVAL, "unknown learned mode %d", (int)c->mode);
+    if (c->mode != EG_LEARNED_OUTLIERS) {   /* OUTLIERS projects nothing */
+        if (c->rank < EG_LEARNED_RANK_MIN || c->rank > EG_LEARNED_RANK_MAX)
+            return ix_fail(EG_IX_ERANK, "rank %d outside %d..%d", c->rank, EG_LEARNED_RANK_MIN, EG_LEARNED_RANK_MAX);
+        if (c->rank > c->dim) return ix_fail(EG_IX_ERANK, "rank %d exceeds dim %d", c->rank, c->dim);
+    }
     if (c->mode == EG_LEARNED_PQ && c->rank % IX_PQ_SUB)
         return ix_fail(EG_IX_ERANK, "PQ rank %d is not a multiple of %d", c->rank, IX_PQ_SUB);
-    if (c->mode == EG_LEARNED_REPS && (c->n_reps < 1 || c->n_reps > 8))
+    if ((c->mode == EG_LEARNED_REPS || c->mode == EG_LEARNED_OUTLIERS) && (c->n_reps < 1 || c->n_reps > 8))
         return ix_fail(EG_IX_EINVAL, "n_reps %d outside 1..8", c->n_reps);
     int s = c->seg_tokens;
     if (s < 16 || s > 256 || (s & (s - 1)))
@@ -303,6 +311,117 @@ static void kmeans_pq(const float *x, size_t n, size_t stride, float *cb, uint64
     free(asg); free(acc);
 }
 
+/* OUTLIERS: every calibration segment's mean and outliers as a table
+ * would hold them. */
+typedef struct { float *mean, *ok; } outlier_set;
+
+static int outliers_of(const problem *p, int m, outlier_set *o)
+{
+    size_t d = (size_t)p->d;
+    o->mean = malloc(sizeof(float) * p->nseg * d);
+    o->ok = malloc(sizeof(float) * p->nseg * m * d);
+    if (!o->mean || !o->ok) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    for (size_t s = 0; s < p->nseg; s++)
+        ix_outliers_summary(p->cal->keys + s * p->S * d, p->S, p->d, m, NULL, o->mean + s * d,
+                            o->ok + s * m * d);
+    return 0;
+}
+
+/* OUTLIERS loss over queries [batch0, batch0 + batch) (mod nq) and, when
+ * g is non-NULL, its gradient in (log tau, log tau_out, bias). A
+ * segment's score z = log(e^v0 + sum_o e^vo) with v0 = bias + tau q.mean
+ * and vo = tau_out q.k_o; with the responsibilities e^(v - z) and
+ * gs = softmax(z)_s - mass_s, dL/dtau = sum_s gs r0 q.mean, and so on. */
+static double outliers_loss_grad(const problem *p, const eg_learned *w, const outlier_set *os, int batch0,
+                                 int batch, double *g)
+{
+    size_t d = (size_t)p->d, m = (size_t)w->cfg.n_reps;
+    double *z = malloc(sizeof(double) * p->nseg * 2), *r0 = z ? z + p->nseg : NULL;
+    float *a = malloc(sizeof(float) * p->nseg * (1 + m)), *b = a ? a + p->nseg : NULL;
+    if (!z || !a) { free(z); free(a); return NAN; }
+    double loss = 0, gt = 0, go = 0, gb = 0;
+    int used = 0;
+    for (int bi = 0; bi < batch; bi++) {
+        int i = (batch0 + bi) % p->nq;
+        size_t c0 = p->c0[i], c1 = p->c1[i], n = c1 - c0;
+        if (c1 <= c0) continue;
+        used++;
+        const float *q = p->cal->queries + (size_t)i * d;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)d, 1.0f, os->mean + c0 * d, (int)d, q, 1, 0.0f, a, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(n * m), (int)d, 1.0f, os->ok + c0 * m * d, (int)d, q, 1,
+                    0.0f, b, 1);
+        double mx = -INFINITY;
+        for (size_t s = 0; s < n; s++) {
+            double v0 = w->bias + (double)w->tau * a[s], vm = v0, sum = 0;
+            for (size_t o = 0; o < m; o++) vm = fmax(vm, (double)w->tau_out * b[s * m + o]);
+            sum = exp(v0 - vm);
+            for (size_t o = 0; o < m; o++) sum += exp((double)w->tau_out * b[s * m + o] - vm);
+            z[s] = vm + log(sum);
+            r0[s] = exp(v0 - z[s]);
+            mx = z[s] > mx ? z[s] : mx;
+        }
+        double zs = 0;
+        for (size_t s = 0; s < n; s++) zs += exp(z[s] - mx);
+        const float *ms = p->mass + (size_t)i * p->nseg + c0;
+        for (size_t s = 0; s < n; s++) {
+            double ps = exp(z[s] - mx) / zs, gs = ps - ms[s];
+            if (ms[s] > 0) loss += ms[s] * (log(ms[s]) - log(ps > 1e-30 ? ps : 1e-30));
+            gt += gs * r0[s] * a[s];
+            gb += gs * r0[s];
+            for (size_t o = 0; o < m; o++)
+                go += gs * exp((double)w->tau_out * b[s * m + o] - z[s]) * b[s * m + o];
+        }
+    }
+    free(z); free(a);
+    double nu = used ? used : 1;
+    if (g) { g[0] = gt / nu * w->tau; g[1] = go / nu * w->tau_out; g[2] = gb / nu; }
+    return loss / nu;
+}
+
+static int train_outliers(const eg_learned_config *c, const eg_calibration *cal, eg_learned **out,
+                          float *loss_curve)
+{
+    problem p;
+    outlier_set os = { 0 };
+    eg_learned *w = NULL;
+    int rc = problem_init(&p, c, cal);
+    if (rc < 0 || (rc = outliers_of(&p, c->n_reps, &os)) < 0) goto done;
+    w = calloc(1, sizeof *w);
+    if (!w) { rc = ix_fail(EG_IX_ENOMEM, "out of memory"); goto done; }
+    w->cfg = *c;
+    w->tau = w->tau_out = cal->scale;
+    w->bias = (float)log((double)(p.S - c->n_reps));
+    double th[3] = { log(w->tau), log(w->tau_out), w->bias }, m1[3] = { 0 }, v1[3] = { 0 };
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    int batch = p.nq < IX_BATCH ? p.nq : IX_BATCH;
+    for (int step = 0; step < c->steps; step++) {
+        double g[3];
+        double loss = outliers_loss_grad(&p, w, &os, (int)(((int64_t)step * batch) % p.nq), batch, g);
+        if (loss != loss) { rc = ix_fail(EG_IX_ENOMEM, "out of memory in training"); goto done; }
+        if (loss_curve) loss_curve[step] = (float)loss;
+        double bc1 = 1 - pow(b1, step + 1), bc2 = 1 - pow(b2, step + 1);
+        for (int k = 0; k < 3; k++) {
+            m1[k] = b1 * m1[k] + (1 - b1) * g[k];
+            v1[k] = b2 * v1[k] + (1 - b2) * g[k] * g[k];
+            th[k] -= c->lr * (m1[k] / bc1) / (sqrt(v1[k] / bc2) + eps);
+        }
+        w->tau = (float)exp(th[0]);
+        w->tau_out = (float)exp(th[1]);
+        w->bias = (float)th[2];
+    }
+    if (!isfinite(w->tau) || !isfinite(w->tau_out) || !isfinite(w->bias) || !(w->tau > 0) || !(w->tau_out > 0)) {
+        rc = ix_fail(EG_IX_ENONFINITE, "training diverged (lr %g too large?)", c->lr);
+        goto done;
+    }
+    *out = w;
+    w = NULL;
+done:
+    eg_learned_free(w);
+    free(os.mean); free(os.ok);
+    problem_free(&p);
+    return rc;
+}
+
 int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal, eg_learned **out,
                      float *loss_curve)
 {
@@ -310,6 +429,7 @@ int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal, eg_l
     if (rc < 0) return rc;
     if (!out) return ix_fail(EG_IX_EINVAL, "out is NULL");
     *out = NULL;
+    if (c->mode == EG_LEARNED_OUTLIERS) return train_outliers(c, cal, out, loss_curve);
     problem p;
     rc = problem_init(&p, c, cal);
     if (rc < 0) { problem_free(&p); return rc; }
@@ -398,6 +518,15 @@ int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl)
     problem p;
     int rc = problem_init(&p, &w->cfg, cal);
     if (rc < 0) { problem_free(&p); return rc; }
+    if (w->cfg.mode == EG_LEARNED_OUTLIERS) {
+        outlier_set os = { 0 };
+        rc = outliers_of(&p, w->cfg.n_reps, &os);
+        if (rc == 0) *kl = outliers_loss_grad(&p, w, &os, 0, p.nq, NULL);
+        if (rc == 0 && *kl != *kl) rc = ix_fail(EG_IX_ENOMEM, "out of memory");
+        free(os.mean); free(os.ok);
+        problem_free(&p);
+        return rc;
+    }
     size_t T = p.nseg * p.S;
     float *pk = malloc(sizeof(float) * T * (w->cfg.rank + 1));
     if (!pk) { problem_free(&p); return ix_fail(EG_IX_ENOMEM, "out of memory"); }

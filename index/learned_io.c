@@ -3,7 +3,8 @@
  * Layout (little-endian): "EGLW", u32 version (1), u32 dim, rank, mode,
  * n_reps, seg_tokens, n_sink_segments, u64 recent_tokens, f32 tau, then
  * f32 wq [rank][dim], wk [rank][dim], for PQ the codebook
- * [rank/8][256][8], and last a u64 XXH64 of everything before it. The
+ * [rank/8][256][8] (OUTLIERS: f32 tau_out and bias instead of all three),
+ * and last a u64 XXH64 of everything before it. The
  * training knobs (steps, lr, seed) are not kept: they do not change what
  * the weights mean. */
 #include "ix_internal.h"
@@ -17,6 +18,7 @@
 
 static size_t float_count(const eg_learned_config *c)
 {
+    if (c->mode == EG_LEARNED_OUTLIERS) return 2;
     size_t rd = (size_t)c->rank * c->dim;
     return 2 * rd + (c->mode == EG_LEARNED_PQ ? (size_t)(c->rank / IX_PQ_SUB) * IX_PQ_K * IX_PQ_SUB : 0);
 }
@@ -47,8 +49,14 @@ int eg_learned_save(const eg_learned *w, void **bytes, size_t *n)
     put32(b + 40, tb);
     uint8_t *p = b + HEAD;
     size_t rd = (size_t)c->rank * c->dim;
+    float tb2[2] = { w->tau_out, w->bias };
     const float *parts[3] = { w->wq, w->wk, w->codebook };
     size_t lens[3] = { rd, rd, nf - 2 * rd };
+    if (c->mode == EG_LEARNED_OUTLIERS) {
+        parts[0] = tb2;
+        lens[0] = 2;
+        lens[1] = lens[2] = 0;
+    }
     for (int k = 0; k < 3; k++)
         for (size_t i = 0; i < lens[k]; i++) {
             uint32_t u;
@@ -96,8 +104,19 @@ int eg_learned_load(const void *bytes, size_t n, eg_learned **out)
         free(w); free(all);
         return ix_fail(EG_IX_ENONFINITE, "learned weights hold NaN or Inf");
     }
-    size_t rd = (size_t)c.rank * c.dim;
     w->cfg = c;
+    if (c.mode == EG_LEARNED_OUTLIERS) {
+        w->tau_out = all[0];
+        w->bias = all[1];
+        free(all);
+        if (!(w->tau > 0.0f) || !(w->tau_out > 0.0f)) {
+            free(w);
+            return ix_fail(EG_IX_ECORRUPT, "learned weights hold a temperature <= 0");
+        }
+        *out = w;
+        return 0;
+    }
+    size_t rd = (size_t)c.rank * c.dim;
     w->wq = all;   /* wq is the head of the array; wk and the codebook are copied out */
     w->wk = malloc(sizeof(float) * rd);
     w->codebook = c.mode == EG_LEARNED_PQ ? malloc(sizeof(float) * (nf - 2 * rd)) : NULL;

@@ -107,10 +107,10 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
                     o2[i] = q[i] > 0.0f ? q[i] : 0.0f;       /* pairs with max */
                     o2[d + i] = q[i] < 0.0f ? q[i] : 0.0f;   /* pairs with min */
                 }
-            else if (k == EG_ROUTER_CENTROID)
+            else if (k == EG_ROUTER_CENTROID || ix_learned_outliers(t))
                 memcpy(o2, q, sizeof(float) * d);
         }
-        if (k == EG_ROUTER_LEARNED) {
+        if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
             if (lw->cfg.mode == EG_LEARNED_PQ) {
@@ -130,6 +130,43 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
 
 int ix_forced(const ix_ctx *c, size_t s) { return s < c->n_sink || s >= c->recent0; }
 
+/* OUTLIERS: score = log(e^(bias + tau q.mean) + sum_o e^(tau_out q.k_o)),
+ * the kernels giving q.mean and q.k_o; segments in slices so that the
+ * outliers' scores fit a stack buffer. */
+static void score_outliers(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    const eg_learned *lw = t->spec.learned;
+    size_t w = (size_t)t->width, m = (size_t)lw->cfg.n_reps;
+    enum { SEGS = 32, ROWS = 16 };
+    float tmp[SEGS * 8 * ROWS];
+    ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
+    for (size_t a = s0; a < s1; a += SEGS) {
+        size_t b = a + SEGS < s1 ? a + SEGS : s1, lt = (b - a) * m;
+        for (int r0 = 0; r0 < c->nr; r0 += ROWS) {
+            int nrs = c->nr - r0 < ROWS ? c->nr - r0 : ROWS;
+            ix_score_rows_h(t->otab, a * m, b * m, w, c->qp + (size_t)r0 * w, nrs, tmp, lt, t->has_inf);
+            for (int r = 0; r < nrs; r++) {
+                float *o = out + (size_t)(r0 + r) * ld + (a - s0);
+                const float *x = tmp + (size_t)r * lt;
+                for (size_t i = 0; i < b - a; i++) {
+                    float v[9], mx;
+                    v[0] = lw->bias + lw->tau * o[i];
+                    mx = v[0];
+                    for (size_t j = 0; j < m; j++) {
+                        v[1 + j] = lw->tau_out * x[i * m + j];
+                        mx = v[1 + j] > mx ? v[1 + j] : mx;
+                    }
+                    if (!(mx > -INFINITY && mx < INFINITY)) { o[i] = mx; continue; }
+                    float z = 0.0f;
+                    for (size_t j = 0; j <= m; j++) z += expf(v[j] - mx);
+                    o[i] = mx + logf(z);
+                }
+            }
+        }
+    }
+}
+
 /* Per-row raw scores of segments [s0, s1): row r at out + r*ld. */
 static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
 {
@@ -145,7 +182,9 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_
             for (size_t r = 0; r < nr; r++) out[r * ld + i] = c->rows->oracle_mass[s0 + i];
         break;
     case EG_ROUTER_LEARNED:
-        if (t->codes) {
+        if (ix_learned_outliers(t))
+            score_outliers(c, s0, s1, out, ld);
+        else if (t->codes) {
             size_t m = w / IX_PQ_SUB;
             for (size_t r = 0; r < nr; r++) {
                 const float *lut = c->lut + r * m * IX_PQ_K;

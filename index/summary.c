@@ -6,7 +6,8 @@
  *  centroid  f16 mean[d] (nearest).
  *  indexer   per token: f32 scale, int8 key[d] (symmetric q8).
  *  learned   PQ: per token rank/8 one-byte codes; REPS: per vector f32
- *            scale and int8[rank].
+ *            scale and int8[rank]; OUTLIERS: f16 mean[d] of the other keys
+ *            (nearest), then per outlier f32 scale and int8[d].
  */
 #include "ix_internal.h"
 #include <stdlib.h>
@@ -145,6 +146,44 @@ static void reps_summary(const eg_learned *w, const float *pk, int s, uint8_t *o
     for (int c = 0; c < m; c++) q8_row(cen[c], r, out + (size_t)c * (4 + (size_t)r));
 }
 
+void ix_outliers_summary(const float *k, int s, int d, int m, uint8_t *out, float *mean, float *ok)
+{
+    double acc[EG_IX_DIM_MAX];
+    float mu[EG_IX_DIM_MAX];
+    uint8_t pick[256] = { 0 };
+    for (int c = 0; c < d; c++) acc[c] = 0;
+    for (int t = 0; t < s; t++)
+        for (int c = 0; c < d; c++) acc[c] += k[(size_t)t * d + c];
+    for (int c = 0; c < d; c++) mu[c] = (float)(acc[c] / s);
+    uint8_t row[4 + EG_IX_DIM_MAX];
+    for (int o = 0; o < m; o++) {
+        int far = -1;
+        double fd = -1;
+        for (int t = 0; t < s; t++) {
+            if (pick[t]) continue;
+            double dd = 0;
+            for (int c = 0; c < d; c++) { double e = (double)k[(size_t)t * d + c] - mu[c]; dd += e * e; }
+            if (dd > fd) { fd = dd; far = t; }
+        }
+        pick[far] = 1;
+        const float *ko = k + (size_t)far * d;
+        for (int c = 0; c < d; c++) acc[c] -= ko[c];
+        q8_row(ko, d, row);
+        if (out) memcpy(out + 2 * (size_t)d + (size_t)o * (4 + d), row, 4 + (size_t)d);
+        if (ok) {
+            float sc;
+            memcpy(&sc, row, 4);
+            for (int c = 0; c < d; c++)   /* as the table keeps it: f16 */
+                ok[(size_t)o * d + c] = ix_f16_to_f32(ix_f32_to_f16_dir(sc * (float)(int8_t)row[4 + c], 0));
+        }
+    }
+    for (int c = 0; c < d; c++) {
+        uint16_t h = ix_f32_to_f16_dir((float)(acc[c] / (s - m)), 0);
+        if (out) put_f16(out + 2 * c, h);
+        if (mean) mean[c] = ix_f16_to_f32(h);
+    }
+}
+
 int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, size_t cap)
 {
     size_t need;
@@ -167,6 +206,10 @@ int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, 
     case EG_ROUTER_LEARNED: {
         const eg_learned *w = sp->learned;
         int r = w->cfg.rank;
+        if (w->cfg.mode == EG_LEARNED_OUTLIERS) {
+            ix_outliers_summary(keys, s, d, w->cfg.n_reps, o, NULL, NULL);
+            break;
+        }
         float *pk = malloc(sizeof(float) * (size_t)s * r);
         if (!pk) return ix_fail(EG_IX_ENOMEM, "out of memory projecting keys");
         ix_project(w->wk, r, d, keys, (size_t)s, pk);

@@ -35,7 +35,9 @@ int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
     switch (spec->kind) {
     case EG_ROUTER_QUEST: t->width = 2 * spec->dim; break;
     case EG_ROUTER_CENTROID: t->width = spec->dim; break;
-    case EG_ROUTER_LEARNED: t->width = spec->learned->cfg.rank; break;
+    case EG_ROUTER_LEARNED:
+        t->width = spec->learned->cfg.mode == EG_LEARNED_OUTLIERS ? spec->dim : spec->learned->cfg.rank;
+        break;
     default: t->width = 0; break;
     }
     *out = t;
@@ -45,7 +47,7 @@ int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
 void eg_route_table_free(eg_route_table *t)
 {
     if (!t) return;
-    free(t->htab); free(t->tab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
+    free(t->htab); free(t->otab); free(t->tab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
     free(t);
 }
 
@@ -55,7 +57,13 @@ const eg_summary_spec *eg_route_table_spec(const eg_route_table *t) { return t ?
 /* Rows of htab per segment. */
 static size_t htab_rows(const eg_route_table *t)
 {
-    return t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_CENTROID;
+    return t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_CENTROID || ix_learned_outliers(t);
+}
+
+/* Rows of otab per segment (learned OUTLIERS). */
+static size_t otab_rows(const eg_route_table *t)
+{
+    return ix_learned_outliers(t) ? (size_t)t->spec.learned->cfg.n_reps : 0;
 }
 
 /* Rows of tab per segment (learned reps keep n_reps rows). */
@@ -70,7 +78,7 @@ size_t eg_route_table_ram_bytes(const eg_route_table *t)
 {
     if (!t) return 0;
     size_t n = t->n, s = (size_t)t->spec.seg_tokens, b = n * tab_rows(t) * t->width * sizeof(float);
-    b += n * htab_rows(t) * t->width * sizeof(uint16_t);
+    b += n * (htab_rows(t) + otab_rows(t)) * t->width * sizeof(uint16_t);
     if (t->spec.kind == EG_ROUTER_QUEST)
         b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * (t->width * sizeof(uint16_t) + sizeof(float));
     if (t->codes) b += n * s * (size_t)(t->spec.learned->cfg.rank / IX_PQ_SUB);
@@ -106,6 +114,8 @@ static int reserve(eg_route_table *t, size_t need)
     if (tab_rows(t) && grow((void **)&t->tab, sizeof(float) * w * tab_rows(t), cap)) return -1;
     size_t G = EG_IX_GROUP;
     if (htab_rows(t) && grow_blocked(&t->htab, w, t->cap, cap)) return -1;
+    size_t m = otab_rows(t);
+    if (m && grow_blocked(&t->otab, w, t->cap * m, cap * m)) return -1;
     if (t->spec.kind == EG_ROUTER_QUEST &&
         (grow_blocked(&t->hgtab, w, (t->cap + G - 1) / G, (cap + G - 1) / G) ||
          grow((void **)&t->gabs, sizeof(float), (cap + EG_IX_GROUP - 1) / EG_IX_GROUP))) return -1;
@@ -174,6 +184,14 @@ static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
                 return ix_fail(EG_IX_ECORRUPT, "indexer summary %zu has a bad scale", i);
             break;
         case EG_ROUTER_LEARNED:
+            if (ix_learned_outliers(t)) {
+                for (size_t c = 0; c < d; c++)
+                    if (!isfinite(get_f16(row + 2 * c)))
+                        return ix_fail(EG_IX_ECORRUPT, "learned summary %zu mean channel %zu not finite", i, c);
+                if (check_q8_rows(row + 2 * d, otab_rows(t), 4 + d))
+                    return ix_fail(EG_IX_ECORRUPT, "learned summary %zu has a bad outlier scale", i);
+                break;
+            }
             if (t->spec.learned->cfg.mode == EG_LEARNED_REPS &&
                 check_q8_rows(row, (size_t)t->spec.learned->cfg.n_reps, 4 + (size_t)t->width))
                 return ix_fail(EG_IX_ECORRUPT, "learned summary %zu has a bad scale", i);
@@ -187,16 +205,26 @@ static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
 static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
 {
     size_t d = (size_t)t->spec.dim, s = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
-    switch (t->spec.kind) {
-    case EG_ROUTER_QUEST:
-    case EG_ROUTER_CENTROID: {
+    if (htab_rows(t)) {   /* quest, centroid, the mean of learned OUTLIERS: f16 as stored */
         for (size_t c = 0; c < w; c++) {
             uint16_t h = get_h(row + 2 * c);
             t->htab[ix_hidx(seg, c, w)] = h;
             if ((h & 0x7fffu) == 0x7c00u) t->has_inf = 1;
         }
-        break;
     }
+    size_t m = otab_rows(t);
+    for (size_t o = 0; o < m; o++) {   /* OUTLIERS: q8 to f16 (7 bits fit in 11; beyond f16 is inf) */
+        const uint8_t *v = row + 2 * d + o * (4 + d);
+        float sc;
+        memcpy(&sc, v, 4);
+        for (size_t c = 0; c < d; c++) {
+            uint16_t h = ix_f32_to_f16_dir(sc * (float)(int8_t)v[4 + c], 0);
+            t->otab[ix_hidx(seg * m + o, c, w)] = h;
+            if ((h & 0x7fffu) == 0x7c00u) t->has_inf = 1;
+        }
+    }
+    if (htab_rows(t)) return;
+    switch (t->spec.kind) {
     case EG_ROUTER_INDEXER:
         for (size_t k = 0; k < s; k++) {
             memcpy(&t->iscale[seg * s + k], row + k * (4 + d), 4);

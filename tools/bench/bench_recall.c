@@ -20,6 +20,7 @@ typedef struct { const char *name; eg_router_kind kind; eg_learned_mode mode; } 
 static const router_def routers[] = {
     { "quest", EG_ROUTER_QUEST, 0 },        { "centroid", EG_ROUTER_CENTROID, 0 },
     { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS },
+    { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS },
     { "indexer", EG_ROUTER_INDEXER, 0 },    { "oracle", EG_ROUTER_ORACLE, 0 },
 };
 #define NR (int)(sizeof routers / sizeof *routers)
@@ -275,9 +276,9 @@ static void report(run *R, size_t T, double *bpt, const char *extra)
             double bft = A->bft_n + A->bft_miss ? (A->bft_miss ? (double)BOUND_CAP : A->bft_sum / (double)A->bft_n) : NAN;
             if (!R->o->json) {
                 if (ri == 0 && bi == 0)
-                    printf("  %-13s %6s %7s %7s %8s %8s %7s %5s %8s %6s %8s %9s\n", "router", "budget", "recall",
+                    printf("  %-16s %6s %7s %7s %8s %8s %7s %5s %8s %6s %8s %9s\n", "router", "budget", "recall",
                            "p5", "vs_orcl", "out_err", "needle", "viol", "tight", "B/tok", "scan/str", "bound.05");
-                printf("  %-13s %6lld %7.4f %7.4f %8.4f %8.4f %7.3f %5ld %8.3g %6.3g %8.3g %8.0f%s\n",
+                printf("  %-16s %6lld %7.4f %7.4f %8.4f %8.4f %7.3f %5ld %8.3g %6.3g %8.3g %8.0f%s\n",
                        routers[ri].name, (long long)budgets[bi], mean, p5, rmean, emean, hit, A->viol, tight,
                        bpt[ri], bi == 2 ? sv : NAN, bi == 2 ? bft : NAN, bi == 2 && A->bft_miss ? "+" : "");
             } else {
