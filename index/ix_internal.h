@@ -59,6 +59,11 @@ void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a
 /* The i < n with v[i] >= thr and v[i] > -inf, ascending, into idx (room
  * for n); returns how many. */
 size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx);
+/* Learned OUTLIERS: o[i] := log(e^(bias + tau o[i]) + sum_{j<m} e^(tau_out
+ * x[i*m + j])) for i < n, 1 <= m <= 8; where the largest term is +-inf or
+ * NaN, o[i] is that term. Vector exp and log agree with libm's to about
+ * 1e-6 relative of the result. */
+void ix_lse_mix(float *o, const float *x, size_t n, size_t m, float tau, float bias, float tau_out);
 /* out[r] = dot(a, b[r]) for int8 a (times scale) against f32 rows b. */
 float ix_dot_i8(const int8_t *a, const float *b, int n);
 

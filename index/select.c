@@ -146,23 +146,9 @@ static void score_outliers(const ix_ctx *c, size_t s0, size_t s1, float *out, si
         for (int r0 = 0; r0 < c->nr; r0 += ROWS) {
             int nrs = c->nr - r0 < ROWS ? c->nr - r0 : ROWS;
             ix_score_rows_h(t->otab, a * m, b * m, w, c->qp + (size_t)r0 * w, nrs, tmp, lt, t->has_inf);
-            for (int r = 0; r < nrs; r++) {
-                float *o = out + (size_t)(r0 + r) * ld + (a - s0);
-                const float *x = tmp + (size_t)r * lt;
-                for (size_t i = 0; i < b - a; i++) {
-                    float v[9], mx;
-                    v[0] = lw->bias + lw->tau * o[i];
-                    mx = v[0];
-                    for (size_t j = 0; j < m; j++) {
-                        v[1 + j] = lw->tau_out * x[i * m + j];
-                        mx = v[1 + j] > mx ? v[1 + j] : mx;
-                    }
-                    if (!(mx > -INFINITY && mx < INFINITY)) { o[i] = mx; continue; }
-                    float z = 0.0f;
-                    for (size_t j = 0; j <= m; j++) z += expf(v[j] - mx);
-                    o[i] = mx + logf(z);
-                }
-            }
+            for (int r = 0; r < nrs; r++)
+                ix_lse_mix(out + (size_t)(r0 + r) * ld + (a - s0), tmp + (size_t)r * lt, b - a, m, lw->tau,
+                           lw->bias, lw->tau_out);
         }
     }
 }

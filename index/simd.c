@@ -107,6 +107,23 @@ static size_t at_least_portable(const float *v, size_t n, float thr, uint32_t *i
 }
 
 /* ---- AVX2, FMA, F16C -------------------------------------------------------------------- */
+static void lse_mix_portable(float *o, const float *x, size_t n, size_t m, float tau, float bias,
+                             float tau_out)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v[9], mx = fmaf(tau, o[i], bias);
+        v[0] = mx;
+        for (size_t j = 0; j < m; j++) {
+            v[1 + j] = tau_out * x[i * m + j];
+            mx = v[1 + j] > mx ? v[1 + j] : mx;
+        }
+        if (!(mx - mx == 0.0f)) { o[i] = mx; continue; }   /* +-inf or NaN */
+        float z = 0.0f;
+        for (size_t j = 0; j <= m; j++) z += expf(v[j] - mx);
+        o[i] = mx + logf(z);
+    }
+}
+
 #ifdef IX_HAVE_AVX2
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -214,6 +231,53 @@ AVX2 static inline __m256 exp8(__m256 x)
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+/* log(s) for 8 lanes of finite s >= 1: s = 2^e f with f in [sqrt(1/2),
+ * sqrt(2)), log f = 2 atanh(r), r = (f-1)/(f+1), |r| < 0.172, by its
+ * series to r^9 (truncation < 1e-9). */
+AVX2 static inline __m256 log8(__m256 s)
+{
+    __m256i bits = _mm256_castps_si256(s);
+    __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+    __m256 f = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffff)),
+                                                   _mm256_set1_epi32(0x3f800000)));
+    __m256 big = _mm256_cmp_ps(f, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
+    f = _mm256_blendv_ps(f, _mm256_mul_ps(f, _mm256_set1_ps(0.5f)), big);
+    __m256 ef = _mm256_add_ps(_mm256_cvtepi32_ps(e), _mm256_and_ps(big, _mm256_set1_ps(1.0f)));
+    __m256 r = _mm256_div_ps(_mm256_sub_ps(f, _mm256_set1_ps(1.0f)), _mm256_add_ps(f, _mm256_set1_ps(1.0f)));
+    __m256 r2 = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(1.0f / 9.0f);
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(1.0f / 7.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(1.0f / 5.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(1.0f / 3.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(1.0f));
+    __m256 lf = _mm256_mul_ps(_mm256_add_ps(r, r), p);
+    return _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693147181f), lf);
+}
+
+AVX2 static void lse_mix_avx2(float *o, const float *x, size_t n, size_t m, float tau, float bias, float tau_out)
+{
+    const __m256 vt = _mm256_set1_ps(tau), vb = _mm256_set1_ps(bias), vo = _mm256_set1_ps(tau_out);
+    const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                              _mm256_set1_epi32((int)m));
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v[9];
+        v[0] = _mm256_fmadd_ps(vt, _mm256_loadu_ps(o + i), vb);
+        __m256 mx = v[0];
+        for (size_t j = 0; j < m; j++) {
+            __m256 xj = m == 1 ? _mm256_loadu_ps(x + i) : _mm256_i32gather_ps(x + i * m + j, stride, 4);
+            v[1 + j] = _mm256_mul_ps(vo, xj);
+            mx = _mm256_max_ps(mx, v[1 + j]);
+        }
+        __m256 z = _mm256_setzero_ps();
+        for (size_t j = 0; j <= m; j++) z = _mm256_add_ps(z, exp8(_mm256_sub_ps(v[j], mx)));
+        __m256 fin = _mm256_cmp_ps(_mm256_sub_ps(mx, mx), _mm256_setzero_ps(), _CMP_EQ_OQ);
+        __m256 r = _mm256_add_ps(mx, log8(_mm256_max_ps(z, _mm256_set1_ps(1.0f))));
+        _mm256_storeu_ps(o + i, _mm256_blendv_ps(mx, r, fin));
+    }
+    if (i < n) lse_mix_portable(o + i, x + i * m, n - i, m, tau, bias, tau_out);
 }
 
 AVX2 static double sum_exp_avx2(const float *u, size_t n)
@@ -328,17 +392,18 @@ typedef struct {
     double (*terms)(const float *, const uint8_t *, size_t, float, const float *, size_t, float *);
     void (*rowsmax)(const float *, size_t, int, const size_t *, size_t, size_t, float *);
     size_t (*atleast)(const float *, size_t, float, uint32_t *);
+    void (*lsemix)(float *, const float *, size_t, size_t, float, float, float);
     const char *name;
 } kernel_set;
 
 static const kernel_set k_portable = { score_h_portable, sum_exp_portable, sum_exp_terms_portable,
-                                       rows_max_portable, at_least_portable, "portable" };
+                                       rows_max_portable, at_least_portable, lse_mix_portable, "portable" };
 #ifdef IX_HAVE_AVX2
 static const kernel_set k_avx2 = { score_h_avx2, sum_exp_avx2, sum_exp_terms_avx2, rows_max_avx2, at_least_avx2,
-                                   "avx2" };
+                                   lse_mix_avx2, "avx2" };
 #endif
 static kernel_set k = { score_h_portable, sum_exp_portable, sum_exp_terms_portable, rows_max_portable,
-                        at_least_portable, "portable" };
+                        at_least_portable, lse_mix_portable, "portable" };
 static int k_cpu_avx2;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 
@@ -402,4 +467,10 @@ size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx)
 {
     pthread_once(&k_once, kernels_init);
     return k.atleast(v, n, thr, idx);
+}
+
+void ix_lse_mix(float *o, const float *x, size_t n, size_t m, float tau, float bias, float tau_out)
+{
+    pthread_once(&k_once, kernels_init);
+    k.lsemix(o, x, n, m, tau, bias, tau_out);
 }

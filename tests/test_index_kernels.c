@@ -162,6 +162,49 @@ static void test_sum_exp_accuracy(void)
     free(u);
 }
 
+/* The learned outliers' mixture, both kernels, against long double: every
+ * m of 1..8, lengths that leave vector tails, wide ranges, and the +-inf
+ * terms that pass through as themselves. */
+static void test_lse_mix(void)
+{
+    uint64_t s = 17;
+    double worst[2] = { 0, 0 };
+    for (int port = 0; port < 2; port++) {
+        eg_index_kernels(port);
+        for (size_t m = 1; m <= 8; m++)
+            for (size_t n = 0; n <= 37; n += 1 + n / 3) {
+                float o[40], x[40 * 8], got[40];
+                for (size_t i = 0; i < n; i++) {
+                    o[i] = (float)((double)(tu_rand(&s) % 20001) / 100.0 - 100.0);
+                    for (size_t j = 0; j < m; j++) x[i * m + j] = (float)((double)(tu_rand(&s) % 20001) / 100.0 - 100.0);
+                }
+                memcpy(got, o, sizeof(float) * n);
+                ix_lse_mix(got, x, n, m, 0.125f, 3.5f, 0.2f);
+                for (size_t i = 0; i < n; i++) {
+                    long double t[9], mx, z = 0;
+                    t[0] = 3.5L + 0.125L * o[i];
+                    mx = t[0];
+                    for (size_t j = 0; j < m; j++) { t[1 + j] = 0.2L * x[i * m + j]; mx = t[1 + j] > mx ? t[1 + j] : mx; }
+                    for (size_t j = 0; j <= m; j++) z += expl(t[j] - mx);
+                    double ref = (double)(mx + logl(z)), e = fabs(got[i] - ref) / (1 + fabs(ref));
+                    worst[port] = e > worst[port] ? e : worst[port];
+                }
+            }
+        float o[9] = { 1, 2, INFINITY, -INFINITY, 0, 0, 0, 0, 5 }, x[9] = { 0, 0, 0, 0, INFINITY, -INFINITY, 0, 0, 1 };
+        ix_lse_mix(o, x, 9, 1, 1.0f, 0.0f, 1.0f);
+        CHECK(o[2] == INFINITY && o[4] == INFINITY);
+        CHECK(isfinite(o[0]) && isfinite(o[3]) && isfinite(o[5]) && isfinite(o[8]));
+        CHECK(fabsf(o[3] - 0.0f) < 1e-6f && fabsf(o[5] - 0.0f) < 1e-6f);   /* log(0 + e^0), log(e^0 + 0) */
+        float o2[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+        float x2[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+        ix_lse_mix(o2, x2, 8, 1, 1.0f, 0.0f, 1.0f);
+        for (int i = 0; i < 8; i++) CHECK(o2[i] == -INFINITY);
+    }
+    eg_index_kernels(0);
+    printf("  worst relative error: %.2g (%s), %.2g (portable)\n", worst[0], eg_index_kernels(-1), worst[1]);
+    CHECK(worst[0] < 1e-6 && worst[1] < 1e-6);
+}
+
 /* log of the exact sum of exp(scale q.k) over visible unselected tokens of row r. */
 static double exact_lse_unselected(const float *k, size_t nseg, int d, int S, const float *q, float scale,
                                    int64_t pos, const uint8_t *sel)
@@ -386,6 +429,7 @@ int main(void)
     TEST_RUN(test_half_order);
     TEST_RUN(test_score_kernel_reference);
     TEST_RUN(test_sum_exp_accuracy);
+    TEST_RUN(test_lse_mix);
     TEST_RUN(test_select_bound_fused);
     TEST_RUN(test_select_bound_parallel);
     TEST_RUN(test_select_bound_errors);
