@@ -51,9 +51,12 @@ static void test_training_lowers_loss(void)
         eg_learned_config_init(&c, 64, 64);
         c.mode = (eg_learned_mode)mode;
         c.steps = tu_slow() ? 20 : 80;
-        /* OUTLIERS starts from the exact mixture and trains 3 scalars:
-         * it gains less, and is asserted to gain, not by how much. */
-        double need = mode == EG_LEARNED_OUTLIERS ? 1.0 : 0.9, need_full = mode == EG_LEARNED_OUTLIERS ? 1.0 : 0.8;
+        /* OUTLIERS starts from the exact mixture and trains 3 scalars: it
+         * gains less, and its full calibration loss is asserted to fall,
+         * not by how much; its minibatch losses differ more by batch than
+         * by step, so they are printed only. */
+        int outl = mode == EG_LEARNED_OUTLIERS;
+        double need_full = outl ? 1.0 : 0.8;
         float curve[80];
         eg_learned *w = NULL;
         CHECK_OK(eg_learned_train(&c, &f.cal, &w, curve));
@@ -62,7 +65,7 @@ static void test_training_lowers_loss(void)
         double a = 0, b = 0;
         for (int i = 0; i < 10; i++) { a += curve[i]; b += curve[c.steps - 10 + i]; }
         printf("  %s: minibatch KL %.3f -> %.3f\n", names[mode], a / 10, b / 10);
-        CHECK(b < need * a);
+        if (!outl) CHECK(b < 0.9 * a);
         /* The full calibration loss against the untrained start (the same
          * initialisation, zero steps). On another text of the same model
          * the loss is printed, not asserted: it does not reliably improve
