@@ -82,7 +82,7 @@ void ix_heap_sort_desc(ix_heap *hp);
 struct eg_route_table {
     eg_summary_spec spec;
     size_t n, cap;            /* segments */
-    int width;                /* values per row of htab or tab */
+    int width;                /* values per row of htab, otab or tab */
     uint16_t *htab;           /* f16 as stored, blocked (ix_hidx): quest rows of 2*dim, max then min;
                                  centroid rows of dim; learned OUTLIERS rows of dim (the mean).
                                  Blocks past n are zero or stale. */

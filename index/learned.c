@@ -311,6 +311,19 @@ static void kmeans_pq(const float *x, size_t n, size_t stride, float *cb, uint64
     free(asg); free(acc);
 }
 
+/* One Adam step (0.9, 0.999, 1e-8, bias-corrected) on n double
+ * parameters th with moments m, v and gradient g; step counts from 0. */
+static void adam_step_d(double *th, double *m, double *v, const double *g, int n, double lr, int step)
+{
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    double bc1 = 1 - pow(b1, step + 1), bc2 = 1 - pow(b2, step + 1);
+    for (int k = 0; k < n; k++) {
+        m[k] = b1 * m[k] + (1 - b1) * g[k];
+        v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k];
+        th[k] -= lr * (m[k] / bc1) / (sqrt(v[k] / bc2) + eps);
+    }
+}
+
 /* OUTLIERS: every calibration segment's mean and outliers as a table
  * would hold them. */
 typedef struct { float *mean, *ok; } outlier_set;
@@ -392,19 +405,13 @@ static int train_outliers(const eg_learned_config *c, const eg_calibration *cal,
     w->tau = w->tau_out = cal->scale;
     w->bias = (float)log((double)(p.S - c->n_reps));
     double th[3] = { log(w->tau), log(w->tau_out), w->bias }, m1[3] = { 0 }, v1[3] = { 0 };
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
     int batch = p.nq < IX_BATCH ? p.nq : IX_BATCH;
     for (int step = 0; step < c->steps; step++) {
         double g[3];
         double loss = outliers_loss_grad(&p, w, &os, (int)(((int64_t)step * batch) % p.nq), batch, g);
         if (loss != loss) { rc = ix_fail(EG_IX_ENOMEM, "out of memory in training"); goto done; }
         if (loss_curve) loss_curve[step] = (float)loss;
-        double bc1 = 1 - pow(b1, step + 1), bc2 = 1 - pow(b2, step + 1);
-        for (int k = 0; k < 3; k++) {
-            m1[k] = b1 * m1[k] + (1 - b1) * g[k];
-            v1[k] = b2 * v1[k] + (1 - b2) * g[k] * g[k];
-            th[k] -= c->lr * (m1[k] / bc1) / (sqrt(v1[k] / bc2) + eps);
-        }
+        adam_step_d(th, m1, v1, g, 3, c->lr, step);
         w->tau = (float)exp(th[0]);
         w->tau_out = (float)exp(th[1]);
         w->bias = (float)th[2];
@@ -486,9 +493,7 @@ int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal, eg_l
                 *vv = (float)(b2 * *vv + (1 - b2) * g * g);
                 wp[k][j] -= (float)(c->lr * (*mm / bc1) / (sqrt(*vv / bc2) + eps));
             }
-        mt = b1 * mt + (1 - b1) * gt;
-        vt = b2 * vt + (1 - b2) * gt * gt;
-        logtau -= c->lr * (mt / bc1) / (sqrt(vt / bc2) + eps);
+        adam_step_d(&logtau, &mt, &vt, &gt, 1, c->lr, step);
         w->tau = (float)exp(logtau);
     }
     if (!ix_all_finite(w->wq, rd) || !ix_all_finite(w->wk, rd) || !isfinite(w->tau)) {

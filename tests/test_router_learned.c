@@ -117,7 +117,7 @@ static double mass_recall(const wl_workload *wl, int h, const eg_route_table *t,
     size_t nseg = (size_t)(T / 64);
     const float *K = wl->k + (size_t)h * T * d;
     float *lg = malloc(sizeof(float) * T);
-    double *mass = malloc(sizeof(double) * nseg), tot = 0;
+    double tot = 0;
     uint8_t *in = malloc(nseg);
     int n = 0;
     for (int qi = 0; qi < wl->n_queries; qi++) {
@@ -153,7 +153,7 @@ static double mass_recall(const wl_workload *wl, int h, const eg_route_table *t,
             }
         }
     }
-    free(lg); free(mass); free(in);
+    free(lg); free(in);
     return tot / (n ? n : 1);
 }
 
