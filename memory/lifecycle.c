@@ -66,6 +66,65 @@ static int del_range(MDB_txn *txn, MDB_dbi dbi, const unsigned char *prefix, siz
     return 0;
 }
 
+/* Session records of session sid: with copy_to 0, remove those whose kind
+ * lacks EG_RECORD_KEEP (truncate); else copy those with it to session
+ * copy_to (fork), checking each one's checksum first. The kind is at key
+ * offset 16 (read.c's srec_key). Copies are gathered first and written
+ * after the cursor closes, so no put moves a page under it. */
+typedef struct srec_copy { unsigned char kb[28]; size_t len; struct srec_copy *next; unsigned char bytes[]; } srec_copy;
+
+static int srec_sweep(eg_store *st, MDB_txn *txn, uint64_t sid, uint64_t copy_to)
+{
+    unsigned char p[8];
+    eg_be64(p, sid);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, st->db_router, &c), erc = 0;
+    if (rc) return eg_mdb_fail(rc, "cursor");
+    srec_copy *list = NULL;
+    MDB_val k = {8, p}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 28 || memcmp(k.mv_data, p, 8) != 0) break;
+        const unsigned char *kb = k.mv_data;
+        int keep = (eg_rd32(kb + 16) & EG_RECORD_KEEP) != 0;
+        if (!copy_to) {
+            if (!keep && (rc = mdb_cursor_del(c, 0))) break;
+            continue;
+        }
+        if (!keep) continue;
+        uint64_t sum;
+        if (v.mv_size < 8 || (memcpy(&sum, v.mv_data, 8), eg_record_sum(kb, 28, (char *)v.mv_data + 8,
+                                                                        v.mv_size - 8) != sum)) {
+            erc = eg_mem_fail(EG_ECORRUPT, "fork: a router-weights record of the parent (layer %u, "
+                              "kv-head %u) fails its checksum", eg_rd32(kb + 8), eg_rd32(kb + 12));
+            break;
+        }
+        srec_copy *n = malloc(sizeof *n + v.mv_size - 8);
+        if (!n) { erc = eg_mem_fail(EG_ENOMEM, "fork: out of memory"); break; }
+        memcpy(n->kb, kb, 28);
+        eg_be64(n->kb, copy_to);
+        n->len = v.mv_size - 8;
+        memcpy(n->bytes, (char *)v.mv_data + 8, n->len);
+        n->next = list;
+        list = n;
+    }
+    mdb_cursor_close(c);
+    if (!erc && rc && rc != MDB_NOTFOUND) erc = eg_mdb_fail(rc, "session records");
+    while (list) {
+        srec_copy *n = list;
+        list = n->next;
+        MDB_val nk = {28, n->kb}, nv = {n->len + 8, NULL};
+        int r = erc ? 0 : mdb_put(txn, st->db_router, &nk, &nv, MDB_RESERVE);
+        if (r) erc = eg_mdb_fail(r, "fork: session record");
+        else if (!erc) {
+            uint64_t sum = eg_record_sum(n->kb, 28, n->bytes, n->len);
+            memcpy(nv.mv_data, &sum, 8);
+            memcpy((char *)nv.mv_data + 8, n->bytes, n->len);
+        }
+        free(n);
+    }
+    return erc;
+}
+
 /* Remove blocks, records and token ids of namespace ns from segment `from`. */
 static int ns_delete_from(eg_store *st, MDB_txn *txn, uint64_t ns, uint64_t from)
 {
@@ -293,6 +352,7 @@ static int apply_fork(eg_store *st, MDB_txn *txn, eg_job *job)
     if (!c.layer_tokens) { rc = eg_mem_fail(EG_ENOMEM, "fork: out of memory"); goto out; }
     for (uint32_t l = 0; l < p.h.cfg.n_layers; l++) c.layer_tokens[l] = a->at;
     if (!rc) rc = materialize(st, txn, &p, c.h.id, full * S, a->at);
+    if (!rc) rc = srec_sweep(st, txn, p.h.id, c.h.id);
     if (!rc) rc = eg_sess_save(st, txn, a->child, &c);
 out:
     eg_sess_state_free(&p);
@@ -380,7 +440,7 @@ static int apply_truncate(eg_store *st, MDB_txn *txn, eg_job *job)
     h->lineage_len = n;
     unsigned char p[8];
     eg_be64(p, sid);
-    if ((rc = del_range(txn, st->db_router, p, 8, -1, 0))) return rc;
+    if ((rc = srec_sweep(st, txn, sid, 0))) return rc;
     h->n_tokens = t;
     h->n_sealed = full;
     for (uint32_t l = 0; l < h->cfg.n_layers; l++) w->layer_tokens[l] = t;

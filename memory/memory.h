@@ -310,8 +310,16 @@ int eg_record_get(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t seg
 int eg_record_get_range(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t first, uint64_t n,
                         uint32_t kind, size_t rec_len, void *out);
 /* Session-wide records (router weights, group summaries): key (layer,
- * kv_head, kind, index). They are the session's own: a fork does not share
- * them and truncate removes them all. */
+ * kv_head, kind, index). Records of a kind without EG_RECORD_KEEP describe
+ * the session's tokens: truncate removes them and a fork does not copy
+ * them. Records of a kind with EG_RECORD_KEEP describe the model (trained
+ * router weights): truncate keeps them and a fork copies them to the child
+ * (in the same transaction; a parent's record that fails its checksum
+ * fails the fork with EG_ECORRUPT). A put replaces the record of the same
+ * key. Errors: EG_ERANGE (layer or kv_head), EG_ELIMIT (over
+ * EG_RECORD_MAX), EG_ENOTFOUND (get: no such record), EG_ECORRUPT (get:
+ * checksum), store write errors (EG_ENOSPC, EG_EIO). */
+#define EG_RECORD_KEEP 0x80000000u
 int eg_record_put_session(eg_msession *s, uint32_t layer, uint32_t kv_head, uint32_t kind,
                           uint64_t index, const void *bytes, size_t len);
 int eg_record_get_session(eg_msession *s, uint32_t layer, uint32_t kv_head, uint32_t kind,

@@ -39,6 +39,115 @@ static long raw_blocks(void)
     return n;
 }
 
+/* Entries of one named tree in the raw LMDB file (store closed); with
+ * flip, flips the last byte of the first entry's value. */
+static long raw_entries(const char *db, int flip)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_stat ms;
+    long n = -1;
+    if (mdb_env_create(&env)) return -1;
+    mdb_env_set_maxdbs(env, 16);
+    mdb_env_set_mapsize(env, 1 << 20);
+    if (!mdb_env_open(env, dir, flip ? 0 : MDB_RDONLY, 0644) &&
+        !mdb_txn_begin(env, NULL, flip ? 0 : MDB_RDONLY, &txn)) {
+        if (!mdb_dbi_open(txn, db, 0, &dbi) && !mdb_stat(txn, dbi, &ms)) n = (long)ms.ms_entries;
+        MDB_cursor *c;
+        MDB_val k, v;
+        if (flip && n > 0 && !mdb_cursor_open(txn, dbi, &c)) {
+            if (!mdb_cursor_get(c, &k, &v, MDB_FIRST)) {
+                unsigned char *b = malloc(v.mv_size);
+                memcpy(b, v.mv_data, v.mv_size);
+                b[v.mv_size - 1] ^= 1;
+                MDB_val nv = {v.mv_size, b};
+                if (mdb_cursor_put(c, &k, &nv, MDB_CURRENT)) n = -2;
+                free(b);
+            }
+            mdb_cursor_close(c);
+        }
+        if (flip ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), 0)) n = -3;
+    }
+    mdb_env_close(env);
+    return n;
+}
+
+static int rec_is(eg_msession *s, uint32_t layer, uint32_t kvh, uint32_t kind, const char *want)
+{
+    void *rec = NULL;
+    size_t len = 0;
+    int rc = eg_record_get_session(s, layer, kvh, kind, 0, &rec, &len);
+    if (rc) return rc;
+    rc = len == strlen(want) && memcmp(rec, want, len) == 0 ? 0 : 1;
+    free(rec);
+    return rc;
+}
+
+/* Session records: truncate removes those of token kinds and keeps the
+ * model's (EG_RECORD_KEEP); a fork copies the model's ones to the child, as
+ * its own; a damaged one fails the fork and creates nothing; drop removes all. */
+static void test_session_records_keep(void)
+{
+    tu_tmpdir(dir, sizeof dir, "srec");
+    eg_store *st = open_store();
+    REQUIRE(st);
+    eg_session_config c;
+    su_config(&c, 2, 2, 16, 16, 16, EG_CODEC_Q8);
+    CHECK_OK(eg_session_create(st, "p", &c));
+    eg_msession *p, *ch;
+    CHECK_OK(eg_session_open(st, "p", NULL, &p));
+    CHECK_OK(su_append(p, &c, 0, 70));
+    const uint32_t K = 7u | EG_RECORD_KEEP;
+    CHECK_OK(eg_record_put_session(p, 0, 1, 7, 0, "groups", 6));
+    CHECK_OK(eg_record_put_session(p, 0, 1, K, 0, "w01", 3));
+    CHECK_OK(eg_record_put_session(p, 1, 0, K, 0, "w10", 3));
+    CHECK_OK(eg_record_put_session(p, 1, 0, K, 0, "w10b", 4));  /* replaces */
+    CHECK_EQ_INT(eg_record_put_session(p, 2, 0, K, 0, "x", 1), EG_ERANGE);
+    CHECK_EQ_INT(eg_record_put_session(p, 0, 2, K, 0, "x", 1), EG_ERANGE);
+    CHECK_OK(eg_session_truncate(p, 40));
+    CHECK_EQ_INT(rec_is(p, 0, 1, 7, "groups"), EG_ENOTFOUND);
+    CHECK_OK(rec_is(p, 0, 1, K, "w01"));
+    CHECK_OK(rec_is(p, 1, 0, K, "w10b"));
+    CHECK_OK(eg_record_put_session(p, 0, 1, 7, 0, "groups", 6));
+    CHECK_OK(eg_session_fork(st, "p", "c", 20));
+    CHECK_OK(eg_session_open(st, "c", NULL, &ch));
+    CHECK_OK(rec_is(ch, 0, 1, K, "w01"));
+    CHECK_OK(rec_is(ch, 1, 0, K, "w10b"));
+    CHECK_EQ_INT(rec_is(ch, 0, 1, 7, "groups"), EG_ENOTFOUND);
+    CHECK_OK(eg_record_put_session(ch, 0, 1, K, 0, "child", 5)); /* the child's own copy */
+    CHECK_OK(rec_is(p, 0, 1, K, "w01"));
+    CHECK_OK(rec_is(ch, 0, 1, K, "child"));
+    CHECK_OK(eg_session_close(ch));
+    CHECK_OK(eg_session_close(p));
+    CHECK_OK(eg_session_drop(st, "c"));
+    CHECK_OK(eg_store_close(st));
+    CHECK_EQ_INT(raw_entries("router", 0), 3);
+    /* The parent's first record (layer 0, kv-head 1, "groups") damaged: a
+     * fork still works (token records are not copied); then damage the
+     * first kept one. */
+    CHECK_EQ_INT(raw_entries("router", 1), 3);
+    st = open_store();
+    REQUIRE(st);
+    CHECK_OK(eg_session_fork(st, "p", "c2", 20));
+    CHECK_OK(eg_session_open(st, "p", NULL, &p));
+    CHECK_OK(eg_record_put_session(p, 0, 1, 7, 0, "groups", 6));
+    CHECK_OK(eg_session_truncate(p, 40));                        /* removes it */
+    CHECK_OK(eg_session_close(p));
+    CHECK_OK(eg_store_close(st));
+    CHECK_EQ_INT(raw_entries("router", 1), 4);                   /* p's w01 */
+    st = open_store();
+    REQUIRE(st);
+    CHECK_EQ_INT(eg_session_fork(st, "p", "c3", 20), EG_ECORRUPT);
+    CHECK(strstr(eg_mem_last_error(), "checksum") != NULL);
+    CHECK_EQ_INT(eg_session_open(st, "c3", NULL, &ch), EG_ENOTFOUND);
+    CHECK_OK(eg_session_drop(st, "p"));
+    CHECK_OK(eg_session_drop(st, "c2"));
+    CHECK_OK(eg_store_close(st));
+    CHECK_EQ_INT(raw_entries("router", 0), 0);
+    tu_rmrf(dir);
+}
+
 static void test_fork_shares_and_diverges(void)
 {
     tu_tmpdir(dir, sizeof dir, "fork");
@@ -259,5 +368,6 @@ int main(void)
     TEST_RUN(test_truncate);
     TEST_RUN(test_truncate_under_fork);
     TEST_RUN(test_damage_reported);
+    TEST_RUN(test_session_records_keep);
     TEST_END();
 }
