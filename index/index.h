@@ -138,6 +138,14 @@ typedef struct {
  * EG_IX_EEMPTY (no query can route any segment), EG_IX_ENOMEM. */
 int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal,
                      eg_learned **out, float *loss_curve);
+/* Weights that need no training: for EG_LEARNED_OUTLIERS the exact
+ * mixture (tau = tau_out = scale, bias = log(S - n_reps)), what training
+ * starts from; summaries made under them equal those under trained weights
+ * of the same config, since only scoring uses the three scalars. *out
+ * freed with eg_learned_free. Errors: EG_IX_EINVAL (another mode: PQ and
+ * REPS need training; scale not finite and positive), the config's errors
+ * as eg_learned_train, EG_IX_ENOMEM. */
+int eg_learned_untrained(const eg_learned_config *c, float scale, eg_learned **out);
 /* Mean KL of the weights on cal (the same loss training reports). */
 int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl);
 void eg_learned_free(eg_learned *w);

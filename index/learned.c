@@ -391,6 +391,25 @@ static double outliers_loss_grad(const problem *p, const eg_learned *w, const ou
     return loss / nu;
 }
 
+int eg_learned_untrained(const eg_learned_config *c, float scale, eg_learned **out)
+{
+    int rc = ix_learned_check_config(c);
+    if (rc < 0) return rc;
+    if (!out) return ix_fail(EG_IX_EINVAL, "out is NULL");
+    *out = NULL;
+    if (c->mode != EG_LEARNED_OUTLIERS)
+        return ix_fail(EG_IX_EINVAL, "learned mode %d needs training (only outliers has untrained weights)",
+                       (int)c->mode);
+    if (!(scale > 0.0f) || !isfinite(scale)) return ix_fail(EG_IX_EINVAL, "score scale %g", scale);
+    eg_learned *w = calloc(1, sizeof *w);
+    if (!w) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    w->cfg = *c;
+    w->tau = w->tau_out = scale;
+    w->bias = (float)log((double)(c->seg_tokens - c->n_reps));
+    *out = w;
+    return 0;
+}
+
 static int train_outliers(const eg_learned_config *c, const eg_calibration *cal, eg_learned **out,
                           float *loss_curve)
 {
@@ -399,11 +418,7 @@ static int train_outliers(const eg_learned_config *c, const eg_calibration *cal,
     eg_learned *w = NULL;
     int rc = problem_init(&p, c, cal);
     if (rc < 0 || (rc = outliers_of(&p, c->n_reps, &os)) < 0) goto done;
-    w = calloc(1, sizeof *w);
-    if (!w) { rc = ix_fail(EG_IX_ENOMEM, "out of memory"); goto done; }
-    w->cfg = *c;
-    w->tau = w->tau_out = cal->scale;
-    w->bias = (float)log((double)(p.S - c->n_reps));
+    if ((rc = eg_learned_untrained(c, cal->scale, &w)) < 0) goto done;
     double th[3] = { log(w->tau), log(w->tau_out), w->bias }, m1[3] = { 0 }, v1[3] = { 0 };
     int batch = p.nq < IX_BATCH ? p.nq : IX_BATCH;
     for (int step = 0; step < c->steps; step++) {

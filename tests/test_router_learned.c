@@ -295,6 +295,61 @@ static void test_outliers_scores_reference(void)
     fixture_free(&f);
 }
 
+/* Untrained outliers weights: the mixture training starts from; the same
+ * summary bytes as trained ones of the same config (so an engine can seal
+ * before training); a higher loss than trained ones; other modes refused. */
+static void test_untrained_outliers(void)
+{
+    fixture f;
+    REQUIRE(fixture_make(&f, 5, 4096) == 0);
+    eg_learned_config c;
+    eg_learned_config_init(&c, 64, 64);
+    c.mode = EG_LEARNED_OUTLIERS;
+    c.n_reps = 2;
+    c.steps = 60;
+    eg_learned *u = NULL, *w = NULL;
+    CHECK_OK(eg_learned_untrained(&c, 0.125f, &u));
+    CHECK_OK(eg_learned_train(&c, &f.cal, &w, NULL));
+    REQUIRE(u && w);
+    void *blob = NULL;
+    size_t bn = 0;
+    CHECK_OK(eg_learned_save(u, &blob, &bn));
+    const uint8_t *b8 = blob;
+    CHECK(blob_f32(b8 + 40) == 0.125f && blob_f32(b8 + 44) == 0.125f);
+    CHECK(fabs(blob_f32(b8 + 48) - log(62.0)) < 1e-6);
+    free(blob);
+    eg_summary_spec su = { EG_ROUTER_LEARNED, 64, 64, u }, sw = { EG_ROUTER_LEARNED, 64, 64, w };
+    size_t nb = 0;
+    CHECK_OK(eg_summary_bytes(&su, &nb));
+    uint8_t *a = malloc(nb), *b = malloc(nb);
+    int same = 1;
+    for (size_t s = 0; s < 4096 / 64; s++) {
+        CHECK_OK(eg_summary_compute(&su, f.cal.keys + s * 64 * 64, a, nb));
+        CHECK_OK(eg_summary_compute(&sw, f.cal.keys + s * 64 * 64, b, nb));
+        same &= memcmp(a, b, nb) == 0;
+    }
+    CHECK(same);
+    double lu = 0, lw = 0;
+    CHECK_OK(eg_learned_loss(u, &f.cal, &lu));
+    CHECK_OK(eg_learned_loss(w, &f.cal, &lw));
+    printf("  calibration loss: untrained %.4f, trained %.4f\n", lu, lw);
+    CHECK(lw < lu);
+    free(a); free(b);
+    eg_learned_free(u);
+    eg_learned_free(w);
+    eg_learned *x = (eg_learned *)1;
+    CHECK_EQ_INT(eg_learned_untrained(&c, 0.0f, &x), EG_IX_EINVAL);
+    CHECK(x == NULL);
+    CHECK_EQ_INT(eg_learned_untrained(&c, NAN, &x), EG_IX_EINVAL);
+    c.mode = EG_LEARNED_PQ;
+    CHECK_EQ_INT(eg_learned_untrained(&c, 0.125f, &x), EG_IX_EINVAL);
+    c.mode = EG_LEARNED_OUTLIERS;
+    c.n_reps = 9;
+    CHECK_EQ_INT(eg_learned_untrained(&c, 0.125f, &x), EG_IX_EINVAL);
+    CHECK_EQ_INT(eg_learned_untrained(NULL, 0.125f, &x), EG_IX_EINVAL);
+    fixture_free(&f);
+}
+
 /* Scores of every segment with weights w over keys [nseg*64][64]. */
 static int scores(const eg_learned *w, const float *keys, size_t nseg, const float *q, float *out)
 {
@@ -479,6 +534,7 @@ int main(void)
     TEST_RUN(test_outliers_beat_centroid);
     TEST_RUN(test_outliers_scores_reference);
     TEST_RUN(test_weights_bytes);
+    TEST_RUN(test_untrained_outliers);
     TEST_RUN(test_bad_config_and_data);
     TEST_END();
 }
