@@ -567,15 +567,17 @@ static int call_setup(en_sess *s, const eg_attend_req *q, int dense, int want_ta
         if (q->remap_positions && s->cfg.rope_mode == EG_ROPE_NONE)
             return en_fail(EG_EN_EOPTION, "remap_positions needs a session that stores keys before "
                            "RoPE (rope_mode half or interleaved)");
-        if (q->router != EG_ROUTER_QUEST && q->router != EG_ROUTER_CENTROID && q->router != EG_ROUTER_ORACLE)
-            return en_fail(EG_EN_EROUTER, "router %d is not served by ATTEND (quest, centroid, oracle)",
-                           (int)q->router);
+        if (q->router != EG_ROUTER_QUEST && q->router != EG_ROUTER_CENTROID && q->router != EG_ROUTER_LEARNED &&
+            q->router != EG_ROUTER_ORACLE)
+            return en_fail(EG_EN_EROUTER, "router %d is not served by ATTEND (quest, centroid, learned, "
+                           "oracle)", (int)q->router);
         if (q->router == EG_ROUTER_ORACLE && !q->oracle_mass)
             return en_fail(EG_EN_EROUTER, "the oracle router needs oracle_mass");
         if (v->n_sealed) {
             if ((rc = en_tables(s, q->layer, EG_ROUTER_QUEST, &c->quest))) return rc;
             c->route = c->quest;
-            if (q->router == EG_ROUTER_CENTROID && (rc = en_tables(s, q->layer, EG_ROUTER_CENTROID, &c->route)))
+            if ((q->router == EG_ROUTER_CENTROID || q->router == EG_ROUTER_LEARNED) &&
+                (rc = en_tables(s, q->layer, q->router, &c->route)))
                 return rc;
             if (q->router == EG_ROUTER_ORACLE) c->route = NULL;
         }

@@ -71,12 +71,18 @@ void en_window_counters(en_window *w, uint64_t *hits, uint64_t *bytes, uint64_t 
 /* ---- engine and sessions ------------------------------------------------------- */
 #define EN_REC_QUEST 1u      /* record: u32 tag of the segment's first token, quest summary */
 #define EN_REC_CENTROID 2u   /* record: centroid summary */
+#define EN_REC_OUTLIERS 3u   /* record: learned outliers summary (1 outlier key) */
+/* Session record (index 0) per (layer, kv-head): the learned router's
+ * weights blob (eg_learned_save); kept by truncate, copied by fork. */
+#define EN_REC_WEIGHTS (1u | EG_RECORD_KEEP)
+#define EN_KINDS 3           /* table kinds: 0 quest, 1 centroid, 2 learned */
 
 /* Route tables of one layer, loaded on first use. */
 typedef struct {
     pthread_mutex_t mu;
-    int loaded[3];            /* by kind index: 0 quest, 1 centroid */
-    eg_route_table **tab[2];  /* [n_kv_heads] each */
+    int loaded[EN_KINDS];
+    eg_route_table **tab[EN_KINDS];  /* [n_kv_heads] each */
+    eg_learned **w;           /* [n_kv_heads]: the learned tables' weights */
 } en_layer_tabs;
 
 typedef struct en_sess {
@@ -90,6 +96,7 @@ typedef struct en_sess {
     pthread_rwlock_t rw;      /* readers: attend/select/fetch; writer: append/truncate */
     en_layer_tabs *layers;    /* [n_layers] */
     en_window *win;
+    eg_learned *seal_w;       /* untrained outliers weights: the seal hook's summaries */
     pthread_mutex_t st_mu;
     uint64_t attends, page_ins;
     struct en_sess *next;
@@ -115,8 +122,17 @@ typedef struct {
     uint32_t S, H, G, dk, dv;
 } en_view;
 int en_view_get(en_sess *s, uint32_t layer, en_view *v);
-/* The layer's tables of `kind` (quest or centroid), loading them first. */
+/* The layer's tables of `kind` (quest, centroid or learned), loading them
+ * first (learned: with the weights stored for each kv-head, else untrained). */
 int en_tables(en_sess *s, uint32_t layer, eg_router_kind kind, eg_route_table ***out);
+/* The learned config the engine seals and routes with (outliers, 1 key). */
+void en_learned_config(const en_sess *s, eg_learned_config *c);
+/* Weights of (layer, kvh): the stored blob, checked against the session's
+ * shape, or untrained ones when none is stored. *out: eg_learned_free. */
+int en_weights_load(en_sess *s, uint32_t layer, uint32_t kvh, eg_learned **out);
+/* Unload the learned tables of a layer (write lock held): they reload with
+ * the weights stored now. */
+void en_tables_drop_learned(en_sess *s, uint32_t layer);
 /* Handle -> session, or EG_EN_ECLOSED. */
 int en_handle(eg_engine_session *h, en_sess **out);
 #endif

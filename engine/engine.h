@@ -56,6 +56,7 @@ const char *eg_engine_last_error(void);
 
 /* ---- limits ------------------------------------------------------------- */
 #define EG_EN_QUERIES_MAX 4096   /* query positions per call */
+#define EG_EN_TRAIN_ROWS_MAX 4096 /* router training: queries x q heads per kv-head */
 #define EG_EN_THREADS_MAX 64
 
 /* ---- engine ------------------------------------------------------------- */
@@ -103,9 +104,10 @@ int eg_engine_session_fork(eg_engine *e, const char *parent, const char *child, 
 /* Truncate to n_tokens; the router's tables and the window follow. */
 int eg_engine_session_truncate(eg_engine_session *s, uint64_t n_tokens);
 /* Append (req as eg_append in memory.h). Every segment this seals gets its
- * router summaries (quest and centroid, computed from the keys as attention
- * sees them: decoded, and rotated when the session applies RoPE) in the
- * same transaction as its blocks. */
+ * router summaries (quest, centroid and the learned router's outliers
+ * summary, computed from the keys as attention sees them: decoded, and
+ * rotated when the session applies RoPE) in the same transaction as its
+ * blocks. */
 int eg_engine_append(eg_engine_session *s, const eg_append_req *req, uint64_t *out_n_tokens);
 
 typedef struct {
@@ -134,7 +136,9 @@ typedef struct {
                                  ends); 0 = attend the whole budget */
     int remap_positions;      /* RoPE sessions: sinks first, routed segments packed
                                  in order, the recent window at its true distance */
-    eg_router_kind router;    /* EG_ROUTER_QUEST (default), _CENTROID or _ORACLE */
+    eg_router_kind router;    /* EG_ROUTER_QUEST (default), _CENTROID, _LEARNED
+                                 (outliers mode: see eg_engine_router_train) or
+                                 _ORACLE; the bound always comes from quest */
     const float *oracle_mass; /* ORACLE: [n_kv_heads][n_sealed] mass per segment
                                  (eg_engine_attend_dense's seg_mass) */
     const uint32_t *tags;     /* routed segments restricted to these document tags */
@@ -197,6 +201,48 @@ void eg_select_result_free(eg_select_result *r);
  * EG_EN_ESEGMENT (no token of that segment yet), EG_ECORRUPT. */
 int eg_engine_fetch(eg_engine_session *s, uint32_t layer, uint32_t kv_head, uint64_t segment,
                     float *keys, float *values, uint32_t *out_rows);
+
+/* ---- the learned router ---------------------------------------------------- */
+/* EG_ROUTER_LEARNED routes with index/'s outliers mode (one outlier key per
+ * segment, 3 bytes per token at dim 64 and S 64), whose summaries every
+ * sealed segment gets. Its three scalars per (layer, kv-head) start
+ * untrained (the exact mixture) and may be trained on the session's own
+ * attention: the weights are stored in the session (kept by truncate,
+ * copied by fork) and used by every later call on that layer. */
+typedef struct {
+    uint32_t layer;
+    uint32_t n_queries;       /* calibration positions; n_queries * (n_q_heads /
+                                 n_kv_heads) <= EG_EN_TRAIN_ROWS_MAX */
+    const float *q;           /* [n_queries][n_q_heads][head_dim_k], borrowed, as
+                                 eg_attend_req.q (before RoPE when the session
+                                 applies it) */
+    const int64_t *pos;       /* [n_queries], 1..layer tokens: a query at p sees
+                                 the tokens before p */
+    float scale;              /* 0 = 1/sqrt(head_dim_k) */
+    int steps;                /* Adam steps, 0 = 200 (at most 100000) */
+    float lr;                 /* 0 = 0.01 */
+    int n_sink_segments;      /* excluded from the target as always attended (1) */
+    int64_t recent_tokens;    /* likewise (256) */
+} eg_router_train_req;
+void eg_router_train_req_init(eg_router_train_req *r);
+
+/* Train the learned router of one layer, each kv-head on its q heads' rows
+ * (KL between the dense attention mass per segment and the softmax of the
+ * router's scores), store the weights and use them from the next call.
+ * loss_before and loss_after: NULL or [n_kv_heads], the mean KL on these
+ * queries of the weights in use before and of the new ones. Memory: the
+ * layer's keys of one kv-head at a time (tokens x head_dim_k floats) and
+ * rows x sealed segments floats. Appends wait while it runs.
+ * Errors: EG_EN_ECLOSED, EG_EN_ELAYER, EG_EN_ESHAPE (n_queries, rows),
+ * EG_EN_EPOS, EG_EN_ENONFINITE, EG_EN_EINVAL (steps, lr, sinks, window),
+ * EG_IX_EEMPTY (no query can route 2 or more segments), EG_EN_EROUTER
+ * (segments without learned summaries), memory codes (EG_ECORRUPT,
+ * EG_ENOSPC...); on error the weights in use do not change. */
+int eg_engine_router_train(eg_engine_session *s, const eg_router_train_req *req, double *loss_before,
+                           double *loss_after);
+/* Back to untrained weights for every kv-head of a layer (stored).
+ * Errors: EG_EN_ECLOSED, EG_EN_ELAYER, memory codes. */
+int eg_engine_router_reset(eg_engine_session *s, uint32_t layer);
 
 /* ---- pure functions ------------------------------------------------------- */
 /* Merge two partial attentions over disjoint token sets A and B into the

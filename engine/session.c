@@ -2,6 +2,7 @@
  * summaries with every sealed block, append/truncate, route tables. */
 #include "en_internal.h"
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,7 +15,9 @@ void eg_engine_options_init(eg_engine_options *o)
 /* ---- seal hook ------------------------------------------------------------ */
 /* Runs on the store's writer thread inside the sealing transaction: finds
  * the session's RoPE settings, rotates the decoded keys as the window will,
- * and stores the quest (with the segment's tag) and centroid summaries. */
+ * and stores the quest (with the segment's tag), centroid and learned
+ * outliers summaries (the last under untrained weights: its bytes do not
+ * depend on training, so weights trained later route the same records). */
 static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
 {
     eg_engine *e = user;
@@ -25,13 +28,15 @@ static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     if (!s) return EG_EN_ECLOSED; /* appended outside the engine: refuse, nothing stored */
     eg_summary_spec sq = {EG_ROUTER_QUEST, (int)v->head_dim_k, (int)v->n_tokens, NULL};
     eg_summary_spec sc = {EG_ROUTER_CENTROID, (int)v->head_dim_k, (int)v->n_tokens, NULL};
-    size_t bq, bc;
+    eg_summary_spec sl = {EG_ROUTER_LEARNED, (int)v->head_dim_k, (int)v->n_tokens, s->seal_w};
+    size_t bq, bc, bl;
     int rc = eg_summary_bytes(&sq, &bq);
     if (!rc) rc = eg_summary_bytes(&sc, &bc);
+    if (!rc) rc = eg_summary_bytes(&sl, &bl);
     if (rc) return rc;
     size_t nk = (size_t)v->n_tokens * v->head_dim_k;
     float *k = malloc(nk * sizeof(float));
-    unsigned char *buf = malloc(4 + bq + bc);
+    unsigned char *buf = malloc(4 + bq + bc + bl);
     if (!k || !buf) { free(k); free(buf); return EG_ENOMEM; }
     memcpy(k, v->keys, nk * sizeof(float));
     en_rope_run(&s->rope, k, v->n_tokens, (int64_t)(v->segment * v->n_tokens));
@@ -40,6 +45,8 @@ static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     if (!rc) rc = eg_seal_put_record(ctx, EN_REC_QUEST, buf, 4 + bq);
     if (!rc) rc = eg_summary_compute(&sc, k, buf + 4 + bq, bc);
     if (!rc) rc = eg_seal_put_record(ctx, EN_REC_CENTROID, buf + 4 + bq, bc);
+    if (!rc) rc = eg_summary_compute(&sl, k, buf + 4 + bq + bc, bl);
+    if (!rc) rc = eg_seal_put_record(ctx, EN_REC_OUTLIERS, buf + 4 + bq + bc, bl);
     free(k);
     free(buf);
     return rc;
@@ -80,16 +87,20 @@ static void sess_free(en_sess *s)
 {
     if (s->layers) {
         for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
-            for (int k = 0; k < 2; k++) {
+            for (int k = 0; k < EN_KINDS; k++) {
                 if (!s->layers[l].tab[k]) continue;
                 for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) eg_route_table_free(s->layers[l].tab[k][h]);
                 free(s->layers[l].tab[k]);
             }
+            if (s->layers[l].w)
+                for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) eg_learned_free(s->layers[l].w[h]);
+            free(s->layers[l].w);
             pthread_mutex_destroy(&s->layers[l].mu);
         }
         free(s->layers);
     }
     en_window_free(s->win);
+    eg_learned_free(s->seal_w);
     if (s->ms) eg_session_close(s->ms);
     pthread_rwlock_destroy(&s->rw);
     pthread_mutex_destroy(&s->st_mu);
@@ -148,6 +159,12 @@ static int sess_new(eg_engine *e, eg_msession *ms, en_sess **out)
     rc = en_rope_init(&s->rope, (int)s->cfg.rope_mode, s->cfg.rope_dims,
                       s->cfg.rope_theta ? s->cfg.rope_theta : 10000.0f, s->cfg.head_dim_k);
     size_t S = s->cfg.seg_tokens;
+    if (!rc) {
+        eg_learned_config lc;
+        en_learned_config(s, &lc);
+        rc = en_pass(eg_learned_untrained(&lc, 1.0f / sqrtf((float)s->cfg.head_dim_k), &s->seal_w),
+                     "router weights");
+    }
     if (!rc) rc = en_window_create(e->opt.window_bytes,
                                    S * (s->cfg.head_dim_k + s->cfg.head_dim_v) * sizeof(float), &s->win);
     if (!rc) {
@@ -259,7 +276,44 @@ int eg_engine_session_stats_get(eg_engine_session *h, eg_engine_session_stats *o
 }
 
 /* ---- route tables ----------------------------------------------------------------- */
-static int kind_index(eg_router_kind k) { return k == EG_ROUTER_CENTROID ? 1 : 0; }
+static int kind_index(eg_router_kind k)
+{
+    return k == EG_ROUTER_CENTROID ? 1 : k == EG_ROUTER_LEARNED ? 2 : 0;
+}
+
+static const uint32_t rec_kind[EN_KINDS] = {EN_REC_QUEST, EN_REC_CENTROID, EN_REC_OUTLIERS};
+
+void en_learned_config(const en_sess *s, eg_learned_config *c)
+{
+    eg_learned_config_init(c, (int)s->cfg.head_dim_k, (int)s->cfg.seg_tokens);
+    c->mode = EG_LEARNED_OUTLIERS;
+    c->n_reps = 1;
+}
+
+/* Tables of kind ki for every kv-head (learned: with its weights). */
+static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
+{
+    static const eg_router_kind kinds[EN_KINDS] = {EG_ROUTER_QUEST, EG_ROUTER_CENTROID, EG_ROUTER_LEARNED};
+    uint32_t H = s->cfg.n_kv_heads;
+    int rc = 0;
+    L->tab[ki] = calloc(H, sizeof *L->tab[ki]);
+    if (ki == 2 && !L->w) L->w = calloc(H, sizeof *L->w);
+    if (!L->tab[ki] || (ki == 2 && !L->w)) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    for (uint32_t h = 0; h < H && !rc; h++) {
+        eg_summary_spec spec = {kinds[ki], (int)s->cfg.head_dim_k, (int)s->cfg.seg_tokens, NULL};
+        if (ki == 2) {
+            if (!L->w[h]) rc = en_weights_load(s, layer, h, &L->w[h]);
+            spec.learned = L->w[h];
+        }
+        if (!rc) rc = en_pass(eg_route_table_create(&spec, &L->tab[ki][h]), "route table");
+    }
+    if (rc) { /* nothing half-made stays */
+        for (uint32_t h = 0; h < H; h++) eg_route_table_free(L->tab[ki][h]);
+        free(L->tab[ki]);
+        L->tab[ki] = NULL;
+    }
+    return rc;
+}
 
 /* Bring the layer's tables of one kind up to n_sealed segments (layer mutex
  * held). Records are read in segment order and appended in batches. */
@@ -267,17 +321,10 @@ static int tables_sync(en_sess *s, uint32_t layer, int ki, uint64_t n_sealed)
 {
     en_layer_tabs *L = &s->layers[layer];
     uint32_t H = s->cfg.n_kv_heads;
-    eg_summary_spec spec = {ki ? EG_ROUTER_CENTROID : EG_ROUTER_QUEST, (int)s->cfg.head_dim_k,
-                            (int)s->cfg.seg_tokens, NULL};
+    int rc = 0;
+    if (!L->tab[ki] && (rc = tables_create(s, L, layer, ki))) return rc;
     size_t sb;
-    int rc = eg_summary_bytes(&spec, &sb);
-    if (rc) return en_pass(rc, "summary size");
-    if (!L->tab[ki]) {
-        L->tab[ki] = calloc(H, sizeof *L->tab[ki]);
-        if (!L->tab[ki]) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
-        for (uint32_t h = 0; h < H && !rc; h++) rc = eg_route_table_create(&spec, &L->tab[ki][h]);
-        if (rc) return en_pass(rc, "route table");
-    }
+    if ((rc = eg_summary_bytes(eg_route_table_spec(L->tab[ki][0]), &sb))) return en_pass(rc, "summary size");
     enum { BATCH = 256 };
     size_t rl = ki ? sb : sb + 4;
     unsigned char *buf = malloc(BATCH * rl), *sum = malloc(BATCH * sb);
@@ -289,8 +336,11 @@ static int tables_sync(en_sess *s, uint32_t layer, int ki, uint64_t n_sealed)
         if (have > n_sealed) rc = en_pass(eg_route_table_truncate(t, n_sealed), "table truncate");
         while (!rc && have < n_sealed) {
             size_t n = n_sealed - have < BATCH ? (size_t)(n_sealed - have) : BATCH;
-            rc = en_pass(eg_record_get_range(s->ms, layer, h, have, n, ki ? EN_REC_CENTROID : EN_REC_QUEST,
-                                             rl, buf), "router summaries");
+            rc = eg_record_get_range(s->ms, layer, h, have, n, rec_kind[ki], rl, buf);
+            if (rc == EG_ENOTFOUND && ki == 2)
+                rc = en_fail(EG_EN_EROUTER, "layer %u kv-head %u: segments sealed by an engine before the "
+                             "learned router have no learned summaries; use quest or centroid", layer, h);
+            else rc = en_pass(rc, "router summaries");
             for (size_t i = 0; !rc && !ki && i < n; i++) {
                 memcpy(&tags[i], buf + i * rl, 4);
                 memcpy(sum + i * sb, buf + i * rl + 4, sb);
@@ -327,7 +377,7 @@ static void tables_follow(en_sess *s, uint64_t n_sealed)
     for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
         en_layer_tabs *L = &s->layers[l];
         pthread_mutex_lock(&L->mu);
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < EN_KINDS; k++) {
             /* Heads move together: one count says whether there is work. */
             if (!L->loaded[k] || eg_route_table_segments(L->tab[k][0]) == n_sealed) continue;
             if (tables_sync(s, l, k, n_sealed)) {

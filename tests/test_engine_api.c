@@ -266,6 +266,10 @@ static void t_oracle(void)
     r.router = EG_ROUTER_CENTROID;
     CHECK_EN(eg_engine_attend(f.s, &r, &ro));
     r.router = EG_ROUTER_LEARNED;
+    CHECK_EN(eg_engine_attend(f.s, &r, &ro));
+    r.router = EG_ROUTER_INDEXER;     /* needs index keys the engine does not store */
+    CHECK_CODE(eg_engine_attend(f.s, &r, &ro), EG_EN_EROUTER);
+    r.router = (eg_router_kind)77;
     CHECK_CODE(eg_engine_attend(f.s, &r, &ro), EG_EN_EROUTER);
     fx_close(&f);
     tm_free(&m);

@@ -252,8 +252,10 @@ static void test_errors_pass_through(void)
     eg_session_config wrong = e.cfg;
     wrong.n_q_heads = 2; /* the client sends 2 heads; the session has 4 */
     CHECK_NCODE(eg_client_attend(e.c, e.h, &wrong, &q, 0, &r), EG_EN_ESHAPE);
-    q.router = EG_ROUTER_LEARNED;
+    q.router = EG_ROUTER_INDEXER;
     CHECK_NCODE(eg_client_attend(e.c, e.h, &e.cfg, &q, 0, &r), EG_EN_EROUTER);
+    q.router = EG_ROUTER_LEARNED;
+    CHECK_NET(eg_client_attend(e.c, e.h, &e.cfg, &q, 0, &r));
     q.router = EG_ROUTER_QUEST;
     CHECK_NET(eg_client_attend(e.c, e.h, &e.cfg, &q, 0, &r));
 
