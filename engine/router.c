@@ -164,6 +164,8 @@ int eg_engine_router_train(eg_engine_session *h, const eg_router_train_req *q, d
         eg_learned *cur = NULL;
         double lb = 0, la = 0;
         rc = en_weights_load(s, q->layer, kvh, &cur);
+        /* The weights in use, judged on this call's target. */
+        if (!rc) rc = en_pass(eg_learned_set_window(cur, cfg.n_sink_segments, cfg.recent_tokens), "router training");
         if (!rc) rc = en_pass(eg_learned_loss(cur, &cal, &lb), "router training");
         eg_learned_free(cur);
         if (!rc) rc = en_pass(eg_learned_train(&cfg, &cal, &nw[kvh], NULL), "router training");

@@ -146,6 +146,10 @@ int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal,
  * REPS need training; scale not finite and positive), the config's errors
  * as eg_learned_train, EG_IX_ENOMEM. */
 int eg_learned_untrained(const eg_learned_config *c, float scale, eg_learned **out);
+/* Which segments training and eg_learned_loss leave out of the target as
+ * always attended (the config's n_sink_segments and recent_tokens); the
+ * scores do not change. Errors: EG_IX_EINVAL (NULL w, negative values). */
+int eg_learned_set_window(eg_learned *w, int n_sink_segments, int64_t recent_tokens);
 /* Mean KL of the weights on cal (the same loss training reports). */
 int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl);
 void eg_learned_free(eg_learned *w);

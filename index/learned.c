@@ -391,6 +391,16 @@ static double outliers_loss_grad(const problem *p, const eg_learned *w, const ou
     return loss / nu;
 }
 
+int eg_learned_set_window(eg_learned *w, int n_sink_segments, int64_t recent_tokens)
+{
+    if (!w || n_sink_segments < 0 || recent_tokens < 0)
+        return ix_fail(EG_IX_EINVAL, "set window: NULL weights or negative sinks %d / recent %lld",
+                       n_sink_segments, (long long)recent_tokens);
+    w->cfg.n_sink_segments = n_sink_segments;
+    w->cfg.recent_tokens = recent_tokens;
+    return 0;
+}
+
 int eg_learned_untrained(const eg_learned_config *c, float scale, eg_learned **out)
 {
     int rc = ix_learned_check_config(c);

@@ -461,6 +461,34 @@ int eg_client_truncate(eg_client *c, uint32_t handle, uint64_t n_tokens)
     return call_simple(c, &r);
 }
 
+int eg_client_router_train(eg_client *c, uint32_t handle, const eg_session_config *shape,
+                           const eg_router_train_req *req, double *loss_before, double *loss_after)
+{
+    if (!c || !shape || !req) return net_fail(EG_NET_EINVAL, "NULL argument");
+    eg_request r = {.op = EG_OP_ROUTER_TRAIN, .handle = handle, .train = *req};
+    unsigned char *body;
+    eg_cursor cur;
+    int rc = call_read(c, &r, shape, &body, &cur);
+    if (rc) return rc;
+    uint32_t H = eg_cur_u32(&cur);
+    eg_cur_u32(&cur);
+    if (cur.bad || H != shape->n_kv_heads || cur.len - cur.off != (size_t)H * 16) {
+        free(body);
+        return cfail(c, EG_NET_EPROTO, "router_train answer malformed");
+    }
+    for (uint32_t i = 0; i < H; i++) { double v = eg_cur_f64(&cur); if (loss_before) loss_before[i] = v; }
+    for (uint32_t i = 0; i < H; i++) { double v = eg_cur_f64(&cur); if (loss_after) loss_after[i] = v; }
+    free(body);
+    return 0;
+}
+
+int eg_client_router_reset(eg_client *c, uint32_t handle, uint32_t layer)
+{
+    if (!c) return net_fail(EG_NET_EINVAL, "NULL client");
+    eg_request r = {.op = EG_OP_ROUTER_RESET, .handle = handle, .layer = layer};
+    return call_simple(c, &r);
+}
+
 int eg_client_sync(eg_client *c)
 {
     if (!c) return net_fail(EG_NET_EINVAL, "NULL client");

@@ -70,7 +70,8 @@ typedef enum {
     EG_OP_DROP = 8, EG_OP_FORK = 9, EG_OP_TRUNCATE = 10,
     EG_OP_APPEND = 11, EG_OP_SELECT = 12, EG_OP_FETCH = 13, EG_OP_ATTEND = 14,
     EG_OP_STATS = 15, EG_OP_SYNC = 16, EG_OP_VERIFY = 17,
-    EG_OP_COUNT = 18
+    EG_OP_ROUTER_TRAIN = 18, EG_OP_ROUTER_RESET = 19,
+    EG_OP_COUNT = 20
 } eg_opcode;
 /* "hello", "ping", ...; NULL if unknown. */
 const char *eg_op_name(int op);
@@ -137,6 +138,8 @@ typedef struct {
     uint32_t n_q_heads, head_dim_k;   /* the shape the client says it sends */
     uint32_t n_oracle;                /* floats in attend.oracle_mass */
     int dense, want_lost;
+    /* ROUTER_TRAIN (train.q: NULL, queries in q_raw), ROUTER_RESET (layer) */
+    eg_router_train_req train;
     /* FETCH */
     uint32_t layer, kv_head, want;    /* want: 1 keys, 2 values, 3 both */
     uint64_t segment;
@@ -289,6 +292,13 @@ int eg_client_select(eg_client *c, uint32_t handle, const eg_session_config *sha
 int eg_client_fetch(eg_client *c, uint32_t handle, const eg_session_config *shape,
                     uint32_t layer, uint32_t kv_head, uint64_t segment, float *keys,
                     float *values, uint32_t *out_rows);
+/* As eg_engine_router_train (req.q f32 [n_queries][n_q_heads][dk]);
+ * loss_before/after: NULL or [n_kv_heads]. Training runs on a worker and
+ * may take seconds: give the client a timeout that allows it. */
+int eg_client_router_train(eg_client *c, uint32_t handle, const eg_session_config *shape,
+                           const eg_router_train_req *req, double *loss_before, double *loss_after);
+/* As eg_engine_router_reset. */
+int eg_client_router_reset(eg_client *c, uint32_t handle, uint32_t layer);
 int eg_client_stats(eg_client *c, eg_store_stats *store, eg_server_stats *server);
 int eg_client_sync(eg_client *c);
 /* Verify one session (name) or all (NULL): fn gets each problem line (the

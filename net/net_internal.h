@@ -19,6 +19,7 @@ size_t net_dtype_size(int dtype);
 #define NET_APPEND_IDS 1u
 #define NET_ATTEND_FIXED 72u
 #define NET_APPEND_FIXED 32u
+#define NET_TRAIN_FIXED 48u
 
 /* Answer bodies built by the server's worker (server_ops.c); b holds a
  * frame whose header the caller fills. Returns 0 or a code with the

@@ -186,6 +186,36 @@ static int run_select(eg_engine_session *s, eg_request *r, eg_buf *ans, uint32_t
     return ans->failed ? net_fail(EG_NET_ENOMEM, "select answer: out of memory") : 0;
 }
 
+/* ROUTER_TRAIN: queries checked against the session's shape and
+ * converted; the answer is each kv-head's loss before and after. */
+static int run_train(eg_engine_session *s, eg_request *r, eg_buf *ans)
+{
+    eg_session_info info;
+    int rc = en_err(eg_engine_session_info(s, &info));
+    if (rc) return rc;
+    if (r->n_q_heads != info.config.n_q_heads || r->head_dim_k != info.config.head_dim_k)
+        return net_fail(EG_EN_ESHAPE, "queries of %u heads x %u dims; the session has %u x %u",
+                        r->n_q_heads, r->head_dim_k, info.config.n_q_heads, info.config.head_dim_k);
+    uint32_t H = info.config.n_kv_heads;
+    size_t n = (size_t)r->train.n_queries * r->n_q_heads * r->head_dim_k;
+    float *q = malloc(n * sizeof *q);
+    double *loss = malloc(2 * (size_t)H * sizeof *loss);
+    if (!q || !loss) { free(q); free(loss); return net_fail(EG_NET_ENOMEM, "router_train: out of memory"); }
+    rc = eg_convert_to_f32((int)r->q_dtype, r->q_raw, n, q);
+    if (rc) rc = net_fail(rc == EG_ENONFINITE ? EG_EN_ENONFINITE : rc, "queries: %s", eg_mem_last_error());
+    r->train.q = q;
+    if (!rc) rc = en_err(eg_engine_router_train(s, &r->train, loss, loss + H));
+    if (!rc) {
+        eg_buf_u32(ans, H);
+        eg_buf_u32(ans, 0);
+        for (uint32_t i = 0; i < 2 * H; i++) eg_buf_f64(ans, loss[i]);
+        if (ans->failed) rc = net_fail(EG_NET_ENOMEM, "router_train answer: out of memory");
+    }
+    free(q);
+    free(loss);
+    return rc;
+}
+
 static int run_fetch(eg_engine_session *s, eg_request *r, eg_buf *ans)
 {
     eg_session_info info;
@@ -337,6 +367,8 @@ int net_execute(eg_server *srv, net_handles *hs, const eg_frame_header *h, unsig
     case EG_OP_ATTEND: return run_attend(s, &r, ans, srv->frame_max);
     case EG_OP_SELECT: return run_select(s, &r, ans, srv->frame_max);
     case EG_OP_FETCH: return run_fetch(s, &r, ans);
+    case EG_OP_ROUTER_TRAIN: return run_train(s, &r, ans);
+    case EG_OP_ROUTER_RESET: return en_err(eg_engine_router_reset(s, r.layer));
     default:
         return net_fail(EG_NET_EOPCODE, "opcode %d is not run by a worker", r.op);
     }

@@ -22,6 +22,7 @@ static uint64_t get_le(const unsigned char *p, int n)
 static const char *const op_names[EG_OP_COUNT] = {
     NULL, "hello", "ping", "create", "open", "close", "info", "list", "drop", "fork",
     "truncate", "append", "select", "fetch", "attend", "stats", "sync", "verify",
+    "router_train", "router_reset",
 };
 const char *eg_op_name(int op) { return op > 0 && op < EG_OP_COUNT ? op_names[op] : NULL; }
 

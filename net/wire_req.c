@@ -136,6 +136,41 @@ static int decode_attend(eg_cursor *c, eg_request *r)
     return body_end(c, r->op);
 }
 
+/* ROUTER_TRAIN: fixed fields, positions, queries (the server converts). */
+static int decode_train(eg_cursor *c, eg_request *r)
+{
+    eg_router_train_req *t = &r->train;
+    eg_router_train_req_init(t);
+    r->handle = eg_cur_u32(c);
+    t->layer = eg_cur_u32(c);
+    t->n_queries = eg_cur_u32(c);
+    r->n_q_heads = eg_cur_u32(c);
+    r->head_dim_k = eg_cur_u32(c);
+    r->q_dtype = eg_cur_u32(c);
+    t->steps = (int)(int32_t)eg_cur_u32(c);
+    t->lr = eg_cur_f32(c);
+    t->scale = eg_cur_f32(c);
+    t->n_sink_segments = (int)(int32_t)eg_cur_u32(c);
+    t->recent_tokens = (int64_t)eg_cur_u64(c);
+    if (c->bad) return net_fail(EG_NET_EBODY, "router_train body shorter than its %u fixed bytes", NET_TRAIN_FIXED);
+    size_t es = net_dtype_size((int)r->q_dtype);
+    if (!es) return net_fail(EG_EDTYPE, "query dtype %u (0 f32, 1 f16, 2 bf16)", r->q_dtype);
+    if (t->n_queries == 0 || t->n_queries > EG_EN_TRAIN_ROWS_MAX)
+        return net_fail(EG_EN_ESHAPE, "%u training queries: 1..%d", t->n_queries, EG_EN_TRAIN_ROWS_MAX);
+    if (r->n_q_heads == 0 || r->n_q_heads > EG_KV_HEADS_MAX * 64u || r->head_dim_k == 0 ||
+        r->head_dim_k > EG_HEAD_DIM_MAX)
+        return net_fail(EG_EN_ESHAPE, "query shape %u heads x %u dims is out of range", r->n_q_heads, r->head_dim_k);
+    const unsigned char *pos = eg_cur_bytes(c, (size_t)t->n_queries * 8);
+    uint64_t qb = (uint64_t)t->n_queries * r->n_q_heads * r->head_dim_k * es;
+    if (c->bad || qb != c->len - c->off)
+        return net_fail(EG_NET_EBODY, "router_train: positions and %llu query bytes do not add up to the body",
+                        (unsigned long long)qb);
+    t->pos = (const int64_t *)(const void *)pos;
+    r->q_raw = eg_cur_bytes(c, (size_t)qb);
+    t->q = NULL;
+    return body_end(c, r->op);
+}
+
 int eg_wire_decode_request(int op, const unsigned char *body, size_t len, eg_request *r)
 {
     if (!r || (!body && len)) return net_fail(EG_NET_EINVAL, "NULL request or body");
@@ -194,10 +229,15 @@ int eg_wire_decode_request(int op, const unsigned char *body, size_t len, eg_req
         if (!c.bad && (r->want == 0 || r->want > 3))
             return net_fail(EG_NET_EBODY, "fetch: want is %u (1 keys, 2 values, 3 both)", r->want);
         return body_end(&c, op);
-    case EG_OP_APPEND: case EG_OP_SELECT: case EG_OP_ATTEND:
+    case EG_OP_ROUTER_RESET:
+        r->handle = eg_cur_u32(&c);
+        r->layer = eg_cur_u32(&c);
+        return body_end(&c, op);
+    case EG_OP_APPEND: case EG_OP_SELECT: case EG_OP_ATTEND: case EG_OP_ROUTER_TRAIN:
         if ((uintptr_t)body % 8)
             return net_fail(EG_NET_EINVAL, "%s body not 8-byte aligned in memory", eg_op_name(op));
-        return op == EG_OP_APPEND ? decode_append(&c, r) : decode_attend(&c, r);
+        return op == EG_OP_APPEND ? decode_append(&c, r) : op == EG_OP_ROUTER_TRAIN ? decode_train(&c, r)
+                                                                                    : decode_attend(&c, r);
     default:
         return net_fail(EG_NET_EOPCODE, "unknown opcode %d", op);
     }
@@ -283,6 +323,30 @@ int eg_wire_encode_request(eg_buf *b, const eg_request *r, uint64_t id, const eg
         eg_buf_u32(b, 0);
         eg_buf_u64(b, r->count);
         break;
+    case EG_OP_ROUTER_RESET:
+        eg_buf_u32(b, r->handle);
+        eg_buf_u32(b, r->layer);
+        break;
+    case EG_OP_ROUTER_TRAIN: {
+        const eg_router_train_req *t = &r->train;
+        if (!shape || !t->q || !t->pos || t->n_queries == 0 || t->n_queries > EG_EN_TRAIN_ROWS_MAX)
+            return net_fail(EG_NET_EINVAL, "router_train: NULL queries, positions or shape, or %u queries",
+                            t->n_queries);
+        eg_buf_u32(b, r->handle);
+        eg_buf_u32(b, t->layer);
+        eg_buf_u32(b, t->n_queries);
+        eg_buf_u32(b, shape->n_q_heads);
+        eg_buf_u32(b, shape->head_dim_k);
+        eg_buf_u32(b, EG_DTYPE_F32);
+        eg_buf_u32(b, (uint32_t)t->steps);
+        eg_buf_f32(b, t->lr);
+        eg_buf_f32(b, t->scale);
+        eg_buf_u32(b, (uint32_t)t->n_sink_segments);
+        eg_buf_u64(b, (uint64_t)t->recent_tokens);
+        eg_buf_bytes(b, t->pos, (size_t)t->n_queries * 8);
+        eg_buf_bytes(b, t->q, (size_t)t->n_queries * shape->n_q_heads * shape->head_dim_k * 4);
+        break;
+    }
     case EG_OP_FETCH:
         eg_buf_u32(b, r->handle);
         eg_buf_u32(b, r->layer);

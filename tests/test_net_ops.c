@@ -159,6 +159,39 @@ static void test_every_operation(void)
     }
     eg_select_result_free(&ss);
     eg_select_result_free(&sl);
+    /* router training: the same losses and then the same learned choice as
+     * in process; reset; an engine error passes through */
+    {
+        float tq[24 * 4 * 32];
+        int64_t tp[24];
+        tm_queries(tq, sizeof tq / 4, 8, 0.4f);
+        for (int i = 0; i < 24; i++) tp[i] = 100 + 2 * i;
+        eg_router_train_req t;
+        eg_router_train_req_init(&t);
+        t.layer = 1; t.n_queries = 24; t.q = tq; t.pos = tp; t.recent_tokens = 16; t.steps = 30;
+        double bs[2], as[2], bl[2], al[2];
+        CHECK_NET(eg_client_router_train(e.c, e.h, &e.cfg, &t, bs, as));
+        CHECK_EN(eg_engine_router_train(e.local.s, &t, bl, al));
+        CHECK(bs[0] == bl[0] && bs[1] == bl[1] && as[0] == al[0] && as[1] == al[1]);
+        CHECK(as[0] < bs[0] && as[1] < bs[1]);
+        q.router = EG_ROUTER_LEARNED;
+        CHECK_NET(eg_client_select(e.c, e.h, &e.cfg, &q, &ss));
+        CHECK_EN(eg_engine_select(e.local.s, &q, &sl));
+        CHECK_EQ_INT(ss.offsets[ss.n_kv_heads], sl.offsets[sl.n_kv_heads]);
+        for (size_t i = 0; i < ss.offsets[ss.n_kv_heads] && i < sl.offsets[sl.n_kv_heads]; i++)
+            CHECK(ss.segments[i] == sl.segments[i] && ss.scores[i] == sl.scores[i]);
+        eg_select_result_free(&ss);
+        eg_select_result_free(&sl);
+        q.router = EG_ROUTER_QUEST;
+        t.recent_tokens = 1000;
+        CHECK_NCODE(eg_client_router_train(e.c, e.h, &e.cfg, &t, bs, as), EG_IX_EEMPTY);
+        t.recent_tokens = 16;
+        tp[3] = 0;
+        CHECK_NCODE(eg_client_router_train(e.c, e.h, &e.cfg, &t, bs, as), EG_EN_EPOS);
+        CHECK_NET(eg_client_router_reset(e.c, e.h, 1));
+        CHECK_NCODE(eg_client_router_reset(e.c, e.h, 2), EG_EN_ELAYER);
+        CHECK_NCODE(eg_client_router_reset(e.c, 99, 0), EG_NET_EHANDLE);
+    }
     float ks[16 * 32], vs[16 * 24], kl[16 * 32], vl[16 * 24];
     uint32_t rows_s = 0, rows_l = 0;
     for (uint64_t seg = 0; seg < 10; seg++) { /* 9 sealed and the open one */

@@ -39,6 +39,13 @@ static void sample(int op, eg_request *r)
     case EG_OP_FETCH: r->handle = 1; r->layer = 1; r->kv_head = 0; r->segment = 4; r->want = 3; break;
     case EG_OP_APPEND: r->handle = 1;
         r->append = (eg_append_req){EG_DTYPE_F32, 3, -1, kbuf, vbuf, idbuf, 5}; break;
+    case EG_OP_ROUTER_RESET: r->handle = 2; r->layer = 1; break;
+    case EG_OP_ROUTER_TRAIN:
+        r->handle = 1;
+        eg_router_train_req_init(&r->train);
+        r->train.layer = 1; r->train.n_queries = 2; r->train.q = qbuf; r->train.pos = posbuf;
+        r->train.steps = 50; r->train.lr = 0.02f; r->train.recent_tokens = 64;
+        break;
     case EG_OP_SELECT: case EG_OP_ATTEND:
         r->handle = 1;
         eg_attend_req_init(&r->attend);
@@ -132,6 +139,14 @@ static void test_roundtrip_every_op(void)
                   got.config.codec == shape.codec);
         if (op == EG_OP_OPEN) CHECK(got.has_fingerprint == 1 && !strcmp(got.fingerprint, "model-x"));
         if (op == EG_OP_FETCH) CHECK(got.layer == 1 && got.segment == 4 && got.want == 3);
+        if (op == EG_OP_ROUTER_RESET) CHECK(got.layer == 1);
+        if (op == EG_OP_ROUTER_TRAIN) {
+            const eg_router_train_req *t = &got.train;
+            CHECK(t->layer == 1 && t->n_queries == 2 && got.n_q_heads == 4 && got.head_dim_k == 8);
+            CHECK(t->pos[1] == 9 && t->steps == 50 && t->lr == 0.02f && t->recent_tokens == 64);
+            CHECK(t->n_sink_segments == 1 && t->scale == 0 && t->q == NULL);
+            CHECK(!memcmp(got.q_raw, qbuf, sizeof qbuf) && (uintptr_t)t->pos % 8 == 0);
+        }
         if (op == EG_OP_APPEND) {
             CHECK(got.append.n_tokens == 3 && got.append.layer == -1 && got.append.tag == 5);
             CHECK(got.append.token_ids && got.append.token_ids[2] == 9);
