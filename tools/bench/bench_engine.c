@@ -198,6 +198,24 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         bench_figure(o, "attend", "attend_vs_dense", de / sp, "ratio", de, p);
         bench_figure(o, "attend", "attend_vs_floor", sp / floor_s, "ratio", floor_s, p);
     }
+    /* The learned router on the same step: it scans its own table (2d + 4
+     * + d bytes a segment) and the quest table for the bound. */
+    r.router = EG_ROUTER_LEARNED;
+    double gl = gbps, sl = rc ? -1 : time_attend(s, &r, &res, 0, 3, big ? 15 : 31, &gl);
+    if (!rc && sl >= 0) {
+        size_t kb, vb;
+        eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
+        eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
+        double bytes = (double)(T / 64) * sh->h * (4.0 * sh->d + 3.0 * sh->d + 4)
+                     + (double)res.segments * (kb + vb)
+                     + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
+        char p[256];
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
+                 "\"router\":\"learned\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
+        bench_figure(o, "attend", "attend_ms", sl * 1e3, "ms", de * 1e3, p);
+        bench_figure(o, "attend", "attend_vs_dense", de / sl, "ratio", de, p);
+        bench_figure(o, "attend", "attend_vs_floor", sl / (bytes / (gl * 1e9)), "ratio", bytes / (gl * 1e9), p);
+    } else if (!rc) rc = 1;
     free(q);
     free(out);
     return rc;
