@@ -89,7 +89,7 @@ static int weights_store(en_sess *s, uint32_t layer, uint32_t kvh, const eg_lear
     return rc;
 }
 
-static int train_check(en_sess *s, const eg_router_train_req *q, const en_view *v)
+static int train_check(const eg_router_train_req *q, const en_view *v)
 {
     if (q->n_queries == 0 || (size_t)q->n_queries * v->G > EG_EN_TRAIN_ROWS_MAX)
         return en_fail(EG_EN_ESHAPE, "router training: %u queries x %u q heads per kv-head: 1..%d rows",
@@ -109,7 +109,6 @@ static int train_check(en_sess *s, const eg_router_train_req *q, const en_view *
         return en_fail(EG_EN_EINVAL, "router training: steps %d (0..100000), lr %g (> 0), sinks %d and "
                        "recent window %lld (>= 0)", q->steps, q->lr, q->n_sink_segments,
                        (long long)q->recent_tokens);
-    (void)s;
     return 0;
 }
 
@@ -129,7 +128,7 @@ int eg_engine_router_train(eg_engine_session *h, const eg_router_train_req *q, d
     eg_learned **nw = calloc(s->cfg.n_kv_heads, sizeof *nw);
     if (!nw) rc = en_fail(EG_EN_ENOMEM, "router training: out of memory");
     if (!rc) rc = en_view_get(s, q->layer, &v);
-    if (!rc) rc = train_check(s, q, &v);
+    if (!rc) rc = train_check(q, &v);
     uint64_t n_tail = rc ? 0 : v.layer_tokens - v.n_sealed * v.S;
     size_t rows = rc ? 0 : (size_t)q->n_queries * v.G;
     if (!rc) {
@@ -179,8 +178,8 @@ int eg_engine_router_train(eg_engine_session *h, const eg_router_train_req *q, d
     free(tail);
     /* Store only when every kv-head trained; a store failure (disk full)
      * may leave earlier kv-heads with their new weights, each whole. */
-    int stored = 0;
-    for (uint32_t kvh = 0; !rc && kvh < v.H; kvh++, stored++) rc = weights_store(s, q->layer, kvh, nw[kvh]);
+    int stored = !rc;
+    for (uint32_t kvh = 0; !rc && kvh < v.H; kvh++) rc = weights_store(s, q->layer, kvh, nw[kvh]);
     pthread_rwlock_unlock(&s->rw);
     for (uint32_t kvh = 0; nw && kvh < s->cfg.n_kv_heads; kvh++) eg_learned_free(nw[kvh]);
     free(nw);
