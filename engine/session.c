@@ -296,9 +296,9 @@ static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
     static const eg_router_kind kinds[EN_KINDS] = {EG_ROUTER_QUEST, EG_ROUTER_CENTROID, EG_ROUTER_LEARNED};
     uint32_t H = s->cfg.n_kv_heads;
     int rc = 0;
-    L->tab[ki] = calloc(H, sizeof *L->tab[ki]);
-    if (ki == 2 && !L->w) L->w = calloc(H, sizeof *L->w);
-    if (!L->tab[ki] || (ki == 2 && !L->w)) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    if (ki == 2 && !L->w && !(L->w = calloc(H, sizeof *L->w)))
+        return en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    if (!(L->tab[ki] = calloc(H, sizeof *L->tab[ki]))) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     for (uint32_t h = 0; h < H && !rc; h++) {
         eg_summary_spec spec = {kinds[ki], (int)s->cfg.head_dim_k, (int)s->cfg.seg_tokens, NULL};
         if (ki == 2) {
