@@ -532,9 +532,8 @@ static int call_setup(en_sess *s, const eg_attend_req *q, int dense, int want_ta
     memset(c, 0, sizeof *c);
     *tail = NULL;
     if (!q) return en_fail(EG_EN_EINVAL, "attend: NULL request");
-    if (q->layer >= s->cfg.n_layers)
-        return en_fail(EG_EN_ELAYER, "layer %u out of range (session has %u)", q->layer, s->cfg.n_layers);
-    int rc = en_view_get(s, q->layer, &c->v);
+    int rc = en_layer_check(s, q->layer);
+    if (!rc) rc = en_view_get(s, q->layer, &c->v);
     if (rc) return rc;
     const en_view *v = &c->v;
     if (q->n_queries == 0 || q->n_queries > EG_EN_QUERIES_MAX)

@@ -133,6 +133,8 @@ int en_weights_load(en_sess *s, uint32_t layer, uint32_t kvh, eg_learned **out);
 /* Unload the learned tables of a layer (write lock held): they reload with
  * the weights stored now. */
 void en_tables_drop_learned(en_sess *s, uint32_t layer);
+/* 0, or EG_EN_ELAYER with the message naming the session's layer count. */
+int en_layer_check(const en_sess *s, uint32_t layer);
 /* Handle -> session, or EG_EN_ECLOSED. */
 int en_handle(eg_engine_session *h, en_sess **out);
 #endif

@@ -12,8 +12,7 @@ int eg_engine_fetch(eg_engine_session *h, uint32_t layer, uint32_t kvh, uint64_t
     int rc = en_handle(h, &s);
     if (rc) return rc;
     if (!out_rows) return en_fail(EG_EN_EINVAL, "fetch: NULL out_rows");
-    if (layer >= s->cfg.n_layers)
-        return en_fail(EG_EN_ELAYER, "layer %u out of range (session has %u)", layer, s->cfg.n_layers);
+    if ((rc = en_layer_check(s, layer))) return rc;
     if (kvh >= s->cfg.n_kv_heads)
         return en_fail(EG_EN_ESHAPE, "kv-head %u out of range (session has %u)", kvh, s->cfg.n_kv_heads);
     pthread_rwlock_rdlock(&s->rw);

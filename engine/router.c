@@ -119,8 +119,7 @@ int eg_engine_router_train(eg_engine_session *h, const eg_router_train_req *q, d
     int rc = en_handle(h, &s);
     if (rc) return rc;
     if (!q) return en_fail(EG_EN_EINVAL, "router training: NULL request");
-    if (q->layer >= s->cfg.n_layers)
-        return en_fail(EG_EN_ELAYER, "layer %u out of range (session has %u)", q->layer, s->cfg.n_layers);
+    if ((rc = en_layer_check(s, q->layer))) return rc;
     pthread_rwlock_rdlock(&s->rw);
     en_view v = {0};
     float *K = NULL, *Q = NULL, *tail = NULL;
@@ -195,9 +194,7 @@ int eg_engine_router_reset(eg_engine_session *h, uint32_t layer)
 {
     en_sess *s = NULL;
     int rc = en_handle(h, &s);
-    if (rc) return rc;
-    if (layer >= s->cfg.n_layers)
-        return en_fail(EG_EN_ELAYER, "layer %u out of range (session has %u)", layer, s->cfg.n_layers);
+    if (rc || (rc = en_layer_check(s, layer))) return rc;
     pthread_rwlock_wrlock(&s->rw);
     for (uint32_t kvh = 0; !rc && kvh < s->cfg.n_kv_heads; kvh++) rc = weights_store(s, layer, kvh, s->seal_w);
     en_tables_drop_learned(s, layer);

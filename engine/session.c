@@ -133,6 +133,12 @@ int eg_engine_session_create(eg_engine *e, const char *name, const eg_session_co
     return en_pass(eg_session_create(e->st, name, &c), "session create");
 }
 
+int en_layer_check(const en_sess *s, uint32_t layer)
+{
+    if (layer < s->cfg.n_layers) return 0;
+    return en_fail(EG_EN_ELAYER, "layer %u out of range (session has %u)", layer, s->cfg.n_layers);
+}
+
 int en_handle(eg_engine_session *h, en_sess **out)
 {
     if (!h) return en_fail(EG_EN_EINVAL, "NULL session handle");

@@ -89,16 +89,40 @@ static void verify_line(void *ctx, const char *line)
     v->n++;
 }
 
+/* The session's info, and its query shape against the one r says it sends. */
+static int query_shape(eg_engine_session *s, const eg_request *r, eg_session_info *info)
+{
+    int rc = en_err(eg_engine_session_info(s, info));
+    if (rc) return rc;
+    if (r->n_q_heads != info->config.n_q_heads || r->head_dim_k != info->config.head_dim_k)
+        return net_fail(EG_EN_ESHAPE, "queries of %u heads x %u dims; the session has %u x %u",
+                        r->n_q_heads, r->head_dim_k, info->config.n_q_heads, info->config.head_dim_k);
+    return 0;
+}
+
+/* r's n_queries queries as sent, converted to f32 (*q_out malloc'd, the
+ * caller frees). */
+static int query_f32(const eg_request *r, uint32_t n_queries, float **q_out)
+{
+    size_t n = (size_t)n_queries * r->n_q_heads * r->head_dim_k;
+    float *q = malloc(n * sizeof *q);
+    if (!q) return net_fail(EG_NET_ENOMEM, "queries: out of memory");
+    int rc = eg_convert_to_f32((int)r->q_dtype, r->q_raw, n, q);
+    if (rc) {
+        free(q);
+        return net_fail(rc == EG_ENONFINITE ? EG_EN_ENONFINITE : rc, "queries: %s", eg_mem_last_error());
+    }
+    *q_out = q;
+    return 0;
+}
+
 /* The session's shape (into *info) against the request's, and queries
  * converted to f32 (*q_out malloc'd, the caller frees). */
 static int attend_prepare(eg_engine_session *s, eg_request *r, eg_session_info *info_out, float **q_out)
 {
     eg_session_info info;
-    int rc = en_err(eg_engine_session_info(s, &info));
+    int rc = query_shape(s, r, &info);
     if (rc) return rc;
-    if (r->n_q_heads != info.config.n_q_heads || r->head_dim_k != info.config.head_dim_k)
-        return net_fail(EG_EN_ESHAPE, "queries of %u heads x %u dims; the session has %u x %u",
-                        r->n_q_heads, r->head_dim_k, info.config.n_q_heads, info.config.head_dim_k);
     if (r->attend.router == EG_ROUTER_ORACLE || r->n_oracle) {
         uint64_t want = (uint64_t)info.config.n_kv_heads * info.n_sealed;
         if (r->n_oracle != want)
@@ -106,14 +130,8 @@ static int attend_prepare(eg_engine_session *s, eg_request *r, eg_session_info *
                             r->n_oracle, (unsigned long long)want);
         if (!r->n_oracle) r->attend.oracle_mass = NULL;
     }
-    size_t n = (size_t)r->attend.n_queries * r->n_q_heads * r->head_dim_k;
-    float *q = malloc(n * sizeof *q);
-    if (!q) return net_fail(EG_NET_ENOMEM, "queries: out of memory");
-    rc = eg_convert_to_f32((int)r->q_dtype, r->q_raw, n, q);
-    if (rc) {
-        free(q);
-        return net_fail(rc == EG_ENONFINITE ? EG_EN_ENONFINITE : rc, "queries: %s", eg_mem_last_error());
-    }
+    float *q = NULL;
+    if ((rc = query_f32(r, r->attend.n_queries, &q))) return rc;
     r->attend.q = q;
     *q_out = q;
     *info_out = info;
@@ -191,18 +209,12 @@ static int run_select(eg_engine_session *s, eg_request *r, eg_buf *ans, uint32_t
 static int run_train(eg_engine_session *s, eg_request *r, eg_buf *ans)
 {
     eg_session_info info;
-    int rc = en_err(eg_engine_session_info(s, &info));
-    if (rc) return rc;
-    if (r->n_q_heads != info.config.n_q_heads || r->head_dim_k != info.config.head_dim_k)
-        return net_fail(EG_EN_ESHAPE, "queries of %u heads x %u dims; the session has %u x %u",
-                        r->n_q_heads, r->head_dim_k, info.config.n_q_heads, info.config.head_dim_k);
+    float *q = NULL;
+    int rc = query_shape(s, r, &info);
+    if (rc || (rc = query_f32(r, r->train.n_queries, &q))) return rc;
     uint32_t H = info.config.n_kv_heads;
-    size_t n = (size_t)r->train.n_queries * r->n_q_heads * r->head_dim_k;
-    float *q = malloc(n * sizeof *q);
     double *loss = malloc(2 * (size_t)H * sizeof *loss);
-    if (!q || !loss) { free(q); free(loss); return net_fail(EG_NET_ENOMEM, "router_train: out of memory"); }
-    rc = eg_convert_to_f32((int)r->q_dtype, r->q_raw, n, q);
-    if (rc) rc = net_fail(rc == EG_ENONFINITE ? EG_EN_ENONFINITE : rc, "queries: %s", eg_mem_last_error());
+    if (!loss) rc = net_fail(EG_NET_ENOMEM, "router_train: out of memory");
     r->train.q = q;
     if (!rc) rc = en_err(eg_engine_router_train(s, &r->train, loss, loss + H));
     if (!rc) {

@@ -83,6 +83,20 @@ static int decode_append(eg_cursor *c, eg_request *r)
     return body_end(c, r->op);
 }
 
+/* The query fields attend, select and router_train share: dtype (*es its
+ * size), count (1..max) and shape. */
+static int query_fields(const eg_request *r, uint32_t n_queries, int max, size_t *es)
+{
+    *es = net_dtype_size((int)r->q_dtype);
+    if (!*es) return net_fail(EG_EDTYPE, "query dtype %u (0 f32, 1 f16, 2 bf16)", r->q_dtype);
+    if (n_queries == 0 || n_queries > (uint32_t)max)
+        return net_fail(EG_EN_ESHAPE, "%s: %u queries, 1..%d per call", eg_op_name(r->op), n_queries, max);
+    if (r->n_q_heads == 0 || r->n_q_heads > EG_KV_HEADS_MAX * 64u || r->head_dim_k == 0 ||
+        r->head_dim_k > EG_HEAD_DIM_MAX)
+        return net_fail(EG_EN_ESHAPE, "query shape %u heads x %u dims is out of range", r->n_q_heads, r->head_dim_k);
+    return 0;
+}
+
 static int decode_attend(eg_cursor *c, eg_request *r)
 {
     eg_attend_req *q = &r->attend;
@@ -109,13 +123,9 @@ static int decode_attend(eg_cursor *c, eg_request *r)
     q->include_self = (flags & NET_AF_INCLUDE_SELF) != 0;
     q->remap_positions = (flags & NET_AF_REMAP) != 0;
     r->dense = (flags & NET_AF_DENSE) != 0;
-    size_t es = net_dtype_size((int)r->q_dtype);
-    if (!es) return net_fail(EG_EDTYPE, "query dtype %u (0 f32, 1 f16, 2 bf16)", r->q_dtype);
-    if (q->n_queries == 0 || q->n_queries > EG_EN_QUERIES_MAX)
-        return net_fail(EG_EN_ESHAPE, "%u queries: 1..%d per call", q->n_queries, EG_EN_QUERIES_MAX);
-    if (r->n_q_heads == 0 || r->n_q_heads > EG_KV_HEADS_MAX * 64u || r->head_dim_k == 0 ||
-        r->head_dim_k > EG_HEAD_DIM_MAX)
-        return net_fail(EG_EN_ESHAPE, "query shape %u heads x %u dims is out of range", r->n_q_heads, r->head_dim_k);
+    size_t es;
+    int rc = query_fields(r, q->n_queries, EG_EN_QUERIES_MAX, &es);
+    if (rc) return rc;
     const unsigned char *pos = eg_cur_bytes(c, (size_t)q->n_queries * 8);
     const unsigned char *tags = n_tags ? eg_cur_bytes(c, (size_t)n_tags * 4) : NULL;
     net_cur_pad8(c);
@@ -153,13 +163,9 @@ static int decode_train(eg_cursor *c, eg_request *r)
     t->n_sink_segments = (int)(int32_t)eg_cur_u32(c);
     t->recent_tokens = (int64_t)eg_cur_u64(c);
     if (c->bad) return net_fail(EG_NET_EBODY, "router_train body shorter than its %u fixed bytes", NET_TRAIN_FIXED);
-    size_t es = net_dtype_size((int)r->q_dtype);
-    if (!es) return net_fail(EG_EDTYPE, "query dtype %u (0 f32, 1 f16, 2 bf16)", r->q_dtype);
-    if (t->n_queries == 0 || t->n_queries > EG_EN_TRAIN_ROWS_MAX)
-        return net_fail(EG_EN_ESHAPE, "%u training queries: 1..%d", t->n_queries, EG_EN_TRAIN_ROWS_MAX);
-    if (r->n_q_heads == 0 || r->n_q_heads > EG_KV_HEADS_MAX * 64u || r->head_dim_k == 0 ||
-        r->head_dim_k > EG_HEAD_DIM_MAX)
-        return net_fail(EG_EN_ESHAPE, "query shape %u heads x %u dims is out of range", r->n_q_heads, r->head_dim_k);
+    size_t es;
+    int rc = query_fields(r, t->n_queries, EG_EN_TRAIN_ROWS_MAX, &es);
+    if (rc) return rc;
     const unsigned char *pos = eg_cur_bytes(c, (size_t)t->n_queries * 8);
     uint64_t qb = (uint64_t)t->n_queries * r->n_q_heads * r->head_dim_k * es;
     if (c->bad || qb != c->len - c->off)

@@ -21,24 +21,6 @@ static uint64_t problems_of(eg_store *st, const char *name)
     return p;
 }
 
-/* Count blocks in the raw LMDB file (store closed). */
-static long raw_blocks(void)
-{
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_stat ms;
-    long n = -1;
-    if (mdb_env_create(&env)) return -1;
-    mdb_env_set_maxdbs(env, 16);
-    if (!mdb_env_open(env, dir, MDB_RDONLY, 0644) && !mdb_txn_begin(env, NULL, MDB_RDONLY, &txn)) {
-        if (!mdb_dbi_open(txn, "blocks", 0, &dbi) && !mdb_stat(txn, dbi, &ms)) n = (long)ms.ms_entries;
-        mdb_txn_abort(txn);
-    }
-    mdb_env_close(env);
-    return n;
-}
-
 /* Entries of one named tree in the raw LMDB file (store closed); with
  * flip, flips the last byte of the first entry's value. */
 static long raw_entries(const char *db, int flip)
@@ -50,7 +32,6 @@ static long raw_entries(const char *db, int flip)
     long n = -1;
     if (mdb_env_create(&env)) return -1;
     mdb_env_set_maxdbs(env, 16);
-    mdb_env_set_mapsize(env, 1 << 20);
     if (!mdb_env_open(env, dir, flip ? 0 : MDB_RDONLY, 0644) &&
         !mdb_txn_begin(env, NULL, flip ? 0 : MDB_RDONLY, &txn)) {
         if (!mdb_dbi_open(txn, db, 0, &dbi) && !mdb_stat(txn, dbi, &ms)) n = (long)ms.ms_entries;
@@ -72,6 +53,9 @@ static long raw_entries(const char *db, int flip)
     mdb_env_close(env);
     return n;
 }
+
+/* Blocks in the raw LMDB file (store closed). */
+static long raw_blocks(void) { return raw_entries("blocks", 0); }
 
 static int rec_is(eg_msession *s, uint32_t layer, uint32_t kvh, uint32_t kind, const char *want)
 {
