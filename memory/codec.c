@@ -23,20 +23,6 @@
 #define SLACK (1.0 / 1048576.0)   /* 2^-20: float rounding of decode */
 
 /* ---- conversions -------------------------------------------------------- */
-/* Inline core of eg_f16_to_f32 for the conversion loops. */
-static inline float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
-    if (e == 0) {
-        float f = (float)m * (1.0f / 16777216.0f);
-        return sign ? -f : f;
-    }
-    bits = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112) << 23) | (m << 13));
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 float eg_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
@@ -91,9 +77,13 @@ int eg_convert_to_f32(int dtype, const void *src, size_t n, float *dst)
 {
     const unsigned char *p = src;
     if (dtype == EG_DTYPE_F32) memcpy(dst, src, n * 4);
-    else if (dtype == EG_DTYPE_F16)
-        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = half_to_float(h); }
-    else if (dtype == EG_DTYPE_BF16)
+    else if (dtype == EG_DTYPE_F16) {
+        size_t bad = eg_kern_f16(src, n, dst);
+        if (bad < n)
+            return eg_mem_fail(EG_ENONFINITE, "%s at element %zu", (p[2 * bad + 1] & 3) || p[2 * bad] ? "NaN" : "Inf",
+                               bad);
+        return 0;
+    } else if (dtype == EG_DTYPE_BF16)
         for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = eg_bf16_to_f32(h); }
     else return eg_mem_fail(EG_EDTYPE, "unknown dtype %d", dtype);
     /* One pass for NaN/Inf: the common case (all finite) stays a tight loop. */
@@ -205,22 +195,13 @@ static void q8_encode(const float *x, uint32_t n, uint32_t d, unsigned char *dst
 static int q8_decode(const unsigned char *src, uint32_t n, uint32_t d, float *x)
 {
     size_t ng = cdiv(d, GROUP);
-    const int8_t *codes = (const int8_t *)(src + (size_t)n * ng * 4);
-    for (uint32_t t = 0; t < n; t++)
-        for (size_t g = 0; g < ng; g++) {
-            float s;
-            memcpy(&s, src + ((size_t)t * ng + g) * 4, 4);
-            if (!(s >= 0 && s <= FLT_MAX))
-                return eg_mem_fail(EG_ECORRUPT, "q8 tile: scale of row %u group %zu is not finite", t, g);
-            size_t c0 = g * GROUP, len = c0 + GROUP < d ? GROUP : d - c0;
-            const int8_t *q = codes + (size_t)t * d + c0;
-            float *o = x + (size_t)t * d + c0;
-            if (s <= FLT_MAX / 128) {
-                for (size_t c = 0; c < len; c++) o[c] = (float)q[c] * s;
-            } else {   /* scales at the top of the range: keep the product finite */
-                for (size_t c = 0; c < len; c++) o[c] = (float)fmin(fmax((double)q[c] * s, -FLT_MAX), FLT_MAX);
-            }
-        }
+    for (size_t i = 0; i < (size_t)n * ng; i++) {
+        float s;
+        memcpy(&s, src + i * 4, 4);
+        if (!(s >= 0 && s <= FLT_MAX))
+            return eg_mem_fail(EG_ECORRUPT, "q8 tile: scale of row %zu group %zu is not finite", i / ng, i % ng);
+    }
+    eg_kern_q8(src, n, d, x);
     return 0;
 }
 
@@ -272,22 +253,14 @@ static void q4_encode(int kind, const float *x, uint32_t n, uint32_t d, unsigned
 static int q4_decode(int kind, const unsigned char *src, uint32_t n, uint32_t d, float *x)
 {
     size_t np = n_params(EG_CODEC_Q4, kind, n, d);
-    const unsigned char *codes = src + np * 8;
     for (size_t gi = 0; gi < np; gi++) {
         float mn, step;
         memcpy(&mn, src + gi * 8, 4);
         memcpy(&step, src + gi * 8 + 4, 4);
         if (!isfinite(mn) || !(step >= 0 && step <= FLT_MAX))
             return eg_mem_fail(EG_ECORRUPT, "q4 tile: parameters of group %zu are not finite", gi);
-        size_t f, st, cnt;
-        q4_group(kind, n, d, gi, &f, &st, &cnt);
-        for (size_t i = 0; i < cnt; i++) {
-            size_t idx = f + i * st;
-            unsigned q = (codes[idx / 2] >> ((idx & 1) * 4)) & 15;
-            double v = (double)mn + q * (double)step;
-            x[idx] = (float)(v > FLT_MAX ? FLT_MAX : v < -FLT_MAX ? -FLT_MAX : v);
-        }
     }
+    eg_kern_q4(kind, src, n, d, x);
     return 0;
 }
 
@@ -344,13 +317,8 @@ int eg_codec_decode(int codec, int kind, const void *src, size_t len, uint32_t n
             if (!isfinite(dst[i])) return eg_mem_fail(EG_ECORRUPT, "decode f32: element %zu is not finite", i);
         return 0;
     case EG_CODEC_F16: {
-        const unsigned char *p = src;
-        for (size_t i = 0; i < e; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, 2);
-            if ((h & 0x7c00) == 0x7c00) return eg_mem_fail(EG_ECORRUPT, "decode f16: element %zu is not finite", i);
-            dst[i] = eg_f16_to_f32(h);
-        }
+        size_t bad = eg_kern_f16(src, e, dst);
+        if (bad < e) return eg_mem_fail(EG_ECORRUPT, "decode f16: element %zu is not finite", bad);
         return 0;
     }
     case EG_CODEC_Q8: return q8_decode(src, n, d, dst);

@@ -25,6 +25,15 @@ int eg_cache_put(eg_cache *c, const eg_cache_key *k, const float *keys, size_t n
 void eg_cache_counters(eg_cache *c, uint64_t *hits, uint64_t *misses, uint64_t *bytes,
                        uint64_t *entries, uint64_t *evictions);
 
+/* Decode loops of the codecs (codec_kernels.c): portable, AVX2 or AVX-512,
+ * chosen at run time, all giving the same bits. src is an encoded tile of
+ * codec.c's layout whose parameters the caller has checked; x receives
+ * n*d floats. eg_kern_f16 returns the index of the first Inf or NaN half
+ * (x is then filled only before it), or n. */
+void eg_kern_q8(const unsigned char *src, uint32_t n, uint32_t d, float *x);
+void eg_kern_q4(int kind, const unsigned char *src, uint32_t n, uint32_t d, float *x);
+size_t eg_kern_f16(const unsigned char *src, size_t n, float *x);
+
 /* ---- store internals ---------------------------------------------------- */
 #include <lmdb.h>
 #include <pthread.h>

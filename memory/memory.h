@@ -115,6 +115,12 @@ int eg_codec_encode(int codec, int kind, const float *src, uint32_t n_tokens, ui
  * Errors: EG_ECODEC, EG_ECORRUPT (src_len wrong, scales not finite). */
 int eg_codec_decode(int codec, int kind, const void *src, size_t src_len, uint32_t n_tokens,
                     uint32_t dim, float *dst);
+/* Decode loops in use: 0 chooses the best this CPU has ("avx512", "avx2"
+ * or "portable"), 1 the portable ones, 2 AVX2 where the CPU has it; -1
+ * only asks. Every choice decodes to the same bits (tested); switching is
+ * for tests and benchmarks, not while other threads decode. Returns the
+ * name of the loops in use (static string). */
+const char *eg_codec_kernels(int which);
 /* Per-element error bound of an encoded tile: bound[i] >= |x_i - decode(x)_i|
  * (n_tokens*dim floats, caller's buffer). Errors as eg_codec_decode. */
 int eg_codec_error_bound(int codec, int kind, const void *src, size_t src_len, uint32_t n_tokens,

@@ -216,6 +216,114 @@ static void test_f16_bf16_conversion(void)
     CHECK(out[0] == 1.0f);
 }
 
+/* Plain decode from the layouts of memory.h, independent of codec.c. */
+static void reference_decode(int codec, int kind, const unsigned char *p, uint32_t n, uint32_t d, float *x)
+{
+    size_t e = (size_t)n * d, ng = (d + 31) / 32;
+    if (codec == EG_CODEC_F16) {
+        for (size_t i = 0; i < e; i++) x[i] = eg_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return;
+    }
+    if (codec == EG_CODEC_Q8) {
+        for (size_t i = 0; i < e; i++) {
+            float s;
+            memcpy(&s, p + (i / d * ng + i % d / 32) * 4, 4);
+            int8_t q = (int8_t)p[(size_t)n * ng * 4 + i];
+            x[i] = s > FLT_MAX / 128 ? (float)fmin(fmax((double)q * s, -FLT_MAX), FLT_MAX) : (float)q * s;
+        }
+        return;
+    }
+    size_t np = kind == EG_KIND_K ? (n + 31) / 32 * d : n * ng;
+    for (size_t i = 0; i < e; i++) {
+        size_t t = i / d, c = i % d, gi = kind == EG_KIND_K ? t / 32 * d + c : t * ng + c / 32;
+        float mn, st;
+        memcpy(&mn, p + gi * 8, 4);
+        memcpy(&st, p + gi * 8 + 4, 4);
+        unsigned q = (p[np * 8 + i / 2] >> ((i & 1) * 4)) & 15;
+        double v = (double)mn + q * (double)st;
+        x[i] = (float)(v > FLT_MAX ? FLT_MAX : v < -FLT_MAX ? -FLT_MAX : v);
+    }
+}
+
+/* Random bytes that decode: any codes, parameters over the whole finite
+ * range (huge scales take q8's clamped path, tiny ones are subnormal). */
+static void junk_tile(int codec, int kind, unsigned char *p, size_t sz, uint32_t n, uint32_t d, uint64_t *rs)
+{
+    for (size_t i = 0; i < sz; i++) p[i] = (unsigned char)(tu_rand(rs) >> 24);
+    size_t ng = (d + 31) / 32, np = codec == EG_CODEC_Q8 ? (size_t)n * ng
+                                   : kind == EG_KIND_K ? (n + 31) / 32 * d : (size_t)n * ng;
+    if (codec == EG_CODEC_F16) {
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            if ((p[2 * i + 1] & 0x7c) == 0x7c) p[2 * i + 1] &= 0xbf;   /* no Inf or NaN */
+        return;
+    }
+    for (size_t g = 0; g < np; g++) {
+        uint64_t r = tu_rand(rs);
+        float v = r % 4 == 0 ? FLT_MAX / (float)(1 + r % 7) : r % 4 == 1 ? 1e-42f * (float)(r % 9)
+                : (float)ldexp((double)(r % 1000) / 1000, (int)(r >> 20) % 200 - 100);
+        float mn = (r >> 8) % 2 ? -v : v;
+        if (codec == EG_CODEC_Q8) memcpy(p + g * 4, &v, 4);
+        else { memcpy(p + g * 8, &mn, 4); memcpy(p + g * 8 + 4, &v, 4); }
+    }
+}
+
+/* Every set of decode loops (AVX-512, AVX2, portable) gives the bits of the
+ * plain loop above, on encoder output and on junk, at odd addresses. */
+static void test_decode_kernels_agree(void)
+{
+    uint32_t dims[] = {1, 2, 17, 32, 64, 96, 128, 576, 1024}, toks[] = {1, 16, 33, 64, 256};
+    int which[3] = {1, 2, 0};
+    long cases = 0, diff = 0;
+    uint64_t rs = 4242;
+    for (int codec = EG_CODEC_F16; codec <= EG_CODEC_Q4; codec++)
+        for (int kind = 0; kind < 2; kind++)
+            for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
+                for (size_t ti = 0; ti < sizeof toks / sizeof *toks; ti++)
+                    for (int src = 0; src < 3; src++) {
+                        uint32_t n = toks[ti], d = dims[di];
+                        size_t e = (size_t)n * d, sz;
+                        CHECK_OK(eg_codec_size(codec, kind, n, d, &sz));
+                        float *x = malloc(e * 4), *ref = malloc(e * 4), *y = malloc(e * 4 + 4);
+                        unsigned char *enc = malloc(sz + 1), *p = enc + 1;
+                        if (src < 2) {
+                            fill(src ? 1 : 6, x, n, d, &rs);
+                            if (codec == EG_CODEC_F16) for (size_t i = 0; i < e; i++) x[i] = fminf(fmaxf(x[i], -6e4f), 6e4f);
+                            CHECK_OK(eg_codec_encode(codec, kind, x, n, d, p, sz));
+                        } else junk_tile(codec, kind, p, sz, n, d, &rs);
+                        reference_decode(codec, kind, p, n, d, ref);
+                        for (int w = 0; w < 3; w++) {
+                            eg_codec_kernels(which[w]);
+                            float *out = y + 1;   /* unaligned output too */
+                            CHECK_OK(eg_codec_decode(codec, kind, p, sz, n, d, out));
+                            if (memcmp(out, ref, e * 4)) {
+                                if (!diff++) fprintf(stderr, "  %s %s %ux%u source %d: %s differs\n", eg_codec_name(codec),
+                                                     kind ? "V" : "K", n, d, src, eg_codec_kernels(-1));
+                            }
+                            cases++;
+                        }
+                        free(x); free(ref); free(y); free(enc);
+                    }
+    /* f16: the first Inf or NaN is found wherever it sits, by every version. */
+    uint16_t h[100];
+    float out[100];
+    for (int w = 0; w < 3; w++) {
+        eg_codec_kernels(which[w]);
+        for (int at = 0; at < 100; at += 7) {
+            for (int i = 0; i < 100; i++) h[i] = (uint16_t)(0x3c00 + i);
+            h[at] = at % 2 ? 0x7e00 : 0xfc00;
+            CHECK_EQ_INT(eg_codec_decode(EG_CODEC_F16, EG_KIND_K, h, sizeof h, 1, 100, out), EG_ECORRUPT);
+            char want[64];
+            snprintf(want, sizeof want, "element %d is not finite", at);
+            CHECK(strstr(eg_mem_last_error(), want) != NULL);
+            CHECK_EQ_INT(eg_convert_to_f32(EG_DTYPE_F16, h, 100, out), EG_ENONFINITE);
+            snprintf(want, sizeof want, "%s at element %d", at % 2 ? "NaN" : "Inf", at);
+            CHECK(strstr(eg_mem_last_error(), want) != NULL);
+        }
+    }
+    printf("  %ld decodes compared (best here: %s), %ld differ\n", cases, eg_codec_kernels(0), diff);
+    CHECK_EQ_INT(diff, 0);
+}
+
 /* Mean decode error on normal data, printed for the record. */
 static void test_error_figures(void)
 {
@@ -244,5 +352,6 @@ int main(void)
     TEST_RUN(test_f16_bf16_conversion);
     TEST_RUN(test_bounds_all_codecs);
     TEST_RUN(test_error_figures);
+    TEST_RUN(test_decode_kernels_agree);
     TEST_END();
 }
