@@ -321,42 +321,74 @@ static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
     return rc;
 }
 
+/* Bring table t of (layer, kv-head h) up to n_sealed segments: records
+ * read in segment order, appended in batches. */
+static int sync_head(en_sess *s, eg_route_table *t, uint32_t layer, uint32_t h, int ki, uint64_t n_sealed)
+{
+    size_t sb;
+    int rc = en_pass(eg_summary_bytes(eg_route_table_spec(t), &sb), "summary size");
+    uint64_t have = eg_route_table_segments(t);
+    if (!rc && have > n_sealed) return en_pass(eg_route_table_truncate(t, n_sealed), "table truncate");
+    if (rc || have == n_sealed) return rc;
+    enum { BATCH = 2048 };
+    size_t rl = ki ? sb : sb + 4;
+    unsigned char *buf = malloc(BATCH * rl), *sum = ki ? NULL : malloc(BATCH * sb);
+    uint32_t *tags = ki ? NULL : malloc(BATCH * sizeof *tags);
+    if (!buf || (!ki && (!sum || !tags))) rc = en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    if (!rc) rc = en_pass(eg_route_table_reserve(t, n_sealed), "table reserve");
+    while (!rc && have < n_sealed) {
+        size_t n = n_sealed - have < BATCH ? (size_t)(n_sealed - have) : BATCH;
+        rc = eg_record_get_range(s->ms, layer, h, have, n, rec_kind[ki], rl, buf);
+        if (rc == EG_ENOTFOUND && ki == 2)
+            rc = en_fail(EG_EN_EROUTER, "layer %u kv-head %u: segments sealed by an engine before the "
+                         "learned router have no learned summaries; use quest or centroid", layer, h);
+        else rc = en_pass(rc, "router summaries");
+        for (size_t i = 0; !rc && !ki && i < n; i++) {
+            memcpy(&tags[i], buf + i * rl, 4);
+            memcpy(sum + i * sb, buf + i * rl + 4, sb);
+        }
+        if (!rc) rc = en_pass(eg_route_table_append(t, ki ? buf : sum, n, tags), "table append");
+        have += n;
+    }
+    free(buf);
+    free(sum);
+    free(tags);
+    return rc;
+}
+
+typedef struct {
+    en_sess *s;
+    uint32_t layer;
+    int ki;
+    uint64_t n_sealed;
+    int *rc;
+    char (*msg)[256];
+} sync_ctx;
+
+static void sync_task(void *arg, int h)
+{
+    sync_ctx *c = arg;
+    c->rc[h] = sync_head(c->s, c->s->layers[c->layer].tab[c->ki][h], c->layer, (uint32_t)h, c->ki, c->n_sealed);
+    if (c->rc[h]) snprintf(c->msg[h], sizeof c->msg[h], "%s", eg_engine_last_error());
+}
+
 /* Bring the layer's tables of one kind up to n_sealed segments (layer mutex
- * held). Records are read in segment order and appended in batches. */
+ * held), the kv-heads in parallel on the pool: resuming a long session is
+ * mostly reading and checking its summaries. */
 static int tables_sync(en_sess *s, uint32_t layer, int ki, uint64_t n_sealed)
 {
     en_layer_tabs *L = &s->layers[layer];
     uint32_t H = s->cfg.n_kv_heads;
     int rc = 0;
     if (!L->tab[ki] && (rc = tables_create(s, L, layer, ki))) return rc;
-    size_t sb;
-    if ((rc = eg_summary_bytes(eg_route_table_spec(L->tab[ki][0]), &sb))) return en_pass(rc, "summary size");
-    enum { BATCH = 256 };
-    size_t rl = ki ? sb : sb + 4;
-    unsigned char *buf = malloc(BATCH * rl), *sum = malloc(BATCH * sb);
-    uint32_t tags[BATCH];
-    if (!buf || !sum) { free(buf); free(sum); return en_fail(EG_EN_ENOMEM, "tables: out of memory"); }
-    for (uint32_t h = 0; h < H && !rc; h++) {
-        eg_route_table *t = L->tab[ki][h];
-        uint64_t have = eg_route_table_segments(t);
-        if (have > n_sealed) rc = en_pass(eg_route_table_truncate(t, n_sealed), "table truncate");
-        while (!rc && have < n_sealed) {
-            size_t n = n_sealed - have < BATCH ? (size_t)(n_sealed - have) : BATCH;
-            rc = eg_record_get_range(s->ms, layer, h, have, n, rec_kind[ki], rl, buf);
-            if (rc == EG_ENOTFOUND && ki == 2)
-                rc = en_fail(EG_EN_EROUTER, "layer %u kv-head %u: segments sealed by an engine before the "
-                             "learned router have no learned summaries; use quest or centroid", layer, h);
-            else rc = en_pass(rc, "router summaries");
-            for (size_t i = 0; !rc && !ki && i < n; i++) {
-                memcpy(&tags[i], buf + i * rl, 4);
-                memcpy(sum + i * sb, buf + i * rl + 4, sb);
-            }
-            if (!rc) rc = en_pass(eg_route_table_append(t, ki ? buf : sum, n, ki ? NULL : tags), "table append");
-            have += n;
-        }
-    }
-    free(buf);
-    free(sum);
+    sync_ctx c = {s, layer, ki, n_sealed, calloc(H, sizeof(int)), calloc(H, sizeof(char[256]))};
+    if (!c.rc || !c.msg) rc = en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    else if (H == 1) sync_task(&c, 0);
+    else en_pool_run(s->e->pool, (int)H, sync_task, &c);
+    for (uint32_t h = 0; !rc && h < H; h++)
+        if (c.rc[h]) rc = en_fail(c.rc[h], "%s", c.msg[h]);
+    free(c.rc);
+    free(c.msg);
     return rc;
 }
 

@@ -207,6 +207,10 @@ void eg_route_table_free(eg_route_table *t);
  * finite or not min <= max), EG_IX_ENOMEM; on error nothing is appended. */
 int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n,
                           const uint32_t *tags);
+/* Room for n segments in all, allocated now: a table about to be filled
+ * with a known count (a session resumed) grows once instead of doubling.
+ * Errors: EG_IX_EINVAL, EG_IX_ENOMEM (the table is unchanged). */
+int eg_route_table_reserve(eg_route_table *t, size_t n);
 /* Keep the first n segments (n <= count). */
 int eg_route_table_truncate(eg_route_table *t, size_t n);
 size_t eg_route_table_segments(const eg_route_table *t);

@@ -104,11 +104,11 @@ static int grow_blocked(uint16_t **p, size_t width, size_t old_n, size_t n)
     return 0;
 }
 
-static int reserve(eg_route_table *t, size_t need)
+/* Grow every array of the table to exactly cap segments (> t->cap). A
+ * failure part way leaves the arrays already grown larger, which is
+ * harmless: t->cap still says what all of them hold. */
+static int grow_to(eg_route_table *t, size_t cap)
 {
-    if (need <= t->cap) return 0;
-    size_t cap = t->cap ? t->cap : 64;
-    while (cap < need) cap *= 2;
     size_t s = (size_t)t->spec.seg_tokens, d = (size_t)t->spec.dim, w = (size_t)t->width;
     if (grow((void **)&t->tags, sizeof(uint32_t), cap)) return -1;
     if (tab_rows(t) && grow((void **)&t->tab, sizeof(float) * w * tab_rows(t), cap)) return -1;
@@ -128,23 +128,62 @@ static int reserve(eg_route_table *t, size_t need)
     return 0;
 }
 
-/* Recompute group rows for groups covering segments [from, n). */
+static int reserve(eg_route_table *t, size_t need)
+{
+    if (need <= t->cap) return 0;
+    size_t cap = t->cap ? t->cap : 64;
+    while (cap < need) cap *= 2;
+    return grow_to(t, cap);
+}
+
+/* hkey without branches, so that the lane loops below vectorise. */
+static inline uint16_t hkey_lane(uint16_t h)
+{
+    uint16_t neg = (uint16_t)(0u - (h >> 15));
+    uint16_t k = (uint16_t)(h ^ (neg | 0x8000u));
+    return (h & 0x7fffu) ? k : 0x8000u;
+}
+
+/* The half of an order key (a zero comes back as +0). */
+static inline uint16_t key_half(uint16_t k)
+{
+    return k == 0x8000u ? 0 : (k & 0x8000u) ? (uint16_t)(k & 0x7fffu) : (uint16_t)~k;
+}
+
+/* Recompute group rows for groups covering segments [from, n): per
+ * channel the max of the maxes (the first d of a row) and the min of the
+ * mins, lane by lane over the group's blocks of IX_BLK segments. */
 static void regroup(eg_route_table *t, size_t from)
 {
     size_t w = (size_t)t->width, d = w / 2;
     for (size_t g = from / EG_IX_GROUP; g * EG_IX_GROUP < t->n; g++) {
-        uint16_t *gt = t->hgtab, *ht = t->htab;
         size_t s0 = g * EG_IX_GROUP, s1 = s0 + EG_IX_GROUP < t->n ? s0 + EG_IX_GROUP : t->n;
+        size_t b0 = s0 / IX_BLK, b1 = (s1 + IX_BLK - 1) / IX_BLK, tail = s1 - (b1 - 1) * IX_BLK;
         float a = 0.0f;
         for (size_t c = 0; c < w; c++) {
-            int is_max = c < d;
-            uint16_t best = ht[ix_hidx(s0, c, w)];
-            for (size_t s = s0 + 1; s < s1; s++) {
-                uint16_t h = ht[ix_hidx(s, c, w)];
-                if (is_max ? hkey(h) > hkey(best) : hkey(h) < hkey(best)) best = h;
+            uint16_t hi[IX_BLK], lo[IX_BLK];
+            for (int l = 0; l < IX_BLK; l++) { hi[l] = 0; lo[l] = 0xffffu; }
+            for (size_t b = b0; b < b1; b++) {
+                const uint16_t *p = t->htab + b * w * IX_BLK + c * IX_BLK;
+                int lanes = b + 1 < b1 ? IX_BLK : (int)tail;
+                if (lanes == IX_BLK)
+                    for (int l = 0; l < IX_BLK; l++) {
+                        uint16_t k = hkey_lane(p[l]);
+                        hi[l] = k > hi[l] ? k : hi[l];
+                        lo[l] = k < lo[l] ? k : lo[l];
+                    }
+                else
+                    for (int l = 0; l < lanes; l++) {
+                        uint16_t k = hkey_lane(p[l]);
+                        hi[l] = k > hi[l] ? k : hi[l];
+                        lo[l] = k < lo[l] ? k : lo[l];
+                    }
             }
-            gt[ix_hidx(g, c, w)] = best;
-            a = fabsf(hval(best)) > a ? fabsf(hval(best)) : a;
+            uint16_t best = c < d ? hi[0] : lo[0];
+            for (int l = 1; l < IX_BLK; l++) best = c < d ? (hi[l] > best ? hi[l] : best) : (lo[l] < best ? lo[l] : best);
+            uint16_t h = key_half(best);
+            t->hgtab[ix_hidx(g, c, w)] = h;
+            a = fabsf(hval(h)) > a ? fabsf(hval(h)) : a;
         }
         t->gabs[g] = a;
     }
@@ -269,6 +308,14 @@ int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n, co
     t->n += n;
     if (t->spec.kind == EG_ROUTER_QUEST) regroup(t, from);
     return 0;
+}
+
+int eg_route_table_reserve(eg_route_table *t, size_t n)
+{
+    if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
+    if (n > ((size_t)1 << 40)) return ix_fail(EG_IX_EINVAL, "%zu segments is beyond any session", n);
+    if (n <= t->cap) return 0;
+    return grow_to(t, n) ? ix_fail(EG_IX_ENOMEM, "out of memory growing the table") : 0;
 }
 
 int eg_route_table_truncate(eg_route_table *t, size_t n)
