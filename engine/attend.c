@@ -117,29 +117,6 @@ static void state_reset(attn_state *st)
     if (st->acc) memset(st->acc, 0, (size_t)st->nr * st->dv * sizeof(float));
 }
 
-/* ---- page-in -------------------------------------------------------------------- */
-/* The decoded segment (keys rotated at true positions), pinned. */
-static int page_in(call_ctx *c, uint32_t kvh, uint64_t seg, en_wentry **out, uint64_t *n_in)
-{
-    en_sess *s = c->s;
-    uint32_t layer = c->req->layer;
-    en_wentry *e = en_window_get(s->win, layer, kvh, seg);
-    if (!e) {
-        e = en_wentry_alloc((size_t)c->v.S * c->v.dk, (size_t)c->v.S * c->v.dv);
-        if (!e) return en_fail(EG_EN_ENOMEM, "window: out of memory");
-        e->layer = layer;
-        e->kvh = kvh;
-        e->seg = seg;
-        int rc = eg_read_block(s->ms, layer, kvh, seg, e->k, e->v);
-        if (rc) { en_wentry_free(e); return en_pass(rc, "page-in"); }
-        en_rope_run(&s->rope, e->k, c->v.S, (int64_t)(seg * c->v.S));
-        e = en_window_put(s->win, e);
-        (*n_in)++;
-    }
-    *out = e;
-    return 0;
-}
-
 /* ---- one kv-head ------------------------------------------------------------------ */
 typedef struct {
     int nr;
@@ -147,6 +124,7 @@ typedef struct {
     int64_t *vis;                   /* [nr] last visible token, -1: none */
     int64_t *rpos;                  /* [nr] routing positions (vis clamped at 0) */
     float *tk, *tv;                 /* open rows of this kv-head [n_tail][d] */
+    float *sk, *sv;                 /* one segment's tiles decoded [S][dk], [S][dv] */
     attn_state st, tr;              /* attention (true or remapped), lse at true positions */
     en_wentry **pinned;
     size_t n_pinned, cap_pinned;
@@ -154,7 +132,7 @@ typedef struct {
 
 static void task_buf_free(task_buf *b)
 {
-    free(b->qraw); free(b->sc); free(b->vis); free(b->tk);
+    free(b->qraw); free(b->sc); free(b->vis); free(b->tk); free(b->sk);
     free(b->st.m); free(b->st.l); free(b->st.acc);
     free(b->tr.m); free(b->tr.l);
     free(b->pinned);
@@ -173,13 +151,15 @@ static int task_buf_init(call_ctx *c, task_buf *b, size_t block)
     b->st.acc = malloc((size_t)nr * v->dv * sizeof(float));
     b->tr.m = malloc(nr * sizeof(float));
     b->tr.l = malloc(nr * sizeof(double));
+    b->sk = malloc((size_t)v->S * (v->dk + v->dv) * sizeof(float));
     if (!b->qraw || !b->sc || !b->vis || !b->tk || !b->st.m || !b->st.l || !b->st.acc || !b->tr.m ||
-        !b->tr.l)
+        !b->tr.l || !b->sk)
         return en_fail(EG_EN_ENOMEM, "attend: out of memory");
     b->qt = b->qraw + (size_t)nr * v->dk;
     b->qe = b->qt + (size_t)nr * v->dk;
     b->rpos = b->vis + nr;
     b->tv = b->tk + (size_t)c->n_tail * v->dk;
+    b->sv = b->sk + (size_t)v->S * v->dk;
     b->st.nr = b->tr.nr = nr;
     b->st.dv = b->tr.dv = v->dv;
     b->tr.acc = NULL;
@@ -242,6 +222,25 @@ static void write_rows(call_ctx *c, task_buf *b, uint32_t kvh, const double *los
     c->worst[kvh] = worst;
 }
 
+/* A run of the dense path: blocks decoded straight from the store's map
+ * into K and V (keys rotated at their true positions). */
+typedef struct {
+    const en_sess *s;
+    float *K, *V;
+    uint64_t s0;
+} dense_run;
+
+static int dense_visit(void *arg, uint64_t seg, const eg_encoded_block *b)
+{
+    dense_run *f = arg;
+    size_t j = seg - f->s0, S = b->n_tokens;
+    float *kj = f->K + j * S * b->dim_k;
+    int rc = eg_codec_decode(b->codec, EG_KIND_K, b->keys, b->klen, b->n_tokens, b->dim_k, kj);
+    if (!rc) rc = eg_codec_decode(b->codec, EG_KIND_V, b->values, b->vlen, b->n_tokens, b->dim_v, f->V + j * S * b->dim_v);
+    if (!rc) en_rope_run(&f->s->rope, kj, b->n_tokens, (int64_t)(seg * S));
+    return rc;
+}
+
 /* Dense: every visible sealed segment in runs, then the open rows. */
 static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
 {
@@ -263,12 +262,8 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
     int rc = 0;
     for (uint64_t s0 = 0; s0 < nseg && !rc; s0 += DENSE_BLOCK_SEGS) {
         uint64_t n = nseg - s0 < DENSE_BLOCK_SEGS ? nseg - s0 : DENSE_BLOCK_SEGS;
-        for (uint64_t j = 0; j < n && !rc; j++) {
-            float *kj = K + j * v->S * v->dk;
-            rc = en_pass(eg_read_block(c->s->ms, c->req->layer, kvh, s0 + j, kj, V + j * v->S * v->dv),
-                         "dense read");
-            if (!rc) en_rope_run(&c->s->rope, kj, v->S, (int64_t)((s0 + j) * v->S));
-        }
+        dense_run f = {c->s, K, V, s0};
+        rc = en_pass(eg_read_blocks_encoded(c->s->ms, c->req->layer, kvh, s0, n, dense_visit, &f), "dense read");
         if (!rc)
             attn_block(&b->st, b->qt, v->dk, K, V, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
                        c->scale, b->sc, seg_lse ? seg_lse + s0 : NULL, v->S, v->n_sealed);
@@ -375,8 +370,21 @@ static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry *
         b->pinned = p;
         b->cap_pinned = cap;
     }
-    int rc = page_in(c, kvh, seg, e, &c->page_ins[kvh]);
+    int rc = en_page_in(c->s, c->req->layer, kvh, seg, e, &c->page_ins[kvh]);
     if (!rc) b->pinned[b->n_pinned++] = *e;
+    return rc;
+}
+
+/* Attend one sealed segment with queries q into st (values only when st
+ * accumulates them): pinned from the window, its tiles decoded into the
+ * task's scratch where the entry keeps them as stored. */
+static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, attn_state *st, const float *q)
+{
+    en_wentry *e;
+    const float *K = NULL, *V = NULL;
+    int rc = pin(c, b, kvh, (uint64_t)seg, &e);
+    if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, &K, st->acc ? &V : NULL);
+    if (!rc) attn_block(st, q, c->v.dk, K, V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
     return rc;
 }
 
@@ -409,8 +417,6 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
     double cs[EG_HEAD_DIM_MAX];
     for (size_t i = 0; i < n_sink + n_used && !rc; i++) {
         int64_t seg = i < n_sink ? sel->segments[i] : routed[i - n_sink];
-        en_wentry *e;
-        if ((rc = pin(c, b, kvh, (uint64_t)seg, &e))) break;
         const float *q = b->qe;
         if (i >= n_sink) { /* R(-delta) q_base, delta = remapped start - true start */
             int64_t delta = (int64_t)i * S - seg * (int64_t)S;
@@ -419,14 +425,9 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
             en_rope_apply_table(rope, cs, b->qraw, (size_t)b->nr);
             q = b->qraw;
         }
-        attn_block(&b->st, q, v->dk, e->k, e->v, S, seg * (int64_t)S, b->vis, c->scale, b->sc, NULL, S, 0);
+        rc = attend_seg(c, b, kvh, seg, &b->st, q);
     }
-    for (size_t i = n_sink; i < nf && !rc; i++) {
-        en_wentry *e;
-        if ((rc = pin(c, b, kvh, (uint64_t)sel->segments[i], &e))) break;
-        attn_block(&b->st, b->qt, v->dk, e->k, e->v, S, sel->segments[i] * (int64_t)S, b->vis, c->scale,
-                   b->sc, NULL, S, 0);
-    }
+    for (size_t i = n_sink; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel->segments[i], &b->st, b->qt);
     if (!rc) task_tail(c, b, &b->st, b->qt);
     free(routed);
     return rc;
@@ -457,12 +458,7 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
     if (!lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
     /* Pass at true positions: forced segments, open rows, then routed ones
      * in score order (until the bound holds, with max_lost). */
-    for (size_t i = 0; i < nf && !rc; i++) {
-        en_wentry *e;
-        if ((rc = pin(c, b, kvh, (uint64_t)sel.segments[i], &e))) break;
-        attn_block(T, b->qt, v->dk, e->k, remap ? NULL : e->v, S, sel.segments[i] * (int64_t)S, b->vis,
-                   c->scale, b->sc, NULL, S, 0);
-    }
+    for (size_t i = 0; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel.segments[i], T, b->qt);
     if (!rc) task_tail(c, b, T, b->qt);
     while (!rc) {
         if (q->max_lost > 0) {
@@ -474,11 +470,7 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
             if (ok) break;
         }
         if (n_used == n_order) break;
-        int64_t seg = sel.segments[nf + n_used];
-        en_wentry *e;
-        if ((rc = pin(c, b, kvh, (uint64_t)seg, &e))) break;
-        attn_block(T, b->qt, v->dk, e->k, remap ? NULL : e->v, S, seg * (int64_t)S, b->vis, c->scale,
-                   b->sc, NULL, S, 0);
+        if ((rc = attend_seg(c, b, kvh, sel.segments[nf + n_used], T, b->qt))) break;
         n_used++;
     }
     if (!rc && remap) rc = task_remap(c, b, kvh, &sel, n_used);

@@ -42,18 +42,26 @@ void en_pool_run_leaf(en_pool *p, int n, void (*fn)(void *arg, int i), void *arg
 int en_pool_threads(const en_pool *p);
 
 /* ---- active window ----------------------------------------------------------- */
-/* Decoded segments of one session (keys rotated at their true positions
- * when the session applies RoPE), LRU within a byte budget. Entries in use
- * are pinned and never evicted; the budget may be passed while they are. */
+/* Segments of one session kept in RAM across queries, LRU within a byte
+ * budget. An entry keeps the block as stored (q8 or q4: a quarter to a
+ * sixth of f32's bytes), decoded into the task's scratch each time it is
+ * attended (en_wentry_tiles); keys of sessions that apply RoPE are kept
+ * decoded and rotated at their true positions, and the f32 window option
+ * keeps both decoded. Entries in use are pinned and never evicted; the
+ * budget may be passed while they are. */
 typedef struct en_window en_window;
 typedef struct en_wentry {
     uint32_t layer, kvh;
     uint64_t seg;
-    float *k, *v;             /* [S][dk], [S][dv] */
+    int codec;                /* of kb and vb */
+    const unsigned char *kb, *vb; /* encoded tiles as stored (klen, vlen bytes), or NULL */
+    size_t klen, vlen;
+    float *k, *v;             /* decoded tiles [S][dk], [S][dv], or NULL */
+    size_t bytes;             /* RAM the entry holds */
     int pins;
     struct en_wentry *prev, *next, *hnext;
 } en_wentry;
-int en_window_create(size_t cap_bytes, size_t entry_bytes, en_window **out);
+int en_window_create(size_t cap_bytes, en_window **out);
 void en_window_free(en_window *w);
 /* Pinned entry or NULL. */
 en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t seg);
@@ -61,7 +69,6 @@ en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t se
  * segment meanwhile, e is freed and that one returned, pinned. */
 en_wentry *en_window_put(en_window *w, en_wentry *e);
 void en_window_unpin(en_window *w, en_wentry *e);
-en_wentry *en_wentry_alloc(size_t nk, size_t nv);
 void en_wentry_free(en_wentry *e);
 /* Drop every entry of segments >= first_seg (after truncate). */
 void en_window_drop_from(en_window *w, uint64_t first_seg);
@@ -137,4 +144,14 @@ void en_tables_drop_learned(en_sess *s, uint32_t layer);
 int en_layer_check(const en_sess *s, uint32_t layer);
 /* Handle -> session, or EG_EN_ECLOSED. */
 int en_handle(eg_engine_session *h, en_sess **out);
+
+/* The window entry of (layer, kvh, seg), pinned: from the window, or read
+ * from the store (one block, its checksum checked), its keys rotated when
+ * the session applies RoPE, and put in the window; *n_in counts reads.
+ * Errors: memory codes (EG_ECORRUPT...), EG_EN_ENOMEM. */
+int en_page_in(en_sess *s, uint32_t layer, uint32_t kvh, uint64_t seg, en_wentry **out, uint64_t *n_in);
+/* Keys (and values, when V is not NULL) of an entry as f32 [S][d]: the
+ * entry's own decoded arrays, else decoded into sk / sv (S*dk, S*dv
+ * floats of the caller's scratch, which stay in cache). */
+int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, const float **K, const float **V);
 #endif

@@ -66,8 +66,13 @@ typedef struct eg_engine_session eg_engine_session;
 typedef struct {
     eg_store_options store;  /* map size, RAM cache tier, sync mode */
     int n_threads;           /* worker threads for heads; 0 = online cores (max 64) */
-    size_t window_bytes;     /* per open session: decoded segments kept in RAM
-                                across queries; 0 = 256 MiB */
+    size_t window_bytes;     /* per open session: segments kept in RAM across
+                                queries; 0 = 256 MiB */
+    int window_f32;          /* 1: keep them decoded to f32 (4 bytes per element;
+                                no decode when attended). 0 (default): as stored
+                                (q8: 1.125 bytes), decoded into cache-resident
+                                scratch each time they are attended; keys of
+                                RoPE sessions are kept rotated in f32 either way */
 } eg_engine_options;
 void eg_engine_options_init(eg_engine_options *o);
 

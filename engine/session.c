@@ -164,15 +164,13 @@ static int sess_new(eg_engine *e, eg_msession *ms, en_sess **out)
     pthread_mutex_init(&s->st_mu, NULL);
     rc = en_rope_init(&s->rope, (int)s->cfg.rope_mode, s->cfg.rope_dims,
                       s->cfg.rope_theta ? s->cfg.rope_theta : 10000.0f, s->cfg.head_dim_k);
-    size_t S = s->cfg.seg_tokens;
     if (!rc) {
         eg_learned_config lc;
         en_learned_config(s, &lc);
         rc = en_pass(eg_learned_untrained(&lc, 1.0f / sqrtf((float)s->cfg.head_dim_k), &s->seal_w),
                      "router weights");
     }
-    if (!rc) rc = en_window_create(e->opt.window_bytes,
-                                   S * (s->cfg.head_dim_k + s->cfg.head_dim_v) * sizeof(float), &s->win);
+    if (!rc) rc = en_window_create(e->opt.window_bytes, &s->win);
     if (!rc) {
         s->layers = calloc(s->cfg.n_layers, sizeof *s->layers);
         if (!s->layers) rc = en_fail(EG_EN_ENOMEM, "session: out of memory");

@@ -1,14 +1,22 @@
-/* window.c: the active window, decoded segments kept across queries.
+/* window.c: the active window, segments kept in RAM across queries.
  * A chained hash on (layer, kv-head, segment) and an LRU list, one mutex;
- * decoding happens outside it (the caller pages in, then puts). */
+ * reading and decoding happen outside it (en_page_in reads, then puts).
+ *
+ * Why entries keep blocks as stored: a decode step at a million tokens
+ * attends 32 segments per kv-head, and their f32 keys and values are 3.5
+ * times the bytes of q8 blocks; decoding a 64-token tile into scratch
+ * that stays in L1/L2 costs less than streaming those extra bytes from
+ * DRAM (engram-bench attend measures both windows on the same step), and
+ * the same budget holds 3.5 times the segments. */
 #include "en_internal.h"
 #include <stdlib.h>
+#include <string.h>
 
 #define NBUCKETS 4096u
 
 struct en_window {
     pthread_mutex_t mu;
-    size_t cap, entry_bytes, bytes;
+    size_t cap, bytes;
     uint64_t entries, hits, evictions;
     en_wentry *head, *tail;          /* most recent first */
     en_wentry *bucket[NBUCKETS];
@@ -21,33 +29,36 @@ static unsigned hash(uint32_t layer, uint32_t kvh, uint64_t seg)
     return (unsigned)(h % NBUCKETS);
 }
 
-int en_window_create(size_t cap, size_t entry_bytes, en_window **out)
+int en_window_create(size_t cap, en_window **out)
 {
     en_window *w = calloc(1, sizeof *w);
     if (!w) return en_fail(EG_EN_ENOMEM, "window: out of memory");
     pthread_mutex_init(&w->mu, NULL);
     w->cap = cap;
-    w->entry_bytes = entry_bytes;
     *out = w;
     return 0;
 }
 
-en_wentry *en_wentry_alloc(size_t nk, size_t nv)
+/* An entry and its arrays in one allocation: the header, then each array
+ * at a 64-byte boundary. */
+#define ALIGN64(x) (((x) + 63) & ~(size_t)63)
+
+static en_wentry *entry_alloc(size_t kbytes, size_t vbytes)
 {
-    en_wentry *e = calloc(1, sizeof *e);
+    size_t head = ALIGN64(sizeof(en_wentry)), total = head + ALIGN64(kbytes) + ALIGN64(vbytes);
+    en_wentry *e = aligned_alloc(64, total);
     if (!e) return NULL;
-    e->k = malloc((nk + nv) * sizeof(float));
-    if (!e->k) { free(e); return NULL; }
-    e->v = e->k + nk;
+    memset(e, 0, sizeof *e);
+    e->bytes = total;
     return e;
 }
 
-void en_wentry_free(en_wentry *e)
+static void *entry_array(en_wentry *e, int which, size_t kbytes)
 {
-    if (!e) return;
-    free(e->k);
-    free(e);
+    return (char *)e + ALIGN64(sizeof(en_wentry)) + (which ? ALIGN64(kbytes) : 0);
 }
+
+void en_wentry_free(en_wentry *e) { free(e); }
 
 static void lru_unlink(en_window *w, en_wentry *e)
 {
@@ -76,7 +87,7 @@ static void remove_entry(en_window *w, en_wentry *e)
 {
     lru_unlink(w, e);
     hash_remove(w, e);
-    w->bytes -= w->entry_bytes;
+    w->bytes -= e->bytes;
     w->entries--;
     en_wentry_free(e);
 }
@@ -128,7 +139,7 @@ en_wentry *en_window_put(en_window *w, en_wentry *e)
     e->hnext = w->bucket[b];
     w->bucket[b] = e;
     lru_front(w, e);
-    w->bytes += w->entry_bytes;
+    w->bytes += e->bytes;
     w->entries++;
     evict(w);
     pthread_mutex_unlock(&w->mu);
@@ -174,4 +185,78 @@ void en_window_free(en_window *w)
     while (e) { en_wentry *n = e->next; en_wentry_free(e); e = n; }
     pthread_mutex_destroy(&w->mu);
     free(w);
+}
+
+/* ---- page-in ---------------------------------------------------------------------- */
+typedef struct {
+    const en_sess *s;
+    en_wentry *e;
+} fill_ctx;
+
+/* Visitor of eg_read_blocks_encoded: the entry of one checked block. */
+static int fill_entry(void *arg, uint64_t seg, const eg_encoded_block *b)
+{
+    fill_ctx *c = arg;
+    const en_sess *s = c->s;
+    (void)seg;
+    size_t S = s->cfg.seg_tokens, nk = S * s->cfg.head_dim_k, nv = S * s->cfg.head_dim_v;
+    int f32 = s->e->opt.window_f32 || b->codec == EG_CODEC_F32;
+    int dec_k = f32 || s->cfg.rope_mode != EG_ROPE_NONE, dec_v = f32;
+    size_t kbytes = dec_k ? nk * sizeof(float) : b->klen, vbytes = dec_v ? nv * sizeof(float) : b->vlen;
+    en_wentry *e = entry_alloc(kbytes, vbytes);
+    if (!e) return en_fail(EG_EN_ENOMEM, "window: out of memory");
+    void *ka = entry_array(e, 0, kbytes), *va = entry_array(e, 1, kbytes);
+    e->codec = b->codec;
+    int rc = 0;
+    if (dec_k) {
+        e->k = ka;
+        rc = eg_codec_decode(b->codec, EG_KIND_K, b->keys, b->klen, b->n_tokens, b->dim_k, e->k);
+    } else {
+        memcpy(ka, b->keys, b->klen);
+        e->kb = ka;
+        e->klen = b->klen;
+    }
+    if (!rc && dec_v) {
+        e->v = va;
+        rc = eg_codec_decode(b->codec, EG_KIND_V, b->values, b->vlen, b->n_tokens, b->dim_v, e->v);
+    } else if (!rc) {
+        memcpy(va, b->values, b->vlen);
+        e->vb = va;
+        e->vlen = b->vlen;
+    }
+    if (rc) { free(e); return rc; }
+    c->e = e;
+    return 0;
+}
+
+int en_page_in(en_sess *s, uint32_t layer, uint32_t kvh, uint64_t seg, en_wentry **out, uint64_t *n_in)
+{
+    en_wentry *e = en_window_get(s->win, layer, kvh, seg);
+    if (!e) {
+        fill_ctx c = {s, NULL};
+        int rc = eg_read_blocks_encoded(s->ms, layer, kvh, seg, 1, fill_entry, &c);
+        if (rc) return en_pass(rc, "page-in");
+        e = c.e;
+        e->layer = layer;
+        e->kvh = kvh;
+        e->seg = seg;
+        if (e->k) en_rope_run(&s->rope, e->k, s->cfg.seg_tokens, (int64_t)(seg * s->cfg.seg_tokens));
+        e = en_window_put(s->win, e);
+        (*n_in)++;
+    }
+    *out = e;
+    return 0;
+}
+
+int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, const float **K, const float **V)
+{
+    uint32_t S = s->cfg.seg_tokens;
+    int rc = 0;
+    if (e->k) *K = e->k;
+    else if (!(rc = eg_codec_decode(e->codec, EG_KIND_K, e->kb, e->klen, S, s->cfg.head_dim_k, sk))) *K = sk;
+    if (!rc && V) {
+        if (e->v) *V = e->v;
+        else if (!(rc = eg_codec_decode(e->codec, EG_KIND_V, e->vb, e->vlen, S, s->cfg.head_dim_v, sv))) *V = sv;
+    }
+    return rc ? en_pass(rc, "window entry") : 0;
 }

@@ -275,6 +275,29 @@ int eg_append(eg_msession *s, const eg_append_req *req, uint64_t *out_n_tokens);
  * names session, layer, kv-head and segment). */
 int eg_read_block(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t segment,
                   float *keys, float *values);
+/* A sealed block as stored: its keys and values tiles, encoded in `codec`
+ * (which may differ from the session's once the cold tier re-encoded it),
+ * in the layouts of the codecs above. */
+typedef struct {
+    int codec;
+    uint32_t n_tokens, dim_k, dim_v;
+    const void *keys, *values;    /* klen and vlen bytes; not aligned */
+    size_t klen, vlen;
+} eg_encoded_block;
+/* Called for each block of a walk; a non-zero return (a negative code)
+ * stops the walk and becomes its result. */
+typedef int (*eg_block_visit_fn)(void *ctx, uint64_t segment, const eg_encoded_block *b);
+/* Walk the stored blocks of segments [first, first+n) of (layer, kv_head)
+ * in one read transaction, without decoding them and without the cache
+ * tier: fn gets each block after its checksum, header and shape were
+ * checked, with pointers into the store's map that are valid during that
+ * call only (copy what is kept; eg_codec_decode decodes it). Hold no lock
+ * another store call needs while walking long runs: the transaction
+ * delays map growth. Errors: EG_EINVAL (fn NULL), EG_ERANGE (a segment
+ * not sealed), EG_ECORRUPT (the message names the block), EG_ECLOSED, or
+ * fn's code. */
+int eg_read_blocks_encoded(eg_msession *s, uint32_t layer, uint32_t kv_head, uint64_t first, uint64_t n,
+                           eg_block_visit_fn fn, void *ctx);
 /* Read the open segment's raw rows of one (layer, kv-head): the complete
  * tokens [n_sealed*S, n_tokens) into keys/values (caller sizes them for S
  * rows); *out_rows = rows written. */

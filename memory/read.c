@@ -103,6 +103,46 @@ out:
     return rc;
 }
 
+int eg_read_blocks_encoded(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t first, uint64_t n,
+                           eg_block_visit_fn fn, void *ctx)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
+    if (!fn) return eg_mem_fail(EG_EINVAL, "eg_read_blocks_encoded: fn required");
+    if (first > h.n_sealed || n > h.n_sealed - first)
+        return eg_mem_fail(EG_ERANGE, "session '%s': segments %llu..%llu are not all sealed (%llu sealed)",
+                           s->name, (unsigned long long)first, (unsigned long long)(first + n),
+                           (unsigned long long)h.n_sealed);
+    eg_store *st = s->st;
+    MDB_txn *txn;
+    if ((rc = eg_rtxn_begin(st, &txn))) return rc;
+    uint64_t read = 0;
+    for (uint64_t i = 0; i < n && !rc; i++) {
+        uint64_t seg = first + i;
+        unsigned char kb[24];
+        MDB_val v;
+        eg_block_hdr bh;
+        if ((rc = get_block(st, txn, &h, layer, kvh, seg, kb, &v)) ||
+            (rc = eg_block_check(kb, v.mv_data, v.mv_size, &bh)))
+            break;
+        if (bh.n_tokens != h.cfg.seg_tokens || bh.dim_k != h.cfg.head_dim_k || bh.dim_v != h.cfg.head_dim_v) {
+            rc = eg_mem_fail(EG_ECORRUPT, "session '%s': block layer %u kv-head %u segment %llu has the "
+                             "wrong shape", s->name, layer, kvh, (unsigned long long)seg);
+            break;
+        }
+        const char *p = (const char *)v.mv_data + sizeof bh;
+        eg_encoded_block b = {bh.codec, bh.n_tokens, bh.dim_k, bh.dim_v, p, p + bh.klen, bh.klen, bh.vlen};
+        read++;
+        rc = fn(ctx, seg, &b);
+    }
+    eg_rtxn_end(st, txn);
+    pthread_mutex_lock(&st->mu);
+    st->stats.blocks_read += read;
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
 /* Tail rows [first, first+n) of one layer from the snapshot h: one kv-head
  * (kvh >= 0: keys [n][dk]) or all of them (kvh < 0: keys [n][H][dk]). */
 static int read_tail_rows(eg_msession *s, const eg_sess_hdr *h, uint32_t layer, int64_t kvh,

@@ -133,4 +133,40 @@ static inline void su_config(eg_session_config *c, uint32_t L, uint32_t H, uint3
     c->codec = codec;
     strcpy(c->fingerprint, "test-model");
 }
+
+/* eg_read_blocks_encoded over [first, first+n) of (layer, kvh), each block
+ * decoded and compared bit for bit with eg_read_block: returns mismatches
+ * (wrong order, shape or bits), or the walk's negative code. */
+typedef struct {
+    eg_msession *s;
+    uint32_t layer, kvh, S, dk, dv;
+    uint64_t next;
+    long bad;
+} su_walk;
+
+static inline int su_walk_cb(void *ctx, uint64_t seg, const eg_encoded_block *b)
+{
+    su_walk *w = ctx;
+    if (seg != w->next++ || b->n_tokens != w->S || b->dim_k != w->dk || b->dim_v != w->dv) { w->bad++; return 0; }
+    size_t nk = (size_t)w->S * w->dk, nv = (size_t)w->S * w->dv;
+    float *k = malloc((nk + nv) * 8), *v = k + nk, *k2 = v + nv, *v2 = k2 + nk;
+    if (eg_codec_decode(b->codec, EG_KIND_K, b->keys, b->klen, b->n_tokens, b->dim_k, k) ||
+        eg_codec_decode(b->codec, EG_KIND_V, b->values, b->vlen, b->n_tokens, b->dim_v, v) ||
+        eg_read_block(w->s, w->layer, w->kvh, seg, k2, v2) || memcmp(k, k2, nk * 4) || memcmp(v, v2, nv * 4))
+        w->bad++;
+    free(k);
+    return 0;
+}
+
+static inline long su_walk_matches(eg_msession *s, uint32_t layer, uint32_t kvh, uint64_t first, uint64_t n)
+{
+    eg_session_info info;
+    int rc = eg_session_info_get(s, &info);
+    if (rc) return rc;
+    su_walk w = {s, layer, kvh, info.config.seg_tokens, info.config.head_dim_k, info.config.head_dim_v, first, 0};
+    rc = eg_read_blocks_encoded(s, layer, kvh, first, n, su_walk_cb, &w);
+    if (rc) return rc;
+    return w.bad + (w.next != first + n);
+}
+
 #endif

@@ -312,6 +312,67 @@ static void t_window(void)
     }
 }
 
+/* The window keeps blocks as stored by default and decodes them when
+ * attended; window_f32 keeps them decoded. Both give the same bits for
+ * every codec, with and without RoPE, decode steps, chunks and remapped
+ * positions, and the stored window holds the block's bytes, not f32's. */
+static void t_window_stored_vs_f32(void)
+{
+    int codecs[] = {EG_CODEC_F32, EG_CODEC_F16, EG_CODEC_Q8, EG_CODEC_Q4};
+    for (size_t ci = 0; ci < 4; ci++)
+        for (int rope = 0; rope < 2; rope++) {
+            eg_session_config c;
+            tm_config(&c, 2, 2, 6, 64, 32, 16, codecs[ci]);
+            c.rope_mode = rope ? EG_ROPE_HALF : EG_ROPE_NONE;
+            char dir[512];
+            tu_tmpdir(dir, sizeof dir, "eng-wf32");
+            tm_model m;
+            tm_init(&m, &c, 700, 900 + ci);
+            float q[8 * 6 * 64], out[2][8 * 6 * 32], lse[2][8 * 6];
+            int64_t pos[8];
+            for (int i = 0; i < 8; i++) pos[i] = 600 + 11 * i;
+            tm_queries(q, sizeof q / sizeof *q, 77, 0.5f);
+            double per_entry[2] = {0, 0};
+            for (int f32 = 0; f32 < 2; f32++) {
+                eg_engine_options o;
+                eg_engine_options_init(&o);
+                o.store.sync_mode = EG_SYNC_NONE;
+                o.n_threads = 2;
+                o.window_f32 = f32;
+                eg_engine *e;
+                eg_engine_session *s;
+                REQUIRE(eg_engine_open(dir, &o, &e) == 0);
+                if (!f32) {
+                    CHECK_EN(eg_engine_session_create(e, "s", &c));
+                    CHECK_EN(eg_engine_session_open(e, "s", NULL, &s));
+                    CHECK_EN(tm_append(&m, s, 700, -1, 0));
+                } else CHECK_EN(eg_engine_session_open(e, "s", NULL, &s));
+                eg_attend_req r;
+                eg_attend_req_init(&r);
+                r.layer = 1; r.n_queries = 8; r.q = q; r.pos = pos; r.budget_tokens = 16 * 10;
+                r.remap_positions = rope;
+                eg_attend_result a = {out[f32], lse[f32], NULL, 0, 0, 0, 0};
+                CHECK_EN(eg_engine_attend(s, &r, &a));
+                eg_engine_session_stats st;
+                CHECK_EN(eg_engine_session_stats_get(s, &st));
+                CHECK(st.window_entries > 0);
+                per_entry[f32] = st.window_entries ? (double)st.window_bytes / st.window_entries : 0;
+                eg_engine_close(e);
+            }
+            CHECK(memcmp(out[0], out[1], sizeof out[0]) == 0);
+            CHECK(memcmp(lse[0], lse[1], sizeof lse[0]) == 0);
+            size_t kb, vb, f32b = 16 * (64 + 32) * 4;
+            eg_codec_size(codecs[ci], EG_KIND_K, 16, 64, &kb);
+            eg_codec_size(codecs[ci], EG_KIND_V, 16, 32, &vb);
+            size_t want = rope ? 16 * 64 * 4 + vb : kb + vb;   /* RoPE keys are kept rotated in f32 */
+            if (codecs[ci] == EG_CODEC_F32) want = f32b;
+            CHECK(per_entry[1] >= f32b && per_entry[1] < f32b + 512);
+            CHECK(per_entry[0] >= want && per_entry[0] < want + 512);
+            tu_rmrf(dir);
+            tm_free(&m);
+        }
+}
+
 static void check_ref(fx *f, tm_model *m, eg_engine_session *s, int64_t p, const char *what)
 {
     float q[4 * 32], out[4 * 16];
@@ -561,6 +622,7 @@ int main(void)
     TEST_RUN(t_tags);
     TEST_RUN(t_oracle);
     TEST_RUN(t_window);
+    TEST_RUN(t_window_stored_vs_f32);
     TEST_RUN(t_lifecycle);
     TEST_RUN(t_threads);
     TEST_RUN(t_bad_input);

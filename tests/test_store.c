@@ -150,6 +150,9 @@ static void append_read_codec(int codec, uint32_t S, uint32_t dk, uint32_t dv)
     eg_session_info info;
     CHECK_OK(eg_session_info_get(s, &info));
     CHECK_EQ_INT(info.n_sealed, n / S);
+    /* The encoded walk gives the blocks eg_read_block decodes. */
+    for (uint32_t l = 0; l < 2; l++)
+        for (uint32_t h = 0; h < 2; h++) CHECK_EQ_INT(su_walk_matches(s, l, h, 0, info.n_sealed), 0);
     /* Token ids round trip, across sealed and tail. */
     uint32_t *ids = malloc(n * 4), *tags = malloc(n * 4);
     CHECK_OK(eg_read_tokens(s, 0, (uint32_t)n, ids, tags));
@@ -516,6 +519,49 @@ static void test_layer_rows(void)
     tu_rmrf(dir);
 }
 
+/* Walking encoded blocks: the visitor's code stops the walk, bad ranges and
+ * arguments are refused before any call, reads are counted. */
+typedef struct { uint64_t calls, stop_at; } stop_ctx;
+static int stop_cb(void *ctx, uint64_t seg, const eg_encoded_block *b)
+{
+    stop_ctx *c = ctx;
+    (void)b;
+    c->calls++;
+    return seg == c->stop_at ? EG_EIO : 0;
+}
+
+static void test_read_blocks_encoded(void)
+{
+    tu_tmpdir(dir, sizeof dir, "walk");
+    eg_store *st = open_store(0, 0);
+    REQUIRE(st);
+    eg_session_config c;
+    su_config(&c, 2, 2, 64, 32, 16, EG_CODEC_Q4);
+    CHECK_OK(eg_session_create(st, "s", &c));
+    eg_msession *s;
+    CHECK_OK(eg_session_open(st, "s", NULL, &s));
+    CHECK_OK(su_append(s, &c, 0, 16 * 5 + 7));
+    CHECK_EQ_INT(su_walk_matches(s, 1, 1, 2, 3), 0);
+    eg_store_stats a, b;
+    CHECK_OK(eg_store_get_stats(st, &a));
+    stop_ctx sc = {0, 2};
+    CHECK_EQ_INT(eg_read_blocks_encoded(s, 0, 1, 0, 5, stop_cb, &sc), EG_EIO);
+    CHECK_EQ_INT(sc.calls, 3);
+    CHECK_OK(eg_store_get_stats(st, &b));
+    CHECK_EQ_INT(b.blocks_read - a.blocks_read, 3);
+    sc.calls = 0;
+    CHECK_OK(eg_read_blocks_encoded(s, 0, 1, 5, 0, stop_cb, &sc));     /* empty run at the end */
+    CHECK_EQ_INT(eg_read_blocks_encoded(s, 0, 1, 3, 3, stop_cb, &sc), EG_ERANGE);
+    CHECK(strstr(eg_mem_last_error(), "not all sealed") != NULL);
+    CHECK_EQ_INT(eg_read_blocks_encoded(s, 2, 0, 0, 1, stop_cb, &sc), EG_ERANGE);
+    CHECK_EQ_INT(eg_read_blocks_encoded(s, 0, 2, 0, 1, stop_cb, &sc), EG_ERANGE);
+    CHECK_EQ_INT(eg_read_blocks_encoded(s, 0, 0, 0, 1, NULL, NULL), EG_EINVAL);
+    CHECK_EQ_INT(sc.calls, 0);
+    CHECK_OK(eg_session_close(s));
+    CHECK_OK(eg_store_close(st));
+    tu_rmrf(dir);
+}
+
 static void test_cold_tier(void)
 {
     tu_tmpdir(dir, sizeof dir, "cold");
@@ -541,6 +587,7 @@ static void test_cold_tier(void)
     CHECK_EQ_INT(codec, EG_CODEC_Q4);
     CHECK_OK(eg_block_codec(s, 1, 0, 4, &codec));
     CHECK_EQ_INT(codec, EG_CODEC_Q8);
+    CHECK_EQ_INT(su_walk_matches(s, 1, 0, 0, 6), 0);   /* blocks of two codecs in one walk */
     /* Reads see the new block (never the cached q8 decode) within q4's bound. */
     CHECK_EQ_INT(su_check_all(s, 99), 0);
     float k2[16 * 64];
@@ -573,6 +620,7 @@ int main(void)
     TEST_RUN(test_cache_tier);
     TEST_RUN(test_seal_hook_records);
     TEST_RUN(test_layer_rows);
+    TEST_RUN(test_read_blocks_encoded);
     TEST_RUN(test_cold_tier);
     TEST_END();
 }

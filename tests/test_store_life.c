@@ -160,6 +160,7 @@ static void test_fork_shares_and_diverges(void)
         /* The child grows on its own; the parent is untouched. */
         CHECK_OK(su_append(ch, &c, at[i], 40));
         CHECK_EQ_INT(su_check_range(ch, at[i] + 40, lo, hi), 0);
+        CHECK_EQ_INT(su_walk_matches(ch, 1, 1, 0, (at[i] + 40) / 16), 0);   /* across namespaces */
         CHECK_OK(eg_session_close(ch));
     }
     CHECK_EQ_INT(su_check_all(p, 100), 0);
@@ -338,6 +339,12 @@ static void test_damage_reported(void)
     CHECK(strstr(eg_mem_last_error(), "segment 1") != NULL);
     CHECK(strstr(eg_mem_last_error(), "checksum") != NULL);
     CHECK_OK(eg_read_block(s, 0, 0, 2, kb, NULL));
+    /* The encoded walk stops at the damaged block, naming it, after one visit. */
+    su_walk w = {s, 0, 0, 16, 16, 16, 0, 0};
+    CHECK_EQ_INT(eg_read_blocks_encoded(s, 0, 0, 0, 3, su_walk_cb, &w), EG_ECORRUPT);
+    CHECK(strstr(eg_mem_last_error(), "segment 1") != NULL);
+    CHECK_EQ_INT(w.next, 1);
+    CHECK_EQ_INT(w.bad, 0);
     CHECK_EQ_INT(problems_of(st, "s"), 1);
     CHECK_EQ_INT(problems_of(st, NULL), 1);
     CHECK_OK(eg_session_close(s));
