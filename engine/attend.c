@@ -328,7 +328,7 @@ static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows
     eg_route_table *t = c->route ? c->route[kvh] : NULL, *own = NULL;
     int rc = 0;
     if (!t) { /* oracle: a table of counts only */
-        eg_summary_spec spec = {EG_ROUTER_ORACLE, (int)c->v.dk, (int)c->v.S, NULL};
+        eg_summary_spec spec = {EG_ROUTER_ORACLE, (int)c->v.dk, (int)c->v.S, NULL, 0};
         rc = eg_route_table_create(&spec, &own);
         if (!rc) rc = eg_route_table_append(own, NULL, c->v.n_sealed, NULL);
         rc = en_pass(rc, "route");

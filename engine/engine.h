@@ -73,6 +73,11 @@ typedef struct {
                                 (q8: 1.125 bytes), decoded into cache-resident
                                 scratch each time they are attended; keys of
                                 RoPE sessions are kept rotated in f32 either way */
+    int quest_f16;           /* 1: quest route tables keep the stored f16 halves
+                                (4 bytes a channel of a segment, float scoring);
+                                0 (default): int8 codes rounded outward (a little
+                                looser, half the bytes, integer kernels). See
+                                eg_summary_spec.quest_f16 */
 } eg_engine_options;
 void eg_engine_options_init(eg_engine_options *o);
 

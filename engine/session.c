@@ -26,9 +26,9 @@ static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     for (s = e->sessions; s && s->id != v->session_id; s = s->next) {}
     pthread_mutex_unlock(&e->mu);
     if (!s) return EG_EN_ECLOSED; /* appended outside the engine: refuse, nothing stored */
-    eg_summary_spec sq = {EG_ROUTER_QUEST, (int)v->head_dim_k, (int)v->n_tokens, NULL};
-    eg_summary_spec sc = {EG_ROUTER_CENTROID, (int)v->head_dim_k, (int)v->n_tokens, NULL};
-    eg_summary_spec sl = {EG_ROUTER_LEARNED, (int)v->head_dim_k, (int)v->n_tokens, s->seal_w};
+    eg_summary_spec sq = {EG_ROUTER_QUEST, (int)v->head_dim_k, (int)v->n_tokens, NULL, 0};
+    eg_summary_spec sc = {EG_ROUTER_CENTROID, (int)v->head_dim_k, (int)v->n_tokens, NULL, 0};
+    eg_summary_spec sl = {EG_ROUTER_LEARNED, (int)v->head_dim_k, (int)v->n_tokens, s->seal_w, 0};
     size_t bq, bc, bl;
     int rc = eg_summary_bytes(&sq, &bq);
     if (!rc) rc = eg_summary_bytes(&sc, &bc);
@@ -304,7 +304,8 @@ static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
         return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     if (!(L->tab[ki] = calloc(H, sizeof *L->tab[ki]))) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     for (uint32_t h = 0; h < H && !rc; h++) {
-        eg_summary_spec spec = {kinds[ki], (int)s->cfg.head_dim_k, (int)s->cfg.seg_tokens, NULL};
+        eg_summary_spec spec = {kinds[ki], (int)s->cfg.head_dim_k, (int)s->cfg.seg_tokens, NULL,
+                                s->e->opt.quest_f16};
         if (ki == 2) {
             if (!L->w[h]) rc = en_weights_load(s, layer, h, &L->w[h]);
             spec.learned = L->w[h];

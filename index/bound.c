@@ -132,7 +132,7 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
                 for (size_t r = 0; r < nr; r++)
                     for (size_t s = a; s < b; s++) k->sc[r * k->n_vis + s] = -INFINITY;
         } else if (cached && !done) {
-            ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, k->sc + a, k->n_vis, t->has_inf);
+            ix_quest_scores(c, a, b, k->sc + a, k->n_vis);
         }
     }
     for (size_t a0 = 0; a0 < nv; a0 += run) {
@@ -143,7 +143,7 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
             {
                 size_t a = g * G, b = a + G < nv ? a + G : nv;
                 if (refine[g])
-                    ix_score_rows_h(t->htab, a, b, w, c->qp, c->nr, tmp + (a - a0), RUN_SEGS, t->has_inf);
+                    ix_quest_scores(c, a, b, tmp + (a - a0), RUN_SEGS);
                 else
                     for (size_t r = 0; r < nr; r++)
                         for (size_t s = a; s < b; s++) tmp[r * RUN_SEGS + (s - a0)] = -INFINITY;
@@ -177,7 +177,7 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
         size_t s = (size_t)sel->segments[sel->n_forced + i];
         if (cached && s < k->n_vis && k->done[s / G])
             for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
-        else ix_score_rows_h(t->htab, s, s + 1, w, c->qp, c->nr, sc + i, n_order, t->has_inf);
+        else ix_quest_scores(c, s, s + 1, sc + i, n_order);
     }
     for (size_t r = 0; r < nr; r++) {
         double *o = log_ub + r * (n_order + 1);

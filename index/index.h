@@ -173,6 +173,12 @@ typedef struct {
     int dim;
     int seg_tokens;           /* S, 16..256 */
     const eg_learned *learned;
+    /* Quest tables in RAM: 0 (default) keeps int8 codes with power-of-two
+     * scales, rounded outward from the stored halves (2d + 9 bytes a
+     * segment instead of 4d; scores a little looser, still upper bounds;
+     * integer kernels); 1 keeps the stored f16 halves and scores in f32.
+     * The stored summary bytes are the same either way. */
+    int quest_f16;
 } eg_summary_spec;
 
 /* Bytes of one segment's summary (0 for oracle). */
@@ -188,9 +194,12 @@ int eg_summary_compute(const eg_summary_spec *spec, const float *keys, void *out
 
 /* ---- kernels --------------------------------------------------------------- */
 /* The routing kernels that stream the table: "avx2" (AVX2, FMA and F16C)
- * when the CPU has them, else "portable". force_portable 1 selects the
- * portable ones, 0 the CPU's choice again, -1 leaves the choice as it is.
- * Returns the name in use. For tests and benchmarks; do not call it while
+ * when the CPU has them, else "portable"; int8 quest tables also
+ * "avx512-vnni". force_portable 1 selects the portable ones, 0 the CPU's
+ * best again, 2 at most AVX2, -1 leaves the choice as it is. Every choice
+ * gives int8 quest tables the same bits (integer arithmetic); the f16
+ * kernels differ by rounding only. Returns the names in use ("f16
+ * kernels/int8 kernels"). For tests and benchmarks; do not call it while
  * other threads route. */
 const char *eg_index_kernels(int force_portable);
 

@@ -93,6 +93,19 @@ struct eg_route_table {
     /* quest hierarchy: groups of EG_IX_GROUP segments, same layout as htab */
     uint16_t *hgtab;          /* ceil(n/G) rows of 2*dim, blocked */
     float *gabs;              /* [ceil(n/G)] largest |bound| in the group (rounding slack) */
+    /* quest as int8 (qscan.c; spec.quest_f16 0): codes blocked by quads,
+     * per segment the power-of-two scale, L1 of the codes and an infinite
+     * flag; per channel the table's power-of-two weight (from segment 0);
+     * per group the largest s (L1 + 32) of its segments (the margin between
+     * a segment's score and the exact dot its group row bounds). */
+    int8_t *q8;
+    float *q8s;
+    int32_t *q8l1;
+    uint8_t *q8inf;
+    float *gl1;
+    int8_t q8w[EG_IX_DIM_MAX];
+    float q8wf[EG_IX_DIM_MAX], q8wi[EG_IX_DIM_MAX];   /* 2^q8w and 2^-q8w */
+    int q8w_set;
     /* learned PQ: codes [n*S][m]; indexer: q8 keys [n*S][dim] and scales */
     uint8_t *codes;
     int8_t *ikeys;
@@ -110,7 +123,42 @@ typedef struct {
     size_t *row_vis;          /* [nr] segments visible to each row */
     float *qp;                /* prepared rows: quest [nr][2d] (q+, q-), centroid [nr][d], learned [nr][r] */
     float *lut;               /* PQ: [nr][m][256] */
+    /* int8 quest (qscan.c): per row the 12-bit query codes [nr][4 nq], their
+     * sum, (t/2, t), an infinite flag and |q|_1 */
+    int16_t *qq;
+    int32_t *qsum;
+    float *qt;
+    uint8_t *qinf;
+    double *ql1;              /* [nr] |q|_1 of each row (the hierarchy's slack) */
 } ix_ctx;
+
+/* ---- int8 quest tables (qscan.c) ----------------------------------------------- */
+static inline int ix_quest_q8(const eg_route_table *t)
+{ return t->spec.kind == EG_ROUTER_QUEST && !t->spec.quest_f16; }
+size_t ix_q8_quads(const eg_route_table *t);
+/* Codes of segment s from its quest row v [2d] (max then min, as f32 of
+ * the stored halves); the first call sets the channel weights. */
+void ix_q8_put_row(eg_route_table *t, size_t s, const float *v);
+int8_t ix_q8_code(const eg_route_table *t, size_t s, size_t c);
+/* Dequantized value of channel c of segment s (exact; +-inf for a segment
+ * whose summary holds an inf). */
+float ix_q8_value(const eg_route_table *t, size_t s, size_t c);
+/* Per channel over segments [s0, s1) of one group: mx[c] the largest
+ * dequantized value of the max channels (c < d), mn[c] the smallest of
+ * the min channels (c >= d); +-inf where a segment is infinite. */
+void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float *mn);
+/* Quantize c's prepared rows (c->qp) for the table. */
+int ix_q8_rows(ix_ctx *c);
+/* Scores of segments [s0, s1): out[r*ld + s - s0], each an upper bound of
+ * the exact quest score (+inf for a segment or row out of range). */
+void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
+/* Kernel level up to cap: 0 portable, 1 AVX2, 2 AVX-512 VNNI; its name. */
+int ix_q8_level(int cap);
+const char *ix_q8_kernel_name(int cap);
+/* The cap eg_index_kernels set (simd.c). */
+int ix_simd_cap(void);
+/* Member scores of a quest table, f16 or int8 (select.c). */
+void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
 /* Per-thread scratch (scratch.c): a buffer of at least `bytes` for slot,
  * reused by the next get of the same slot on the same thread, so a caller
  * holds at most one buffer per slot at a time. Larger than IX_SCR_KEEP it

@@ -22,7 +22,19 @@ void eg_route_selection_free(eg_route_selection *sel)
     memset(sel, 0, sizeof *sel);
 }
 
-void ix_ctx_free(ix_ctx *c) { free(c->row_vis); free(c->qp); free(c->lut); }
+void ix_ctx_free(ix_ctx *c)
+{
+    free(c->row_vis); free(c->qp); free(c->lut);
+    free(c->qq); free(c->qsum); free(c->qt); free(c->qinf); free(c->ql1);
+}
+
+void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    if (s1 <= s0) return;
+    if (ix_quest_q8(t)) ix_q8_scores(c, s0, s1, out, ld);
+    else ix_score_rows_h(t->htab, s0, s1, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
+}
 
 static int check_rows(const eg_route_table *t, const eg_route_rows *rw)
 {
@@ -110,6 +122,7 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
             else if (k == EG_ROUTER_CENTROID || ix_learned_outliers(t))
                 memcpy(o2, q, sizeof(float) * d);
         }
+        if (ix_quest_q8(t) && (rc = ix_q8_rows(c)) < 0) return rc;
         if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
@@ -160,6 +173,8 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_
     size_t n = s1 - s0, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
+        ix_quest_scores(c, s0, s1, out, ld);
+        break;
     case EG_ROUTER_CENTROID:
         ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
         break;
@@ -364,6 +379,27 @@ static void score_groups(const ix_ctx *c, const eg_route_opts *o, ix_cache *k, c
     else score_part(&j, 0);
 }
 
+/* An int8 table's segment scores exceed the exact dot its group row bounds
+ * by up to t s (L1 + 2) (qscan.c): a group's bound adds that, and the f32
+ * rounding of its own score, so that it is never below a member's score
+ * and the hierarchy picks what the flat scan picks. */
+static float group_bound_q8(const ix_ctx *c, size_t g, const float *p, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    float best = -INFINITY;
+    int d = t->spec.dim;
+    for (int r = 0; r < c->nr; r++) {
+        if (g * EG_IX_GROUP >= c->row_vis[r]) continue;
+        double v = (double)p[(size_t)r * ld] + ix_quest_slack(d, c->ql1[r], t->gabs[g]) +
+                   (double)c->qt[2 * r + 1] * t->gl1[g];
+        float f = (float)v;
+        if ((double)f < v) f = nextafterf(f, INFINITY);
+        if (c->qinf[r] || v != v) f = INFINITY;
+        best = f > best ? f : best;
+    }
+    return best;
+}
+
 /* Descend groups in bound order; stop once a group's bound cannot beat
  * (or tie) the current k-th score: every segment in it scores at most its
  * bound, so the flat scan would not pick it either. */
@@ -381,7 +417,7 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
         size_t ld = gb ? CHUNK : ng;
         ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
         for (size_t g = a; g < b; g++) {
-            bnd[g] = aggregate(c, g * G, out + (g - a), ld);
+            bnd[g] = ix_quest_q8(t) ? group_bound_q8(c, g, out + (g - a), ld) : aggregate(c, g * G, out + (g - a), ld);
             gs[g] = group_key(bnd[g], g);
         }
     }

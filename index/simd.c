@@ -10,6 +10,7 @@
 #include "ix_internal.h"
 #include <float.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
@@ -429,11 +430,20 @@ static void kernels_init(void)
     choose(0);
 }
 
+static int simd_cap = 2;   /* int8 quest kernels: up to AVX-512 VNNI */
+
+int ix_simd_cap(void) { return simd_cap; }
+
 const char *eg_index_kernels(int force_portable)
 {
+    static char name[64];
     pthread_once(&k_once, kernels_init);
-    if (force_portable >= 0) choose(force_portable);
-    return k.name;
+    if (force_portable >= 0) {
+        choose(force_portable == 1);
+        simd_cap = force_portable == 1 ? 0 : force_portable == 2 ? 1 : 2;
+    }
+    snprintf(name, sizeof name, "%s/%s", k.name, ix_q8_kernel_name(simd_cap));
+    return name;
 }
 
 void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,

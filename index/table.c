@@ -6,6 +6,19 @@
 #include <string.h>
 
 static uint16_t get_h(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+/* ix_f16_to_f32, inline for the table-building loops. */
+static inline float half_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu, x;
+    if (e == 0) {
+        float v = (float)m * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    x = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112) << 23) | (m << 13));
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
 static float get_f16(const uint8_t *p) { return ix_f16_to_f32(get_h(p)); }
 
 /* Inf in a stored quest bound means "beyond f16"; FLT_MAX is still a bound
@@ -48,6 +61,7 @@ void eg_route_table_free(eg_route_table *t)
 {
     if (!t) return;
     free(t->htab); free(t->otab); free(t->tab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
+    free(t->q8); free(t->q8s); free(t->q8l1); free(t->q8inf); free(t->gl1);
     free(t);
 }
 
@@ -57,7 +71,8 @@ const eg_summary_spec *eg_route_table_spec(const eg_route_table *t) { return t ?
 /* Rows of htab per segment. */
 static size_t htab_rows(const eg_route_table *t)
 {
-    return t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_CENTROID || ix_learned_outliers(t);
+    return (t->spec.kind == EG_ROUTER_QUEST && !ix_quest_q8(t)) || t->spec.kind == EG_ROUTER_CENTROID ||
+           ix_learned_outliers(t);
 }
 
 /* Rows of otab per segment (learned OUTLIERS). */
@@ -81,6 +96,9 @@ size_t eg_route_table_ram_bytes(const eg_route_table *t)
     b += n * (htab_rows(t) + otab_rows(t)) * t->width * sizeof(uint16_t);
     if (t->spec.kind == EG_ROUTER_QUEST)
         b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * (t->width * sizeof(uint16_t) + sizeof(float));
+    if (ix_quest_q8(t))
+        b += n * (ix_q8_quads(t) * 4 + sizeof(float) + sizeof(int32_t) + 1) +
+             (n + EG_IX_GROUP - 1) / EG_IX_GROUP * sizeof(float);
     if (t->codes) b += n * s * (size_t)(t->spec.learned->cfg.rank / IX_PQ_SUB);
     if (t->ikeys) b += n * s * ((size_t)t->spec.dim + sizeof(float));
     return b;
@@ -119,6 +137,21 @@ static int grow_to(eg_route_table *t, size_t cap)
     if (t->spec.kind == EG_ROUTER_QUEST &&
         (grow_blocked(&t->hgtab, w, (t->cap + G - 1) / G, (cap + G - 1) / G) ||
          grow((void **)&t->gabs, sizeof(float), (cap + EG_IX_GROUP - 1) / EG_IX_GROUP))) return -1;
+    if (ix_quest_q8(t)) {
+        /* Per-segment arrays in whole blocks (the kernels read a block's
+         * lanes at once), new parts zeroed: no uninitialised lanes. */
+        size_t bb = ix_q8_quads(t) * IX_BLK * 4, ob = (t->cap + IX_BLK - 1) / IX_BLK, nb = (cap + IX_BLK - 1) / IX_BLK;
+        if (grow((void **)&t->q8, bb, nb) || grow((void **)&t->q8s, sizeof(float) * IX_BLK, nb) ||
+            grow((void **)&t->q8l1, sizeof(int32_t) * IX_BLK, nb) || grow((void **)&t->q8inf, IX_BLK, nb) ||
+            grow((void **)&t->gl1, sizeof(float), (cap + G - 1) / G))
+            return -1;
+        if (nb > ob) {
+            memset(t->q8 + ob * bb, 0, (nb - ob) * bb);
+            memset(t->q8s + ob * IX_BLK, 0, (nb - ob) * IX_BLK * sizeof(float));
+            memset(t->q8l1 + ob * IX_BLK, 0, (nb - ob) * IX_BLK * sizeof(int32_t));
+            memset(t->q8inf + ob * IX_BLK, 0, (nb - ob) * IX_BLK);
+        }
+    }
     if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_PQ &&
         grow((void **)&t->codes, s * (size_t)(t->width / IX_PQ_SUB), cap)) return -1;
     if (t->spec.kind == EG_ROUTER_INDEXER &&
@@ -150,11 +183,41 @@ static inline uint16_t key_half(uint16_t k)
     return k == 0x8000u ? 0 : (k & 0x8000u) ? (uint16_t)(k & 0x7fffu) : (uint16_t)~k;
 }
 
+/* Group rows of an int8 table: per channel the max (min) of its segments'
+ * dequantized values rounded up (down) to f16, so that a group's score
+ * bounds each segment's exact dot; gl1 the largest s (L1 + 32), +inf when a
+ * segment's summary holds an inf. */
+static void regroup_q8(eg_route_table *t, size_t from)
+{
+    size_t w = (size_t)t->width, d = w / 2;
+    for (size_t g = from / EG_IX_GROUP; g * EG_IX_GROUP < t->n; g++) {
+        size_t s0 = g * EG_IX_GROUP, s1 = s0 + EG_IX_GROUP < t->n ? s0 + EG_IX_GROUP : t->n;
+        float a = 0.0f, l1 = 0.0f;
+        for (size_t s = s0; s < s1; s++) {
+            /* + 32: the J + 64 of qscan.c's rounding up of large sums */
+            float v = t->q8inf[s] ? INFINITY : t->q8s[s] * (float)(t->q8l1[s] + 32);
+            l1 = v > l1 ? v : l1;
+        }
+        float mx[2 * EG_IX_DIM_MAX], mn[2 * EG_IX_DIM_MAX];
+        ix_q8_group(t, s0, s1, mx, mn);
+        for (size_t c = 0; c < w; c++) {
+            float best = c < d ? mx[c] : mn[c];
+            uint16_t h = ix_f32_to_f16_dir(best, c < d ? 1 : -1);
+            if ((h & 0x7fffu) == 0x7c00u) t->has_inf = 1;
+            t->hgtab[ix_hidx(g, c, w)] = h;
+            a = fabsf(hval(h)) > a ? fabsf(hval(h)) : a;
+        }
+        t->gabs[g] = a;
+        t->gl1[g] = l1;
+    }
+}
+
 /* Recompute group rows for groups covering segments [from, n): per
  * channel the max of the maxes (the first d of a row) and the min of the
  * mins, lane by lane over the group's blocks of IX_BLK segments. */
 static void regroup(eg_route_table *t, size_t from)
 {
+    if (ix_quest_q8(t)) { regroup_q8(t, from); return; }
     size_t w = (size_t)t->width, d = w / 2;
     for (size_t g = from / EG_IX_GROUP; g * EG_IX_GROUP < t->n; g++) {
         size_t s0 = g * EG_IX_GROUP, s1 = s0 + EG_IX_GROUP < t->n ? s0 + EG_IX_GROUP : t->n;
@@ -244,6 +307,12 @@ static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
 static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
 {
     size_t d = (size_t)t->spec.dim, s = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
+    if (ix_quest_q8(t)) {   /* the stored halves (inf kept) into codes */
+        float v[2 * EG_IX_DIM_MAX];
+        for (size_t c = 0; c < w; c++) v[c] = half_f32(get_h(row + 2 * c));
+        ix_q8_put_row(t, seg, v);
+        return;
+    }
     if (htab_rows(t)) {   /* quest, centroid, the mean of learned OUTLIERS: f16 as stored */
         for (size_t c = 0; c < w; c++) {
             uint16_t h = get_h(row + 2 * c);
@@ -324,5 +393,6 @@ int eg_route_table_truncate(eg_route_table *t, size_t n)
     if (n > t->n) return ix_fail(EG_IX_ERANGE, "truncate to %zu segments of %zu", n, t->n);
     t->n = n;
     if (t->spec.kind == EG_ROUTER_QUEST && n) regroup(t, n - 1);
+    if (!n) t->q8w_set = 0;   /* the next segment 0 sets the weights again */
     return 0;
 }

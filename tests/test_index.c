@@ -39,11 +39,15 @@ static void make_queries(float *q, int nr, int d, uint64_t seed, float amp)
     for (int i = 0; i < nr * d; i++) q[i] = amp * tu_randn(&s);
 }
 
+/* Quest tables of the tests: int8 in RAM (0, the default) or f16 (1); the
+ * quest tests run with both. */
+static int g_quest_f16;
+
 /* A table of kind over nseg segments of keys [nseg*S][d]. */
 static eg_route_table *build(eg_router_kind kind, const float *keys, size_t nseg, int d, int S,
                              const uint32_t *tags, const eg_learned *w)
 {
-    eg_summary_spec sp = { kind, d, S, w };
+    eg_summary_spec sp = { kind, d, S, w, g_quest_f16 };
     size_t b;
     if (eg_summary_bytes(&sp, &b) < 0) return NULL;
     uint8_t *sum = malloc(b * nseg + 1);
@@ -318,7 +322,7 @@ static void test_indexer_reference(void)
     const int d = 24, S = 16, H = 5, nr = 3;
     const size_t nseg = 20;
     float *ik = make_keys(PAT_OUTLIER, nseg * S, d, 44);
-    eg_summary_spec sp = { EG_ROUTER_INDEXER, d, S, NULL };
+    eg_summary_spec sp = { EG_ROUTER_INDEXER, d, S, NULL, 0 };
     size_t b;
     CHECK_OK(eg_summary_bytes(&sp, &b));
     CHECK_EQ_INT(b, (size_t)S * (4 + d));
@@ -403,7 +407,7 @@ static void test_forced_tags_causal_oracle(void)
     eg_route_selection_free(&sel);
     eg_route_table_free(t);
     /* Oracle: the top masses win. */
-    eg_summary_spec osp = { EG_ROUTER_ORACLE, 0, S, NULL };
+    eg_summary_spec osp = { EG_ROUTER_ORACLE, 0, S, NULL, 0 };
     CHECK_OK(eg_route_table_create(&osp, &t));
     CHECK_OK(eg_route_table_append(t, NULL, nseg, NULL));
     float mass[50];
@@ -423,7 +427,7 @@ static void test_bad_input(void)
 {
     const int d = 16, S = 16;
     eg_route_table *t = NULL;
-    eg_summary_spec sp = { EG_ROUTER_QUEST, 0, S, NULL };
+    eg_summary_spec sp = { EG_ROUTER_QUEST, 0, S, NULL, 0 };
     CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EDIM);
     sp.dim = 2000;
     CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EDIM);
@@ -489,7 +493,7 @@ static void test_bad_input(void)
     eg_route_selection_free(&sel);
     CHECK(strlen(eg_index_last_error()) > 10);
     /* the bound needs a quest table */
-    eg_summary_spec cs = { EG_ROUTER_CENTROID, d, S, NULL };
+    eg_summary_spec cs = { EG_ROUTER_CENTROID, d, S, NULL, 0 };
     eg_route_table *c = NULL;
     CHECK_OK(eg_route_table_create(&cs, &c));
     eg_route_selection empty = { 0 };
@@ -510,7 +514,7 @@ static void test_bad_input(void)
     CHECK(lub0 == -INFINITY);
     eg_route_selection_free(&none);
     eg_route_table_free(t);
-    eg_summary_spec osp = { EG_ROUTER_ORACLE, 0, S, NULL };
+    eg_summary_spec osp = { EG_ROUTER_ORACLE, 0, S, NULL, 0 };
     CHECK_EQ_INT(eg_summary_compute(&osp, q, sum, sizeof sum), EG_IX_EKIND);
     CHECK(eg_lost_mass_bound(-INFINITY, 3.0) == 0.0);
     CHECK(eg_lost_mass_bound(1.0, -INFINITY) == 1.0);
@@ -523,6 +527,12 @@ int main(void)
     TEST_RUN(test_hierarchy_equals_flat);
     TEST_RUN(test_lost_mass_bound);
     TEST_RUN(test_bound_needle_left_out);
+    g_quest_f16 = 1;   /* the same with f16 quest tables */
+    TEST_RUN(test_quest_bound_every_codec);
+    TEST_RUN(test_hierarchy_equals_flat);
+    TEST_RUN(test_lost_mass_bound);
+    TEST_RUN(test_bound_needle_left_out);
+    g_quest_f16 = 0;
     TEST_RUN(test_indexer_reference);
     TEST_RUN(test_forced_tags_causal_oracle);
     TEST_RUN(test_bad_input);

@@ -32,9 +32,9 @@ static float *rand_keys(size_t n, int d, uint64_t seed, int huge)
 
 typedef struct { eg_route_table *t; uint8_t *sum; size_t bytes; } built;
 
-static int build_table(eg_router_kind kind, const float *k, size_t nseg, int d, int S, built *b)
+static int build_table_f16(eg_router_kind kind, const float *k, size_t nseg, int d, int S, int f16, built *b)
 {
-    eg_summary_spec sp = { kind, d, S, NULL };
+    eg_summary_spec sp = { kind, d, S, NULL, f16 };
     memset(b, 0, sizeof *b);
     if (eg_summary_bytes(&sp, &b->bytes) < 0) return -1;
     b->sum = malloc(b->bytes * nseg + 1);
@@ -47,15 +47,20 @@ static int build_table(eg_router_kind kind, const float *k, size_t nseg, int d, 
     return eg_route_table_append(b->t, b->sum + first * b->bytes, nseg - first, NULL);
 }
 
+static int build_table(eg_router_kind kind, const float *k, size_t nseg, int d, int S, built *b)
+{
+    return build_table_f16(kind, k, nseg, d, S, 0, b);
+}
+
 static void built_free(built *b)
 {
     eg_route_table_free(b->t);
     free(b->sum);
 }
 
-/* Quest and centroid scores of every shape: both kernels within the
- * stated rounding of a double loop over the stored halves (and of each
- * other). */
+/* Quest (f16 tables) and centroid scores of every shape: both kernels
+ * within the stated rounding of a double loop over the stored halves (and
+ * of each other). */
 static void test_score_kernel_reference(void)
 {
     static const int dims[] = { 1, 5, 33, 64, 128 };
@@ -71,7 +76,7 @@ static void test_score_kernel_reference(void)
                 size_t nseg = segs[si];
                 float *k = rand_keys(nseg * S, d, seed++, huge);
                 built b;
-                REQUIRE(build_table(kind ? EG_ROUTER_CENTROID : EG_ROUTER_QUEST, k, nseg, d, S, &b) == 0);
+                REQUIRE(build_table_f16(kind ? EG_ROUTER_CENTROID : EG_ROUTER_QUEST, k, nseg, d, S, 1, &b) == 0);
                 float *q = malloc(sizeof(float) * nr * d);
                 for (int i = 0; i < nr * d; i++) q[i] = tu_randn(&seed);
                 eg_route_rows rw = { .n_rows = nr, .q = q, .scale = 0.1f };
@@ -120,6 +125,83 @@ static void test_score_kernel_reference(void)
     CHECK(bad == 0);
     printf("  %d tables (%s and portable): worst relative error %.2g\n", cases,
            eg_index_kernels(-1), worst);
+}
+
+/* Int8 quest tables: every kernel (portable, AVX2, AVX-512 VNNI where the
+ * CPU has it) gives the same bits; each score is at least the exact quest
+ * score of the stored halves (a double loop) and at least the true max of
+ * q.k over the segment's keys, and at most a few percent of the score's
+ * magnitude above the f16 table's. */
+static void test_q8_scores(void)
+{
+    static const int dims[] = { 1, 3, 16, 64, 128, 576 };
+    static const size_t segs[] = { 1, 7, 9, 40, 100 };
+    uint64_t seed = 77;
+    long cases = 0, below = 0, diff = 0, loose = 0;
+    double mean_loose = 0;
+    long n_loose = 0;
+    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
+        for (size_t si = 0; si < sizeof segs / sizeof *segs; si++)
+            for (int shape = 0; shape < 3; shape++) {
+                int d = dims[di], S = 16, nr = 1 + (int)((di * 3 + si + (size_t)shape) % 9);
+                size_t nseg = segs[si];
+                int huge = shape == 2 && si == 3;
+                float *k = rand_keys(nseg * S, d, seed++, huge);
+                if (shape == 1)   /* an outlier channel 40 times the others */
+                    for (size_t i = 0; i < nseg * S; i++) k[i * d] *= 40.0f;
+                built b;
+                REQUIRE(build_table(EG_ROUTER_QUEST, k, nseg, d, S, &b) == 0);
+                float *q = malloc(sizeof(float) * nr * d);
+                for (int i = 0; i < nr * d; i++) q[i] = tu_randn(&seed) * (shape == 1 && i % d == 0 ? 0.05f : 1.0f);
+                eg_route_rows rw = { .n_rows = nr, .q = q, .scale = 0.1f };
+                float *out[3];
+                for (int w = 0; w < 3; w++) {
+                    out[w] = malloc(sizeof(float) * nr * nseg);
+                    eg_index_kernels(w == 0 ? 1 : w == 1 ? 2 : 0);   /* portable, AVX2, best */
+                    CHECK_OK(eg_router_score_all(b.t, &rw, out[w]));
+                }
+                eg_index_kernels(0);
+                if (memcmp(out[0], out[1], sizeof(float) * nr * nseg) || memcmp(out[0], out[2], sizeof(float) * nr * nseg))
+                    diff++;
+                for (int r = 0; r < nr; r++)
+                    for (size_t s = 0; s < nseg; s++) {
+                        const uint8_t *row = b.sum + s * b.bytes;
+                        double ref = 0, mag = 0, tru = -INFINITY;
+                        for (int c = 0; c < d; c++) {
+                            double qc = q[r * d + c], mx = half_to_double(row + 2 * c), mn = half_to_double(row + 2 * (d + c));
+                            ref += qc > 0 ? qc * mx : qc * mn;
+                            mag += fabs(qc) * fmax(fabs(mx), fabs(mn));
+                        }
+                        for (int t = 0; t < S; t++) {
+                            double dot = 0;
+                            for (int c = 0; c < d; c++) dot += (double)q[r * d + c] * k[(s * S + t) * d + c];
+                            tru = fmax(tru, dot);
+                        }
+                        double got = out[0][(size_t)r * nseg + s];
+                        if (isinf(ref)) continue;
+                        if (!(got >= ref) || !(got >= tru)) {
+                            if (below < 5) fprintf(stderr, "  d %d s %zu r %d: %.9g below %.9g (true %.9g)\n", d, s, r, got, ref, tru);
+                            below++;
+                        }
+                        if (huge) continue;   /* a group holding an inf: the slack of FLT_MAX */
+                        if (got > ref + 0.05 * mag + 1e-30) {
+                            if (loose < 5) fprintf(stderr, "  loose: d %d shape %d s %zu r %d: %.6g, exact %.6g, magnitude %.6g\n", d, shape, s, r, got, ref, mag);
+                            loose++;
+                        }
+                        mean_loose += (got - ref) / (mag + 1e-30);
+                        n_loose++;
+                    }
+                cases++;
+                for (int w = 0; w < 3; w++) free(out[w]);
+                free(q); free(k);
+                built_free(&b);
+            }
+    printf("  %ld int8 tables (%s): %ld below the exact score, %ld kernels differing, %ld over 5%% looser "
+           "(mean looseness %.4f of the magnitude)\n", cases, eg_index_kernels(-1), below, diff, loose,
+           mean_loose / (n_loose ? n_loose : 1));
+    CHECK_EQ_INT(below, 0);
+    CHECK_EQ_INT(diff, 0);
+    CHECK_EQ_INT(loose, 0);
 }
 
 /* sum of exp over [-87, 0] and -inf lanes, against long double, for both
@@ -396,8 +478,9 @@ static void test_select_bound_errors(void)
  * min > max are refused, and group rows hold the max of maxes. */
 static void test_half_order(void)
 {
+  for (int f16 = 1; f16 >= 0; f16--) {
     enum { D = 2, S = 16 };
-    eg_summary_spec sp = { EG_ROUTER_QUEST, D, S, NULL };
+    eg_summary_spec sp = { EG_ROUTER_QUEST, D, S, NULL, f16 };
     eg_route_table *t;
     REQUIRE(eg_route_table_create(&sp, &t) == 0);
     /* rows: max[2] then min[2], little-endian halves */
@@ -419,15 +502,18 @@ static void test_half_order(void)
     float q[2] = { 1.0f, 1.0f }, out[2];
     eg_route_rows rw = { .n_rows = 1, .q = q, .scale = 1.0f };
     CHECK_OK(eg_router_score_all(t, &rw, out));
-    CHECK(out[0] >= 1.0f && out[0] < 1.0001f);    /* max(-0, 1) summed: 0 + 1 */
-    CHECK(out[1] >= 0.0f && out[1] < 0.0001f);    /* 2 + -2 */
+    /* f16: exactly, up to the slack; int8: the query's rounding margin */
+    CHECK(out[0] >= 1.0f && out[0] < (f16 ? 1.0001f : 1.02f));    /* max(-0, 1) summed: 0 + 1 */
+    CHECK(out[1] >= 0.0f && out[1] < (f16 ? 0.0001f : 0.1f));     /* 2 + -2 */
     eg_route_table_free(t);
+  }
 }
 
 int main(void)
 {
     TEST_RUN(test_half_order);
     TEST_RUN(test_score_kernel_reference);
+    TEST_RUN(test_q8_scores);
     TEST_RUN(test_sum_exp_accuracy);
     TEST_RUN(test_lse_mix);
     TEST_RUN(test_select_bound_fused);

@@ -93,7 +93,7 @@ static eg_route_table *table_of(const wl_workload *wl, int h, eg_router_kind kin
 {
     int d = wl->dim;
     size_t nseg = (size_t)(wl->n_tokens / 64), b = 0;
-    eg_summary_spec sp = { kind, d, 64, w };
+    eg_summary_spec sp = { kind, d, 64, w, 0 };
     eg_route_table *t = NULL;
     if (eg_summary_bytes(&sp, &b) < 0 || eg_route_table_create(&sp, &t) < 0) return NULL;
     uint8_t *sum = malloc(b * nseg);
@@ -249,7 +249,7 @@ static void test_outliers_scores_reference(void)
         const uint8_t *b8 = blob;
         double tau = blob_f32(b8 + 40), tau_out = blob_f32(b8 + 44), bias = blob_f32(b8 + 48);
         CHECK(tau > 0 && tau_out > 0 && isfinite(bias));
-        eg_summary_spec sp = { EG_ROUTER_LEARNED, 64, 64, w };
+        eg_summary_spec sp = { EG_ROUTER_LEARNED, 64, 64, w, 0 };
         size_t nb = 0, nseg = 4096 / 64;
         CHECK_OK(eg_summary_bytes(&sp, &nb));
         uint8_t *sum = malloc(nb * nseg);
@@ -318,7 +318,7 @@ static void test_untrained_outliers(void)
     CHECK(blob_f32(b8 + 40) == 0.125f && blob_f32(b8 + 44) == 0.125f);
     CHECK(fabs(blob_f32(b8 + 48) - log(62.0)) < 1e-6);
     free(blob);
-    eg_summary_spec su = { EG_ROUTER_LEARNED, 64, 64, u }, sw = { EG_ROUTER_LEARNED, 64, 64, w };
+    eg_summary_spec su = { EG_ROUTER_LEARNED, 64, 64, u, 0 }, sw = { EG_ROUTER_LEARNED, 64, 64, w, 0 };
     size_t nb = 0;
     CHECK_OK(eg_summary_bytes(&su, &nb));
     uint8_t *a = malloc(nb), *b = malloc(nb);
@@ -353,7 +353,7 @@ static void test_untrained_outliers(void)
 /* Scores of every segment with weights w over keys [nseg*64][64]. */
 static int scores(const eg_learned *w, const float *keys, size_t nseg, const float *q, float *out)
 {
-    eg_summary_spec sp = { EG_ROUTER_LEARNED, 64, 64, w };
+    eg_summary_spec sp = { EG_ROUTER_LEARNED, 64, 64, w, 0 };
     size_t b;
     int rc = eg_summary_bytes(&sp, &b);
     if (rc < 0) return rc;
@@ -477,7 +477,7 @@ static void test_bad_config_and_data(void)
     CHECK(w == NULL);
     /* A learned table needs weights of its dim. */
     CHECK_OK(eg_learned_train(&c, &f.cal, &w, NULL));
-    eg_summary_spec sp = { EG_ROUTER_LEARNED, 32, 64, w };
+    eg_summary_spec sp = { EG_ROUTER_LEARNED, 32, 64, w, 0 };
     eg_route_table *t = NULL;
     CHECK_EQ_INT(eg_route_table_create(&sp, &t), EG_IX_EDIM);
     eg_learned_free(w);
@@ -491,7 +491,7 @@ static void test_bad_config_and_data(void)
     c.steps = 3;
     CHECK_OK(eg_learned_train(&c, &f.cal, &w, NULL));
     REQUIRE(w);
-    sp = (eg_summary_spec){ EG_ROUTER_LEARNED, 64, 64, w };
+    sp = (eg_summary_spec){ EG_ROUTER_LEARNED, 64, 64, w, 0 };
     size_t nb = 0;
     CHECK_OK(eg_summary_bytes(&sp, &nb));
     CHECK_EQ_INT((int)nb, 2 * 64 + 2 * (4 + 64));

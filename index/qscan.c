@@ -1,0 +1,411 @@
+/* qscan.c: quest tables held in RAM as int8, scored with integer dot
+ * products.
+ *
+ * Why: a decode step at a million tokens streams every quest summary of
+ * the layer, and the f16 table's float kernel is bound by its own
+ * instructions as much as by memory. Codes of 8 bits halve the bytes, and
+ * integer multiply-adds (AVX-512 VNNI: 64 per instruction) take the
+ * arithmetic out of the way, while the score stays an upper bound:
+ *
+ * - Per table, channel c has a power-of-two weight w_c (from segment 0,
+ *   so an outlier channel does not take every code's range), per segment
+ *   a power-of-two scale s; a max channel's code is ceil(max / (w s)), a
+ *   min channel's floor(min / (w s)), in -127..127. Both divisions are
+ *   exact, so code * w * s bounds the stored value outward, exactly.
+ * - Per query row, u_c = qp_c * w_c is rounded to q_c * t with t a power
+ *   of two and |q_c| <= 2047 (12 bits: the query's share of the looseness
+ *   below is 16 times smaller than with 8), so |u_c - q_c t| <= t / 2
+ *   exactly.
+ * - Then sum_c qp_c X_c = s (t I + sum_c e_c code_c) <= s t (I + L1 / 2),
+ *   with I the integer dot of the codes with q and L1 the sum of |code|:
+ *   the score (2I + L1) * s * t/2 is an integer times a power of two,
+ *   exact in float (up to 2^24, and rounded up beyond), and at most
+ *   s t (L1 + 32) above the exact dot with the dequantized codes.
+ *
+ * The kernels (portable C, AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd on codes
+ * widened to 16 bits) compute I exactly, so they give the same bits;
+ * tests/test_index_kernels.c checks them against each other and every
+ * score against the exact max of q.k.
+ *
+ * Layout: blocks of IX_BLK segments; per block, the 2d channels (max then
+ * min, padded with zero codes to a multiple of 4) in quads; per quad, the
+ * IX_BLK segments' 4 codes each: byte ((b * nq + quad) * IX_BLK + lane) *
+ * 4 + j is channel 4 quad + j of segment b * IX_BLK + lane. */
+#include "ix_internal.h"
+#include <float.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define Q8_X86 1
+#endif
+
+#define EXP_MIN (-60)          /* scale exponents are clamped to this range so */
+#define EXP_MAX 60             /* that no score underflows or overflows */
+#define W_EXP_MIN (-24)
+#define W_EXP_MAX 16
+#define QMAX 2047              /* query codes: 12 bits */
+
+size_t ix_q8_quads(const eg_route_table *t) { return ((size_t)t->width + 3) / 4; }
+
+static size_t q8_idx(size_t nq, size_t s, size_t c)
+{
+    return (((s / IX_BLK) * nq + c / 4) * IX_BLK + s % IX_BLK) * 4 + c % 4;
+}
+
+int8_t ix_q8_code(const eg_route_table *t, size_t s, size_t c) { return t->q8[q8_idx(ix_q8_quads(t), s, c)]; }
+
+/* Exponent e of the smallest power of two with m * 2^e >= a (a > 0). */
+static int exp_for(double a, double m)
+{
+    int e;
+    frexp(a / m, &e);               /* a/m = f 2^e, f in [0.5, 1): 2^e >= a/m */
+    if (ldexp(m, e - 1) >= a) e--;
+    return e;
+}
+
+/* The table's channel weights, from the first segment's summary. */
+static void set_weights(eg_route_table *t, const float *v)
+{
+    size_t d = (size_t)t->spec.dim;
+    int top = W_EXP_MIN;
+    for (size_t c = 0; c < d; c++) {
+        float a = fmaxf(fabsf(v[c]), fabsf(v[d + c]));
+        if (!(a <= 65504.0f)) a = 65504.0f;   /* inf: as large as f16 goes */
+        int e = W_EXP_MIN - 1;
+        if (a > 0) { frexpf(a, &e); e--; }    /* a in [2^e, 2^(e+1)) */
+        if (e > W_EXP_MAX) e = W_EXP_MAX;
+        t->q8w[c] = (int8_t)e;
+        if (e >= W_EXP_MIN && e > top) top = e;
+    }
+    /* A channel that is zero in segment 0: its values elsewhere are
+     * unknown; weigh it like the largest, so it cannot widen the codes. */
+    for (size_t c = 0; c < d; c++) {
+        if (t->q8w[c] < W_EXP_MIN) t->q8w[c] = (int8_t)top;
+        t->q8wf[c] = ldexpf(1.0f, t->q8w[c]);
+        t->q8wi[c] = ldexpf(1.0f, -t->q8w[c]);
+    }
+    t->q8w_set = 1;
+}
+
+void ix_q8_put_row(eg_route_table *t, size_t s, const float *v)
+{
+    size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t);
+    if (!t->q8w_set) set_weights(t, v);
+    /* x = v / w_c: exact (powers of two, no f16 value leaves the normal
+     * floats under the clamped weights); then the codes of x / s. */
+    float x[2 * EG_IX_DIM_MAX + 4], amax = 0.0f;
+    int8_t code[2 * EG_IX_DIM_MAX + 4];
+    int inf = 0;
+    for (size_t c = 0; c < d; c++) {
+        x[c] = v[c] * t->q8wi[c];
+        x[d + c] = v[d + c] * t->q8wi[c];
+    }
+    for (size_t c = 0; c < w; c++) {
+        float a = fabsf(x[c]);
+        inf |= !(a <= FLT_MAX);
+        amax = a > amax ? a : amax;
+    }
+    int e = amax > 0 && !inf ? exp_for(amax, 127.0) : EXP_MIN;
+    e = e < EXP_MIN ? EXP_MIN : e > EXP_MAX ? EXP_MAX : e;
+    float inv = ldexpf(1.0f, -e);
+    memset(code, 0, sizeof code);
+    /* Ceil (max channels) and floor (min channels) of y = x / s, exact and
+     * |y| <= 127: by truncation and a step, which vectorises. */
+    for (size_t c = 0; c < w && !inf; c++) {
+        float y = x[c] * inv;
+        int i = (int)y;
+        code[c] = (int8_t)(c < d ? i + ((float)i < y) : i - ((float)i > y));
+    }
+    int32_t l1 = 0;
+    int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
+    for (size_t k = 0; k < nq; k++)
+        for (int j = 0; j < 4; j++) {
+            int8_t q = code[k * 4 + j];
+            blk[k * IX_BLK * 4 + j] = q;
+            l1 += q < 0 ? -q : q;
+        }
+    t->q8s[s] = ldexpf(1.0f, e);
+    t->q8l1[s] = l1;
+    t->q8inf[s] = (uint8_t)inf;
+}
+
+float ix_q8_value(const eg_route_table *t, size_t s, size_t c)
+{
+    if (t->q8inf[s]) return c < (size_t)t->spec.dim ? INFINITY : -INFINITY;
+    return (float)ix_q8_code(t, s, c) * t->q8s[s] * t->q8wf[c % (size_t)t->spec.dim];   /* exact */
+}
+
+void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float *mn)
+{
+    size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t);
+    for (size_t c = 0; c < w; c++) { mx[c] = -INFINITY; mn[c] = INFINITY; }
+    for (size_t s = s0; s < s1; s++) {
+        if (t->q8inf[s]) {
+            for (size_t c = 0; c < d; c++) { mx[c] = INFINITY; mn[d + c] = -INFINITY; }
+            continue;
+        }
+        const int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
+        float sc = t->q8s[s], v[2 * EG_IX_DIM_MAX + 4];
+        for (size_t k = 0; k < nq; k++)
+            for (int j = 0; j < 4; j++) v[k * 4 + j] = (float)blk[k * IX_BLK * 4 + j] * sc;   /* exact */
+        for (size_t c = 0; c < d; c++) {
+            mx[c] = v[c] > mx[c] ? v[c] : mx[c];
+            mn[d + c] = v[d + c] < mn[d + c] ? v[d + c] : mn[d + c];
+        }
+    }
+    for (size_t c = 0; c < d; c++) {   /* times the channel's weight: exact, monotone */
+        mx[c] *= t->q8wf[c];
+        mn[d + c] *= t->q8wf[c];
+    }
+}
+
+/* ---- query rows ----------------------------------------------------------------- */
+int ix_q8_rows(ix_ctx *c)
+{
+    const eg_route_table *t = c->t;
+    size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t), nr = (size_t)c->nr, nc = nq * 4;
+    c->qq = calloc(nr * nc, sizeof(int16_t));
+    c->qsum = malloc(nr * sizeof(int32_t));
+    c->qt = malloc(nr * 2 * sizeof(float));
+    c->qinf = malloc(nr);
+    c->ql1 = calloc(nr, sizeof(double));
+    if (!c->qq || !c->qsum || !c->qt || !c->qinf || !c->ql1) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    for (size_t r = 0; r < nr; r++) {
+        for (size_t i = 0; i < d; i++) c->ql1[r] += fabs((double)c->rows->q[r * d + i]);
+        const float *qp = c->qp + r * w;
+        int16_t *q = c->qq + r * nc;
+        double amax = 0;
+        for (size_t i = 0; i < w; i++) amax = fmax(amax, fabs((double)qp[i] * t->q8wf[i % d]));
+        int e = amax > 0 ? exp_for(amax, QMAX) : EXP_MIN;
+        c->qinf[r] = e > EXP_MAX;   /* |q| beyond 2^45: scores are +inf (still bounds) */
+        e = e < EXP_MIN ? EXP_MIN : e > EXP_MAX ? EXP_MAX : e;
+        int32_t sum = 0;
+        for (size_t i = 0; i < w && !c->qinf[r]; i++) {
+            double x = (double)qp[i] * t->q8wf[i % d] * ldexp(1.0, -e);   /* exact */
+            long v = lround(x);                                  /* |x - v| <= 1/2, |v| <= QMAX */
+            q[i] = (int16_t)v;
+            sum += (int32_t)v;
+        }
+        c->qsum[r] = sum;
+        c->qt[2 * r] = ldexpf(1.0f, e - 1);   /* t / 2: the score's factor */
+        c->qt[2 * r + 1] = ldexpf(1.0f, e);   /* t: the hierarchy's margin */
+    }
+    return 0;
+}
+
+/* ---- kernels ---------------------------------------------------------------------- */
+/* What a kernel needs besides the table: rows' query codes (qld apart), t/2
+ * and the infinite flag of each row. Scores of segments [s0, s1) go to
+ * out[r*ld + s - s0]: the integer dot I, J = 2I + L1 (plus 64 when float
+ * rounding could take it below), times s and t/2 (exact), +inf for a
+ * segment or row flagged so. The vector epilogues do the same IEEE
+ * operations as the scalar one, so every kernel gives the same bits. */
+typedef struct {
+    const eg_route_table *t;
+    size_t nq, qld;
+    const int16_t *qq;
+    const float *th;
+    const uint8_t *rinf;
+} q8_job;
+
+static inline float epilogue(int32_t I, size_t s, const eg_route_table *t, float th, int rinf)
+{
+    int32_t J = 2 * I + t->q8l1[s];                  /* |J| < 2^31: 2 * 2048 * 127 * 2047 + L1 */
+    if (J >= (1 << 24) || J <= -(1 << 24)) J += 64;   /* float(J) then rounds to >= J */
+    float v = (float)J * t->q8s[s] * th;              /* exact: powers of two */
+    return rinf || t->q8inf[s] ? INFINITY : v;
+}
+
+static void dot_portable(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
+{
+    size_t nq = j->nq;
+    for (size_t s = s0; s < s1; s++) {
+        const int8_t *blk = j->t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
+        for (int r = 0; r < nr; r++) {
+            const int16_t *q = j->qq + (size_t)r * j->qld;
+            int32_t acc = 0;
+            for (size_t k = 0; k < nq; k++)
+                for (int i = 0; i < 4; i++) acc += (int32_t)blk[k * IX_BLK * 4 + i] * q[k * 4 + i];
+            out[(size_t)r * ld + (s - s0)] = epilogue(acc, s, j->t, j->th[r], j->rinf[r]);
+        }
+    }
+}
+
+#ifdef Q8_X86
+#define T_AVX2 __attribute__((target("avx2")))
+#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2")))
+
+static inline int64_t quad_of(const int16_t *q)
+{
+    int64_t v;
+    memcpy(&v, q, 8);
+    return v;
+}
+
+/* The epilogue of 8 lanes (segments first .. first+7) of one row, stored
+ * for those in [s0, s1). The per-segment arrays have room for whole
+ * blocks (table.c). */
+T_AVX2 static void epi_store(__m256i I, size_t first, size_t s0, size_t s1, const eg_route_table *t, float th,
+                             int rinf, float *dst)
+{
+    __m256i J = _mm256_add_epi32(_mm256_add_epi32(I, I), _mm256_loadu_si256((const __m256i *)(t->q8l1 + first)));
+    __m256i big = _mm256_cmpgt_epi32(_mm256_abs_epi32(J), _mm256_set1_epi32((1 << 24) - 1));
+    J = _mm256_add_epi32(J, _mm256_and_si256(big, _mm256_set1_epi32(64)));
+    __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(J), _mm256_loadu_ps(t->q8s + first)), _mm256_set1_ps(th));
+    __m256i fl = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(t->q8inf + first)));
+    __m256i inf = _mm256_or_si256(_mm256_cmpgt_epi32(fl, _mm256_setzero_si256()), _mm256_set1_epi32(rinf ? -1 : 0));
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), _mm256_castsi256_ps(inf));
+    if (first >= s0 && first + IX_BLK <= s1) { _mm256_storeu_ps(dst + (first - s0), v); return; }
+    float res[IX_BLK];
+    _mm256_storeu_ps(res, v);
+    for (size_t l = 0; l < IX_BLK; l++)
+        if (first + l >= s0 && first + l < s1) dst[first + l - s0] = res[l];
+}
+
+/* AVX2, R rows of one block: a quad's 32 codes widened to 16 bits in two
+ * registers (segments 0-3, 4-7), vpmaddwd with a row's 4 query values
+ * gives each segment two pair sums, added at the end. */
+#define DOT_AVX2(R)                                                                            \
+    T_AVX2 static void da_##R(const q8_job *j, size_t b, size_t s0, size_t s1, float *out, size_t ld) \
+    {                                                                                          \
+        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
+        const int8_t *blk = j->t->q8 + b * j->nq * IX_BLK * 4;                                 \
+        __m256i lo[R], hi[R];                                                                  \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256(); \
+        for (size_t k = 0; k < j->nq; k++) {                                                  \
+            if ((k & 1) == 0) /* a line of the block after the next */                         \
+                _mm_prefetch((const char *)(blk + 2 * j->nq * IX_BLK * 4 + k * 32), _MM_HINT_T0); \
+            const __m128i *p = (const __m128i *)(blk + k * IX_BLK * 4);                        \
+            __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                             \
+            __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                         \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
+                __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4));  \
+                lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(x0, qv));                    \
+                hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(x1, qv));                    \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)   /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
+            epi_store(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
+                      j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                        \
+    }
+DOT_AVX2(1)
+DOT_AVX2(2)
+DOT_AVX2(3)
+DOT_AVX2(4)
+
+typedef void (*blk_fn)(const q8_job *, size_t, size_t, size_t, float *, size_t);
+static const blk_fn da_table[4] = {da_1, da_2, da_3, da_4};
+
+T_AVX2 static void dot_avx2(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
+{
+    for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++)
+        for (int r0 = 0; r0 < nr; r0 += 4) {
+            q8_job jr = *j;
+            jr.qq += (size_t)r0 * j->qld;
+            jr.th += r0;
+            jr.rinf += r0;
+            da_table[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, s0, s1, out + (size_t)r0 * ld, ld);
+        }
+}
+
+/* AVX-512 VNNI (256-bit registers), R rows of one block: as the AVX2
+ * kernel, with vpdpwssd doing vpmaddwd's multiply-add and the add in one.
+ * (Two blocks per 512-bit register measured slower from DRAM on Zen 4.) */
+#define DOT_VNNI(R)                                                                            \
+    T_VNNI static void dv_##R(const q8_job *j, size_t b, size_t s0, size_t s1, float *out, size_t ld) \
+    {                                                                                          \
+        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
+        const int8_t *blk = j->t->q8 + b * j->nq * IX_BLK * 4;                                 \
+        __m256i lo[R], hi[R];                                                                  \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256(); \
+        for (size_t k = 0; k < j->nq; k++) {                                                  \
+            if ((k & 1) == 0) /* a line of the block after the next */                         \
+                _mm_prefetch((const char *)(blk + 2 * j->nq * IX_BLK * 4 + k * 32), _MM_HINT_T0); \
+            const __m128i *p = (const __m128i *)(blk + k * IX_BLK * 4);                        \
+            __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                             \
+            __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                         \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
+                __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4));  \
+                lo[r] = _mm256_dpwssd_epi32(lo[r], x0, qv);                                    \
+                hi[r] = _mm256_dpwssd_epi32(hi[r], x1, qv);                                    \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                    \
+            epi_store(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
+                      j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                        \
+    }
+DOT_VNNI(1)
+DOT_VNNI(2)
+DOT_VNNI(3)
+DOT_VNNI(4)
+
+static const blk_fn dv_table[4] = {dv_1, dv_2, dv_3, dv_4};
+
+T_VNNI static void dot_vnni(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
+{
+    for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++)
+        for (int r0 = 0; r0 < nr; r0 += 4) {
+            q8_job jr = *j;
+            jr.qq += (size_t)r0 * j->qld;
+            jr.th += r0;
+            jr.rinf += r0;
+            dv_table[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, s0, s1, out + (size_t)r0 * ld, ld);
+        }
+}
+#endif
+
+typedef void (*dot_fn)(const q8_job *, size_t, size_t, int, float *, size_t);
+static int cpu_level = -1;     /* 0 portable, 1 AVX2, 2 AVX-512 VNNI */
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void detect(void)
+{
+    cpu_level = 0;
+#ifdef Q8_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) cpu_level = 1;
+    unsigned a, b, c, d;
+    if (cpu_level && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 11)) &&   /* AVX512_VNNI */
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        cpu_level = 2;
+#endif
+}
+
+int ix_q8_level(int cap)
+{
+    pthread_once(&once, detect);
+    return cap < cpu_level ? cap : cpu_level;
+}
+
+const char *ix_q8_kernel_name(int cap)
+{
+    static const char *const names[3] = {"portable", "avx2", "avx512-vnni"};
+    return names[ix_q8_level(cap)];
+}
+
+static dot_fn pick(int level)
+{
+#ifdef Q8_X86
+    if (level == 2) return dot_vnni;
+    if (level == 1) return dot_avx2;
+#else
+    (void)level;
+#endif
+    return dot_portable;
+}
+
+/* ---- scores ------------------------------------------------------------------------- */
+void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    size_t nq = ix_q8_quads(t);
+    q8_job j = {t, nq, nq * 4, c->qq, NULL, c->qinf};
+    float th[EG_IX_ROWS_MAX];
+    for (int r = 0; r < c->nr; r++) th[r] = c->qt[2 * r];
+    j.th = th;
+    if (s1 > s0) pick(ix_q8_level(ix_simd_cap()))(&j, s0, s1, c->nr, out, ld);
+}
