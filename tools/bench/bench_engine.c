@@ -112,13 +112,15 @@ static double time_attend(eg_engine_session *s, const eg_attend_req *r, eg_atten
     return t[n / 2];
 }
 
-static int open_engine_window(const char *dir, int window_f32, eg_engine **e)
+/* variant: 0 the defaults, 1 window_f32, 2 quest_f16. */
+static int open_engine_variant(const char *dir, int variant, eg_engine **e)
 {
     eg_engine_options o;
     eg_engine_options_init(&o);
     o.store.sync_mode = EG_SYNC_NONE;
     o.window_bytes = (size_t)1 << 30;
-    o.window_f32 = window_f32;
+    o.window_f32 = variant == 1;
+    o.quest_f16 = variant == 2;
     int rc = eg_engine_open(dir, &o, e);
     if (rc) fprintf(stderr, "bench: engine open failed: %s\n", eg_engine_last_error());
     return rc;
@@ -137,7 +139,7 @@ static void rm_store(const char *dir)
     if (system(cmd)) fprintf(stderr, "bench: could not remove %s\n", dir);
 }
 
-static int open_engine(const char *dir, eg_engine **e) { return open_engine_window(dir, 0, e); }
+static int open_engine(const char *dir, eg_engine **e) { return open_engine_variant(dir, 0, e); }
 
 /* A fresh engine on dir with one session "b" of one layer of shape sh. */
 static int new_session(const char *dir, const shape *sh, int codec, eg_engine **e, eg_engine_session **s)
@@ -170,6 +172,16 @@ static void init_topics(void)
     for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
 }
 
+/* RAM bytes per segment of a quest route table the step streams, as
+ * index/ keeps it: int8 codes of 2d channels (padded to 4), scale, L1 and
+ * flag (the default), or f16 halves; plus its share of the group rows
+ * (f16, one per 32 segments). */
+static double quest_bytes(uint32_t d, int f16)
+{
+    double seg = f16 ? 4.0 * d : (double)((2 * d + 3) / 4 * 4) + 9.0;
+    return seg + (4.0 * d + 8.0) / 32.0;
+}
+
 /* One decode step at the session's end: sparse, dense, floor. */
 static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
                           uint64_t T, double gbps)
@@ -190,7 +202,7 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
         eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
         uint64_t sealed_toks = toks - (T % 64) * sh->h;
-        double bytes = (double)(T / 64) * sh->h * 4.0 * sh->d       /* quest summaries, f16 min+max */
+        double bytes = (double)(T / 64) * sh->h * quest_bytes(sh->d, 0)   /* quest table */
                      + (double)segs * (kb + vb)                     /* stored blocks attended */
                      + (double)(toks - sealed_toks) * sh->d * 8.0;  /* open rows, f32 */
         double floor_s = bytes / (gbps * 1e9);
@@ -209,7 +221,7 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         size_t kb, vb;
         eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
         eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
-        double bytes = (double)(T / 64) * sh->h * (4.0 * sh->d + 3.0 * sh->d + 4)
+        double bytes = (double)(T / 64) * sh->h * (quest_bytes(sh->d, 0) + 3.0 * sh->d + 4)
                      + (double)res.segments * (kb + vb)
                      + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
         char p[256];
@@ -224,12 +236,15 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
     return rc;
 }
 
-/* The same decode step with the window kept decoded to f32 (the engine
- * reopened with window_f32) against the default window of blocks as
- * stored, decoded into scratch when attended: which is faster is what
- * decides the default. *e and *s are reopened with the default after. */
-static int window_figure(const bench_opts *o, const char *dir, const shape *sh, int codec, uint64_t T,
-                         eg_engine **e, eg_engine_session **s)
+/* The same decode step on the engine reopened with another choice than
+ * the defaults, the choice the default was made against: variant 1 keeps
+ * the window decoded to f32 (the default keeps blocks as stored, decoded
+ * into scratch when attended), variant 2 keeps quest tables as f16 (the
+ * default: int8 codes, integer kernels). Figure: the variant's time over
+ * the default's (above 1: the default is faster). *e and *s are reopened
+ * with the defaults after. */
+static int variant_figure(const bench_opts *o, const char *dir, const shape *sh, int codec, uint64_t T,
+                          int variant, eg_engine **e, eg_engine_session **s)
 {
     float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
     gen_queries(sh, q, 1, T);
@@ -238,18 +253,18 @@ static int window_figure(const bench_opts *o, const char *dir, const shape *sh, 
     decode_req(&r, q, &pos);
     eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
     int big = T >= (1u << 20), rc = 0;
-    /* Rounds alternate the two windows, so that both see the machine's
-     * load of the same minutes; each mode's figure is the median round. */
+    /* Rounds alternate the two engines, so that both see the machine's
+     * load of the same minutes; each one's figure is its median round. */
     enum { ROUNDS = 3 };
     double rt[2][ROUNDS], t[2];
     for (int round = 0; round < ROUNDS && !rc; round++)
-        for (int f32 = 1; f32 >= 0 && !rc; f32--) {   /* f32 first: the default is left open */
+        for (int m = 1; m >= 0 && !rc; m--) {   /* the variant first: the defaults are left open */
             eg_engine_close(*e);
             *e = NULL;
-            rc = open_engine_window(dir, f32, e) || eg_engine_session_open(*e, "b", NULL, s);
+            rc = open_engine_variant(dir, m ? variant : 0, e) || eg_engine_session_open(*e, "b", NULL, s);
             double g;   /* probed like the decode figures: caches flushed before each call */
-            if (!rc) rt[f32][round] = time_attend(*s, &r, &res, 0, 3, big ? 9 : 15, &g);
-            if (!rc && rt[f32][round] < 0) rc = 1;
+            if (!rc) rt[m][round] = time_attend(*s, &r, &res, 0, 3, big ? 9 : 15, &g);
+            if (!rc && rt[m][round] < 0) rc = 1;
         }
     for (int m = 0; m < 2 && !rc; m++) {
         qsort(rt[m], ROUNDS, sizeof(double), cmp_d);
@@ -257,11 +272,13 @@ static int window_figure(const bench_opts *o, const char *dir, const shape *sh, 
     }
     if (!rc) {
         char p[256];
-        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
-                 "\"window\":\"f32\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,%s",
+                 (unsigned long long)T, sh->name, eg_codec_name(codec),
+                 variant == 1 ? "\"window\":\"f32\"" : "\"quest\":\"f16\"");
         bench_figure(o, "attend", "attend_ms", t[1] * 1e3, "ms", t[0] * 1e3, p);
-        bench_figure(o, "attend", "window_f32_vs_stored", t[1] / t[0], "ratio", t[0], p);
-    } else fprintf(stderr, "bench: window figure: %s\n", eg_engine_last_error());
+        bench_figure(o, "attend", variant == 1 ? "window_f32_vs_stored" : "quest_f16_vs_int8", t[1] / t[0],
+                     "ratio", t[0], p);
+    } else fprintf(stderr, "bench: variant figure: %s\n", eg_engine_last_error());
     free(q);
     free(out);
     return rc;
@@ -357,7 +374,8 @@ int bench_suite_attend(const bench_opts *o)
                 }
                 if ((rc = append_to(s, sh, &T, sizes[zi]))) break;
                 rc = decode_figures(o, s, sh, codec, T, gbps);
-                if (!rc && (o->tokens || sizes[zi] >= mid)) rc = window_figure(o, dir, sh, codec, T, &e, &s);
+                for (int v = 1; v <= 2 && !rc && (o->tokens || sizes[zi] >= mid); v++)
+                    rc = variant_figure(o, dir, sh, codec, T, v, &e, &s);
                 if (o->tokens) continue;
                 if (!rc && sizes[zi] == mid) rc = prefill_figure(o, s, sh, codec, T);
                 if (!rc && sizes[zi] == mid && ci == 0) rc = steps_figure(o, s, sh, codec, &T, o->quick ? 200 : 1000);
