@@ -82,6 +82,15 @@ void en_window_counters(en_window *w, uint64_t *hits, uint64_t *bytes, uint64_t 
 /* Session record (index 0) per (layer, kv-head): the learned router's
  * weights blob (eg_learned_save); kept by truncate, copied by fork. */
 #define EN_REC_WEIGHTS (1u | EG_RECORD_KEEP)
+/* Session records (index 0..): the int8 quest table of (layer, kv-head)
+ * as eg_route_table_save bytes, in chunks of at most EN_SNAP_CHUNK, chunk
+ * 0 led by the u64 total; written when a session closes, loaded instead
+ * of rebuilding the table from its summaries. Truncate removes them (not
+ * EG_RECORD_KEEP) and a fork does not copy them, so segments [0, n) of a
+ * snapshot of n segments are still the session's. */
+#define EN_REC_SNAP 4u
+#define EN_SNAP_CHUNK ((size_t)32 << 20)
+#define EN_SNAP_MIN 512       /* segments: below this a rebuild is quick */
 #define EN_KINDS 3           /* table kinds: 0 quest, 1 centroid, 2 learned */
 
 /* Route tables of one layer, loaded on first use. */
@@ -90,6 +99,7 @@ typedef struct {
     int loaded[EN_KINDS];
     eg_route_table **tab[EN_KINDS];  /* [n_kv_heads] each */
     eg_learned **w;           /* [n_kv_heads]: the learned tables' weights */
+    uint64_t *snap;           /* [n_kv_heads]: segments of the quest snapshot stored */
 } en_layer_tabs;
 
 typedef struct en_sess {
@@ -106,6 +116,7 @@ typedef struct en_sess {
     eg_learned *seal_w;       /* untrained outliers weights: the seal hook's summaries */
     pthread_mutex_t st_mu;
     uint64_t attends, page_ins;
+    uint64_t snap_loads, rebuilds;   /* quest tables from snapshots, from summaries */
     struct en_sess *next;
 } en_sess;
 
@@ -137,6 +148,14 @@ void en_learned_config(const en_sess *s, eg_learned_config *c);
 /* Weights of (layer, kvh): the stored blob, checked against the session's
  * shape, or untrained ones when none is stored. *out: eg_learned_free. */
 int en_weights_load(en_sess *s, uint32_t layer, uint32_t kvh, eg_learned **out);
+/* Quest snapshots (snapshot.c). Load: the stored table of (layer, kvh)
+ * for spec when there is one of at most n_sealed segments, else NULL (a
+ * damaged, stale or missing snapshot just means a rebuild); *n_snap its
+ * segments. Save: the session's loaded quest tables that grew enough since
+ * their snapshot, best effort (the session is closing). */
+eg_route_table *en_snap_load(en_sess *s, uint32_t layer, uint32_t kvh, const eg_summary_spec *spec,
+                             uint64_t n_sealed, uint64_t *n_snap);
+void en_snap_save_all(en_sess *s);
 /* Unload the learned tables of a layer (write lock held): they reload with
  * the weights stored now. */
 void en_tables_drop_learned(en_sess *s, uint32_t layer);

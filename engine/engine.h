@@ -122,6 +122,10 @@ int eg_engine_append(eg_engine_session *s, const eg_append_req *req, uint64_t *o
 
 typedef struct {
     uint64_t attends, page_ins, window_hits, window_bytes, window_entries, window_evictions;
+    /* quest tables (one per layer and kv-head) loaded from the snapshot a
+     * close stored, and built from the summaries (a first open, or a
+     * snapshot missing or refused) */
+    uint64_t tables_from_snapshot, tables_rebuilt;
 } eg_engine_session_stats;
 int eg_engine_session_stats_get(eg_engine_session *s, eg_engine_session_stats *out);
 

@@ -85,6 +85,7 @@ eg_store *eg_engine_store(eg_engine *e) { return e ? e->st : NULL; }
 
 static void sess_free(en_sess *s)
 {
+    if (s->ms && s->layers) en_snap_save_all(s);
     if (s->layers) {
         for (uint32_t l = 0; l < s->cfg.n_layers; l++) {
             for (int k = 0; k < EN_KINDS; k++) {
@@ -95,6 +96,7 @@ static void sess_free(en_sess *s)
             if (s->layers[l].w)
                 for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) eg_learned_free(s->layers[l].w[h]);
             free(s->layers[l].w);
+            free(s->layers[l].snap);
             pthread_mutex_destroy(&s->layers[l].mu);
         }
         free(s->layers);
@@ -273,6 +275,8 @@ int eg_engine_session_stats_get(eg_engine_session *h, eg_engine_session_stats *o
     pthread_mutex_lock(&s->st_mu);
     out->attends = s->attends;
     out->page_ins = s->page_ins;
+    out->tables_from_snapshot = s->snap_loads;
+    out->tables_rebuilt = s->rebuilds;
     pthread_mutex_unlock(&s->st_mu);
     en_window_counters(s->win, &out->window_hits, &out->window_bytes, &out->window_entries,
                        &out->window_evictions);
@@ -302,6 +306,8 @@ static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
     int rc = 0;
     if (ki == 2 && !L->w && !(L->w = calloc(H, sizeof *L->w)))
         return en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    if (ki == 0 && !L->snap && !(L->snap = calloc(H, sizeof *L->snap)))
+        return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     if (!(L->tab[ki] = calloc(H, sizeof *L->tab[ki]))) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     for (uint32_t h = 0; h < H && !rc; h++) {
         eg_summary_spec spec = {kinds[ki], (int)s->cfg.head_dim_k, (int)s->cfg.seg_tokens, NULL,
@@ -322,11 +328,26 @@ static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
 
 /* Bring table t of (layer, kv-head h) up to n_sealed segments: records
  * read in segment order, appended in batches. */
-static int sync_head(en_sess *s, eg_route_table *t, uint32_t layer, uint32_t h, int ki, uint64_t n_sealed)
+static int sync_head(en_sess *s, eg_route_table **tp, uint32_t layer, uint32_t h, int ki, uint64_t n_sealed)
 {
+    eg_route_table *t = *tp;
     size_t sb;
     int rc = en_pass(eg_summary_bytes(eg_route_table_spec(t), &sb), "summary size");
     uint64_t have = eg_route_table_segments(t);
+    if (!rc && ki == 0 && have == 0) {   /* resuming: the snapshot, when there is one */
+        uint64_t n_snap;
+        eg_route_table *snap = en_snap_load(s, layer, h, eg_route_table_spec(t), n_sealed, &n_snap);
+        if (snap) {
+            eg_route_table_free(t);
+            *tp = t = snap;
+            have = n_snap;
+            s->layers[layer].snap[h] = n_snap;
+        }
+        pthread_mutex_lock(&s->st_mu);
+        if (snap) s->snap_loads++;
+        else s->rebuilds++;
+        pthread_mutex_unlock(&s->st_mu);
+    }
     if (!rc && have > n_sealed) return en_pass(eg_route_table_truncate(t, n_sealed), "table truncate");
     if (rc || have == n_sealed) return rc;
     enum { BATCH = 2048 };
@@ -367,7 +388,7 @@ typedef struct {
 static void sync_task(void *arg, int h)
 {
     sync_ctx *c = arg;
-    c->rc[h] = sync_head(c->s, c->s->layers[c->layer].tab[c->ki][h], c->layer, (uint32_t)h, c->ki, c->n_sealed);
+    c->rc[h] = sync_head(c->s, &c->s->layers[c->layer].tab[c->ki][h], c->layer, (uint32_t)h, c->ki, c->n_sealed);
     if (c->rc[h]) snprintf(c->msg[h], sizeof c->msg[h], "%s", eg_engine_last_error());
 }
 
@@ -466,6 +487,10 @@ int eg_engine_session_truncate(eg_engine_session *h, uint64_t n_tokens)
         tables_follow(s, info.n_sealed);
         en_window_drop_from(s->win, info.n_sealed);
     }
+    /* The truncate removed the quest snapshots with the session's other
+     * token records: none is stored now. */
+    for (uint32_t l = 0; !rc && l < s->cfg.n_layers; l++)
+        if (s->layers[l].snap) memset(s->layers[l].snap, 0, s->cfg.n_kv_heads * sizeof *s->layers[l].snap);
     pthread_rwlock_unlock(&s->rw);
     return rc;
 }

@@ -220,6 +220,20 @@ int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n,
  * with a known count (a session resumed) grows once instead of doubling.
  * Errors: EG_IX_EINVAL, EG_IX_ENOMEM (the table is unchanged). */
 int eg_route_table_reserve(eg_route_table *t, size_t n);
+/* An int8 quest table (the default quest table) as bytes, to be stored and
+ * loaded instead of rebuilding it from the summaries: magic, version,
+ * byte order, spec, the codes, scales, L1 sums, flags, tags and channel
+ * weights, and a checksum. *bytes malloc'd: the caller frees it.
+ * Errors: EG_IX_EINVAL, EG_IX_EKIND (another kind of table), EG_IX_ENOMEM. */
+int eg_route_table_save(const eg_route_table *t, void **bytes, size_t *len);
+/* The table saved in bytes, for spec (borrowed; it must equal the saved
+ * one). The group rows are recomputed from the codes, and the L1 sums,
+ * scales and weights are checked against what the encoder makes, so a
+ * table loaded stays a bound. *out freed with eg_route_table_free.
+ * Errors: EG_IX_EINVAL, EG_IX_EVERSION (another version or byte order),
+ * EG_IX_ECORRUPT (checksum, length, another spec, codes or scales the
+ * encoder does not make), EG_IX_EKIND, EG_IX_ENOMEM. */
+int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t len, eg_route_table **out);
 /* Keep the first n segments (n <= count). */
 int eg_route_table_truncate(eg_route_table *t, size_t n);
 size_t eg_route_table_segments(const eg_route_table *t);

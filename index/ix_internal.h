@@ -155,6 +155,8 @@ void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
 /* Kernel level up to cap: 0 portable, 1 AVX2, 2 AVX-512 VNNI; its name. */
 int ix_q8_level(int cap);
 const char *ix_q8_kernel_name(int cap);
+/* Recompute the quest group rows from segment `from` on (table.c). */
+void ix_table_regroup(eg_route_table *t, size_t from);
 /* The cap eg_index_kernels set (simd.c). */
 int ix_simd_cap(void);
 /* Member scores of a quest table, f16 or int8 (select.c). */

@@ -138,27 +138,49 @@ float ix_q8_value(const eg_route_table *t, size_t s, size_t c)
     return (float)ix_q8_code(t, s, c) * t->q8s[s] * t->q8wf[c % (size_t)t->spec.dim];   /* exact */
 }
 
+/* Block by block, in the codes' own layout (quad, lane, channel of the
+ * quad), so that every loop is element-wise and vectorises: per position
+ * the running max (min) over the group's blocks, then over the 8 lanes. */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))   /* same bits: exact operations */
+#endif
 void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float *mn)
 {
-    size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t);
-    for (size_t c = 0; c < w; c++) { mx[c] = -INFINITY; mn[c] = INFINITY; }
-    for (size_t s = s0; s < s1; s++) {
-        if (t->q8inf[s]) {
-            for (size_t c = 0; c < d; c++) { mx[c] = INFINITY; mn[d + c] = -INFINITY; }
-            continue;
+    size_t d = (size_t)t->spec.dim, nq = ix_q8_quads(t), L = IX_BLK * 4;
+    float amx[(2 * EG_IX_DIM_MAX + 4) / 4 * IX_BLK * 4], amn[(2 * EG_IX_DIM_MAX + 4) / 4 * IX_BLK * 4];
+    for (size_t i = 0; i < nq * L; i++) amx[i] = -INFINITY;
+    for (size_t i = 0; i < nq * L; i++) amn[i] = INFINITY;
+    for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++) {
+        float sc[IX_BLK * 4], lo[IX_BLK * 4], hi[IX_BLK * 4];   /* per position: scale, and what a lane out
+                                                                 * of the group or infinite adds */
+        for (size_t l = 0; l < IX_BLK; l++) {
+            size_t s = b * IX_BLK + l;
+            int in = s >= s0 && s < s1, inf = in && t->q8inf[s];
+            for (int j = 0; j < 4; j++) {
+                sc[l * 4 + j] = in && !inf ? t->q8s[s] : 0.0f;
+                hi[l * 4 + j] = !in ? -INFINITY : inf ? INFINITY : 0.0f;   /* 0: take the value */
+                lo[l * 4 + j] = !in ? INFINITY : inf ? -INFINITY : 0.0f;
+            }
         }
-        const int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
-        float sc = t->q8s[s], v[2 * EG_IX_DIM_MAX + 4];
+        const int8_t *blk = t->q8 + b * nq * L;
         for (size_t k = 0; k < nq; k++)
-            for (int j = 0; j < 4; j++) v[k * 4 + j] = (float)blk[k * IX_BLK * 4 + j] * sc;   /* exact */
-        for (size_t c = 0; c < d; c++) {
-            mx[c] = v[c] > mx[c] ? v[c] : mx[c];
-            mn[d + c] = v[d + c] < mn[d + c] ? v[d + c] : mn[d + c];
-        }
+            for (size_t i = 0; i < L; i++) {
+                float v = (float)blk[k * L + i] * sc[i];   /* exact */
+                float vh = hi[i] != 0.0f ? hi[i] : v, vl = lo[i] != 0.0f ? lo[i] : v;
+                amx[k * L + i] = vh > amx[k * L + i] ? vh : amx[k * L + i];
+                amn[k * L + i] = vl < amn[k * L + i] ? vl : amn[k * L + i];
+            }
     }
-    for (size_t c = 0; c < d; c++) {   /* times the channel's weight: exact, monotone */
-        mx[c] *= t->q8wf[c];
-        mn[d + c] *= t->q8wf[c];
+    for (size_t c = 0; c < 2 * d; c++) {
+        size_t k = c / 4, j = c % 4;
+        float a = -INFINITY, z = INFINITY;
+        for (size_t l = 0; l < IX_BLK; l++) {
+            a = amx[k * L + l * 4 + j] > a ? amx[k * L + l * 4 + j] : a;
+            z = amn[k * L + l * 4 + j] < z ? amn[k * L + l * 4 + j] : z;
+        }
+        float wc = t->q8wf[c % d];   /* times the channel's weight: exact, monotone */
+        if (c < d) mx[c] = a * wc;
+        else mn[c] = z * wc;
     }
 }
 

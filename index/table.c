@@ -252,6 +252,8 @@ static void regroup(eg_route_table *t, size_t from)
     }
 }
 
+void ix_table_regroup(eg_route_table *t, size_t from) { regroup(t, from); }
+
 static int check_q8_rows(const uint8_t *p, size_t rows, size_t stride)
 {
     for (size_t i = 0; i < rows; i++) {

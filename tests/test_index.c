@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 /* Keys [T][d] of a named pattern. */
 enum { PAT_NORMAL, PAT_OUTLIER, PAT_HUGE, PAT_TIES, PAT_DRIFT, PAT_SPIKE, PAT_COUNT };
@@ -118,6 +119,111 @@ static int same_selection(const eg_route_selection *a, const eg_route_selection 
     for (size_t i = 0; i < a->n; i++)
         if (a->segments[i] != b->segments[i] || memcmp(&a->scores[i], &b->scores[i], 4) != 0) return 0;
     return 1;
+}
+
+/* Saved and loaded int8 quest tables route like the table they came from
+ * (scores, selections and bounds bit for bit, also after both grow), and
+ * bytes that are not what save wrote are refused. */
+static void test_table_save_load(void)
+{
+    const int d = 48, S = 16;
+    const size_t n0 = 300, n1 = 70;
+    float *k = make_keys(PAT_OUTLIER, (n0 + n1) * S, d, 77);
+    uint32_t tags[370];
+    for (size_t i = 0; i < n0 + n1; i++) tags[i] = (uint32_t)(i % 5);
+    eg_summary_spec sp = { EG_ROUTER_QUEST, d, S, NULL, 0 };
+    size_t sb;
+    REQUIRE(eg_summary_bytes(&sp, &sb) == 0);
+    uint8_t *sum = malloc(sb * (n0 + n1));
+    for (size_t i = 0; i < n0 + n1; i++) CHECK_OK(eg_summary_compute(&sp, k + i * S * d, sum + i * sb, sb));
+    eg_route_table *a, *b;
+    REQUIRE(eg_route_table_create(&sp, &a) == 0);
+    CHECK_OK(eg_route_table_append(a, sum, n0, tags));
+    void *bytes;
+    size_t len;
+    CHECK_OK(eg_route_table_save(a, &bytes, &len));
+    REQUIRE(eg_route_table_load(&sp, bytes, len, &b) == 0);
+    CHECK_EQ_INT(eg_route_table_segments(b), n0);
+    for (int grown = 0; grown < 2; grown++) {
+        if (grown) {
+            CHECK_OK(eg_route_table_append(a, sum + n0 * sb, n1, tags + n0));
+            CHECK_OK(eg_route_table_append(b, sum + n0 * sb, n1, tags + n0));
+        }
+        size_t n = eg_route_table_segments(a);
+        float q[4 * 48], *sa = malloc(4 * n * 4), *sbb = malloc(4 * n * 4);
+        make_queries(q, 4, d, 5 + (uint64_t)grown, 1.0f);
+        int64_t pos[4] = {(int64_t)(n * S), (int64_t)(n * S) - 3, (int64_t)(n * S / 2), (int64_t)(n * S)};
+        eg_route_rows rows = { .n_rows = 4, .q = q, .pos = pos, .scale = 0.14f };
+        CHECK_OK(eg_router_score_all(a, &rows, sa));
+        CHECK_OK(eg_router_score_all(b, &rows, sbb));
+        CHECK(memcmp(sa, sbb, 4 * n * 4) == 0);
+        uint32_t want[2] = {1, 3};
+        for (int tagged = 0; tagged < 2; tagged++) {
+            eg_route_opts o;
+            eg_route_opts_init(&o);
+            o.budget_tokens = S * 40;
+            if (tagged) { o.tags = want; o.n_tags = 2; }
+            eg_route_selection x, y;
+            double *ux, *uy;
+            CHECK_OK(eg_router_select_bound(a, &rows, &o, &x, &ux));
+            CHECK_OK(eg_router_select_bound(b, &rows, &o, &y, &uy));
+            CHECK(same_selection(&x, &y));
+            CHECK(memcmp(ux, uy, sizeof(double) * 4 * (x.n - x.n_forced + 1)) == 0);
+            free(ux); free(uy);
+            eg_route_selection_free(&x);
+            eg_route_selection_free(&y);
+        }
+        free(sa); free(sbb);
+    }
+    eg_route_table_free(b);
+    /* Refusals: each a copy of the bytes with one thing changed. */
+    uint8_t *c = malloc(len);
+    eg_route_table *t = NULL;
+    memcpy(c, bytes, len); c[4]++;                                   /* version */
+    CHECK_EQ_INT(eg_route_table_load(&sp, c, len, &t), EG_IX_EVERSION);
+    memcpy(c, bytes, len); c[8] ^= 0xff;                             /* byte order */
+    CHECK_EQ_INT(eg_route_table_load(&sp, c, len, &t), EG_IX_EVERSION);
+    memcpy(c, bytes, len); c[len / 2] ^= 1;                          /* a flipped bit */
+    CHECK_EQ_INT(eg_route_table_load(&sp, c, len, &t), EG_IX_ECORRUPT);
+    CHECK_EQ_INT(eg_route_table_load(&sp, bytes, len - 1, &t), EG_IX_ECORRUPT);
+    CHECK_EQ_INT(eg_route_table_load(&sp, bytes, 10, &t), EG_IX_ECORRUPT);
+    eg_summary_spec other = sp;
+    other.dim = 32;
+    CHECK_EQ_INT(eg_route_table_load(&other, bytes, len, &t), EG_IX_ECORRUPT);
+    other = sp;
+    other.quest_f16 = 1;
+    CHECK_EQ_INT(eg_route_table_load(&other, bytes, len, &t), EG_IX_ECORRUPT);
+    /* Checksum-valid bytes the encoder would not make: an L1 that is not
+     * its codes' sum, a scale that is not a power of two. Offsets follow
+     * the layout of index/table_io.c. */
+    size_t nq = (2 * (size_t)d + 3) / 4, codes = (n0 + 7) / 8 * nq * 8 * 4;
+    size_t off_s = 40 + (size_t)d + n0 * 4 + codes, off_l1 = off_s + n0 * 4;
+    for (int what = 0; what < 2; what++) {
+        memcpy(c, bytes, len);
+        if (what == 0) c[off_l1 + 4 * 7]++;
+        else { float v; memcpy(&v, c + off_s + 4 * 9, 4); v *= 1.5f; memcpy(c + off_s + 4 * 9, &v, 4); }
+        uint64_t hsum = XXH64(c, len - 8, 0);
+        memcpy(c + len - 8, &hsum, 8);
+        CHECK_EQ_INT(eg_route_table_load(&sp, c, len, &t), EG_IX_ECORRUPT);
+        CHECK(strstr(eg_index_last_error(), "encoder") != NULL);
+    }
+    CHECK(t == NULL);
+    CHECK_EQ_INT(eg_route_table_load(NULL, bytes, len, &t), EG_IX_EINVAL);
+    /* Only int8 quest tables save. */
+    eg_summary_spec f16 = sp;
+    f16.quest_f16 = 1;
+    eg_route_table *h;
+    REQUIRE(eg_route_table_create(&f16, &h) == 0);
+    void *hb;
+    size_t hl;
+    CHECK_EQ_INT(eg_route_table_save(h, &hb, &hl), EG_IX_EKIND);
+    CHECK_EQ_INT(eg_route_table_save(NULL, &hb, &hl), EG_IX_EINVAL);
+    eg_route_table_free(h);
+    free(c);
+    free(bytes);
+    eg_route_table_free(a);
+    free(sum);
+    free(k);
 }
 
 /* Hierarchical top-k equals the flat scan's, over sizes around group edges,
@@ -533,6 +639,7 @@ int main(void)
     TEST_RUN(test_lost_mass_bound);
     TEST_RUN(test_bound_needle_left_out);
     g_quest_f16 = 0;
+    TEST_RUN(test_table_save_load);
     TEST_RUN(test_indexer_reference);
     TEST_RUN(test_forced_tags_causal_oracle);
     TEST_RUN(test_bad_input);

@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 typedef struct { uint32_t qh, h, d; const char *name; } shape;
 
@@ -389,9 +391,61 @@ int bench_suite_attend(const bench_opts *o)
     return rc ? 1 : 0;
 }
 
+/* Read every byte of the file once; seconds, *bytes. */
+static double read_file_once(const char *path, double *bytes)
+{
+    double t0 = bench_now();
+    *bytes = 0;
+    FILE *f = fopen(path, "rb");
+    char *buf = malloc(1 << 20);
+    size_t got;
+    while (f && buf && (got = fread(buf, 1, 1 << 20, f)) > 0) *bytes += got;
+    if (f) fclose(f);
+    free(buf);
+    return bench_now() - t0;
+}
+
+/* Drop the file's pages from the OS page cache (clean after the store's
+ * close synced it), so that the next read comes from the disk. */
+static int drop_cache(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    return rc;
+}
+
+/* Seconds from opening an engine on dir to the first attend's answer. */
+static double time_resume(const char *dir, const eg_attend_req *r, eg_attend_result *res, eg_engine **e)
+{
+    eg_engine_session *s;
+    double t0 = bench_now();
+    int rc = open_engine(dir, e);
+    if (!rc) rc = eg_engine_session_open(*e, "b", NULL, &s) || eg_engine_attend(s, r, res);
+    double t = bench_now() - t0;
+    if (rc) fprintf(stderr, "bench: resume failed: %s\n", eg_engine_last_error());
+    return rc ? -1 : t;
+}
+
+/* Invalidate the quest snapshots of session "b" (layer 0), so that the
+ * next open rebuilds its tables from the summaries. */
+static void spoil_snapshots(eg_engine *e, uint32_t H)
+{
+    eg_msession *ms;
+    if (eg_session_open(eg_engine_store(e), "b", NULL, &ms)) return;
+    unsigned char junk[16] = {0};
+    for (uint32_t h = 0; h < H; h++) eg_record_put_session(ms, 0, h, 4u, 0, junk, sizeof junk);
+    eg_session_close(ms);
+}
+
 /* Resume: open a fresh engine on a stored session and answer the first
- * attend (route tables built from the stored summaries, blocks decoded),
- * against reading the store's data file once. */
+ * attend, against reading the store's data file once. The session was
+ * attended before it closed (as a served session is), so its quest tables
+ * were stored as snapshots: the main figure loads them. Also: the same
+ * with the snapshots spoiled (tables rebuilt from the summaries), and both
+ * the read and the resume with the file's pages dropped from the OS page
+ * cache first (cold: the disk's figure). */
 int bench_suite_resume(const bench_opts *o)
 {
     init_topics();
@@ -416,36 +470,47 @@ int bench_suite_resume(const bench_opts *o)
         if ((rc = new_session(dir, sh, EG_CODEC_Q8, &e, &s))) break;
         uint64_t T = 0;
         rc = append_to(s, sh, &T, T_want);
-        eg_engine_close(e);
-        if (rc) break;
-        /* Baseline: every byte of the data file read once. */
-        double t0 = bench_now(), bytes = 0;
-        FILE *f = fopen(data, "rb");
-        char *buf = malloc(1 << 20);
-        size_t got;
-        while (f && buf && (got = fread(buf, 1, 1 << 20, f)) > 0) bytes += got;
-        if (f) fclose(f);
-        free(buf);
-        double full = bench_now() - t0;
         float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
         gen_queries(sh, q, 1, T);
         int64_t pos = (int64_t)T;
         eg_attend_req r;
         decode_req(&r, q, &pos);
         eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
-        t0 = bench_now();
-        rc = open_engine(dir, &e);
-        if (!rc) rc = eg_engine_session_open(e, "b", NULL, &s) || eg_engine_attend(s, &r, &res);
-        double first = bench_now() - t0;
-        if (rc) fprintf(stderr, "bench: resume failed: %s\n", eg_engine_last_error());
-        else {
+        if (!rc && eg_engine_attend(s, &r, &res)) rc = 1;   /* served once: its tables are loaded */
+        eg_engine_close(e);                                  /* ... and stored at the close */
+        double bytes = 0, full = read_file_once(data, &bytes);
+        double first = rc ? -1 : time_resume(dir, &r, &res, &e);
+        double rebuild = -1, full_cold = -1, first_cold = -1;
+        if (first >= 0) {
+            spoil_snapshots(e, sh->h);
+            eg_engine_close(e);
+            rebuild = time_resume(dir, &r, &res, &e);   /* rebuilds, and stores them again at the close */
+            if (rebuild >= 0) eg_engine_close(e);
+            if (rebuild >= 0 && drop_cache(data) == 0) {
+                full_cold = read_file_once(data, &bytes);
+                drop_cache(data);
+                first_cold = time_resume(dir, &r, &res, &e);
+                if (first_cold >= 0) eg_engine_close(e);
+            }
+        }
+        rc = first < 0 || rebuild < 0;
+        if (!rc) {
             char p[256];
             snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"q8\",\"budget\":2048,"
                      "\"store_bytes\":%.0f", (unsigned long long)T, sh->name, bytes);
             bench_figure(o, "resume", "resume_ms", first * 1e3, "ms", full * 1e3, p);
             bench_figure(o, "resume", "resume_vs_full_read", full / first, "ratio", full, p);
+            char pr[300];
+            snprintf(pr, sizeof pr, "%s,\"tables\":\"rebuilt\"", p);
+            bench_figure(o, "resume", "resume_ms", rebuild * 1e3, "ms", full * 1e3, pr);
+            bench_figure(o, "resume", "resume_rebuild_vs_full_read", full / rebuild, "ratio", full, pr);
+            if (first_cold >= 0) {
+                char pc[300];
+                snprintf(pc, sizeof pc, "%s,\"page_cache\":\"cold\"", p);
+                bench_figure(o, "resume", "resume_ms", first_cold * 1e3, "ms", full_cold * 1e3, pc);
+                bench_figure(o, "resume", "resume_cold_vs_full_read", full_cold / first_cold, "ratio", full_cold, pc);
+            } else fprintf(stderr, "resume: no cold figure (the page cache could not be dropped)\n");
         }
-        if (!rc) eg_engine_close(e);
         free(q);
         free(out);
         rm_store(dir);
