@@ -123,10 +123,9 @@ typedef struct {
     size_t *row_vis;          /* [nr] segments visible to each row */
     float *qp;                /* prepared rows: quest [nr][2d] (q+, q-), centroid [nr][d], learned [nr][r] */
     float *lut;               /* PQ: [nr][m][256] */
-    /* int8 quest (qscan.c): per row the 12-bit query codes [nr][4 nq], their
-     * sum, (t/2, t), an infinite flag and |q|_1 */
+    /* int8 quest (qscan.c): per row the 12-bit query codes [nr][4 nq],
+     * (t/2, t), an infinite flag and |q|_1; one allocation, freed by qq */
     int16_t *qq;
-    int32_t *qsum;
     float *qt;
     uint8_t *qinf;
     double *ql1;              /* [nr] |q|_1 of each row (the hierarchy's slack) */

@@ -189,29 +189,34 @@ int ix_q8_rows(ix_ctx *c)
 {
     const eg_route_table *t = c->t;
     size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t), nr = (size_t)c->nr, nc = nq * 4;
-    c->qq = calloc(nr * nc, sizeof(int16_t));
-    c->qsum = malloc(nr * sizeof(int32_t));
-    c->qt = malloc(nr * 2 * sizeof(float));
-    c->qinf = malloc(nr);
-    c->ql1 = calloc(nr, sizeof(double));
-    if (!c->qq || !c->qsum || !c->qt || !c->qinf || !c->ql1) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    /* one allocation: codes [nr][nc] int16, then (t/2, t) [nr][2] f32, |q|_1
+     * [nr] double, flags [nr] */
+    size_t b_codes = nr * nc * sizeof(int16_t), b_qt = nr * 2 * sizeof(float), b_l1 = nr * sizeof(double);
+    size_t off_qt = (b_codes + 7) & ~(size_t)7, off_l1 = off_qt + ((b_qt + 7) & ~(size_t)7);
+    unsigned char *mem = calloc(1, off_l1 + b_l1 + nr);
+    if (!mem) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    c->qq = (int16_t *)mem;
+    c->qt = (float *)(mem + off_qt);
+    c->ql1 = (double *)(mem + off_l1);
+    c->qinf = mem + off_l1 + b_l1;
     for (size_t r = 0; r < nr; r++) {
         for (size_t i = 0; i < d; i++) c->ql1[r] += fabs((double)c->rows->q[r * d + i]);
         const float *qp = c->qp + r * w;
         int16_t *q = c->qq + r * nc;
-        double amax = 0;
-        for (size_t i = 0; i < w; i++) amax = fmax(amax, fabs((double)qp[i] * t->q8wf[i % d]));
+        double u[2 * EG_IX_DIM_MAX], amax = 0;
+        for (size_t i = 0; i < d; i++) {   /* u = qp * w: exact (powers of two) */
+            u[i] = (double)qp[i] * t->q8wf[i];
+            u[d + i] = (double)qp[d + i] * t->q8wf[i];
+        }
+        for (size_t i = 0; i < w; i++) amax = fabs(u[i]) > amax ? fabs(u[i]) : amax;
         int e = amax > 0 ? exp_for(amax, QMAX) : EXP_MIN;
         c->qinf[r] = e > EXP_MAX;   /* |q| beyond 2^45: scores are +inf (still bounds) */
         e = e < EXP_MIN ? EXP_MIN : e > EXP_MAX ? EXP_MAX : e;
-        int32_t sum = 0;
+        double inv = ldexp(1.0, -e);
         for (size_t i = 0; i < w && !c->qinf[r]; i++) {
-            double x = (double)qp[i] * t->q8wf[i % d] * ldexp(1.0, -e);   /* exact */
-            long v = lround(x);                                  /* |x - v| <= 1/2, |v| <= QMAX */
-            q[i] = (int16_t)v;
-            sum += (int32_t)v;
+            double x = u[i] * inv;                         /* exact; |x| <= QMAX */
+            q[i] = (int16_t)(x >= 0 ? (long)(x + 0.5) : -(long)(0.5 - x));   /* |x - q| <= 1/2 */
         }
-        c->qsum[r] = sum;
         c->qt[2 * r] = ldexpf(1.0f, e - 1);   /* t / 2: the score's factor */
         c->qt[2 * r + 1] = ldexpf(1.0f, e);   /* t: the hierarchy's margin */
     }

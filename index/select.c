@@ -25,7 +25,7 @@ void eg_route_selection_free(eg_route_selection *sel)
 void ix_ctx_free(ix_ctx *c)
 {
     free(c->row_vis); free(c->qp); free(c->lut);
-    free(c->qq); free(c->qsum); free(c->qt); free(c->qinf); free(c->ql1);
+    free(c->qq);   /* one allocation with qt, ql1 and qinf (qscan.c) */
 }
 
 void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)

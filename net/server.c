@@ -111,6 +111,30 @@ static void maybe_finish(eg_server *srv)
     if (srv->stopping && srv->n_conns == 0 && srv->jobs_out == 0) event_base_loopbreak(srv->base);
 }
 
+/* A dead connection no worker holds: its session handles are closed on a
+ * worker (closing a session's last handle writes its quest snapshots to
+ * the store, which must not stall the loop), then it is freed. */
+static void conn_release(net_conn *c)
+{
+    eg_server *srv = c->srv;
+    net_job *j = c->hs.n ? calloc(1, sizeof *j) : NULL;
+    if (!j) {   /* nothing to close, or no memory: close here */
+        net_handles_close_all(&c->hs);
+        free(c);
+        return;
+    }
+    j->c = c;
+    j->teardown = 1;
+    c->busy = 1;
+    srv->jobs_out++;
+    pthread_mutex_lock(&srv->mu);
+    if (srv->q_tail) srv->q_tail->next = j;
+    else srv->q_head = j;
+    srv->q_tail = j;
+    pthread_cond_signal(&srv->cv);
+    pthread_mutex_unlock(&srv->mu);
+}
+
 /* The socket goes now; the rest when no worker holds the connection. */
 static void conn_close(net_conn *c)
 {
@@ -120,10 +144,7 @@ static void conn_close(net_conn *c)
     bufferevent_free(c->bev);
     c->bev = NULL;
     conn_unlink(c);
-    if (!c->busy) {
-        net_handles_close_all(&c->hs);
-        free(c);
-    }
+    if (!c->busy) conn_release(c);
     maybe_finish(srv);
 }
 
@@ -408,8 +429,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
         srv->jobs_out--;
         if (c->dead) {
             eg_buf_free(&j->ans);
-            net_handles_close_all(&c->hs);
-            free(c);
+            conn_release(c);   /* after a teardown job its handles are closed: freed here */
         } else {
             conn_send(c, &j->ans);
             if (evbuffer_get_length(bufferevent_get_output(c->bev)) > srv->opt.out_hard) {
@@ -479,6 +499,16 @@ static void *worker_main(void *arg)
         j->next = NULL;
 
         eg_buf_init(&j->ans);
+        if (j->teardown) {   /* also while draining: the handles must close */
+            net_handles_close_all(&j->c->hs);
+            pthread_mutex_lock(&srv->mu);
+            if (srv->done_tail) srv->done_tail->next = j;
+            else srv->done_head = j;
+            srv->done_tail = j;
+            pthread_mutex_unlock(&srv->mu);
+            event_active(srv->wake, EV_READ, 0);
+            continue;
+        }
         int status = drain ? net_fail(EG_NET_ESHUTDOWN, "the server is stopping: request not run")
                            : net_execute(srv, &j->c->hs, &j->h, j->body, &j->ans);
         if (!status && j->ans.failed) status = net_fail(EG_NET_ENOMEM, "answer: out of memory");

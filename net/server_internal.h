@@ -21,6 +21,7 @@ typedef struct net_job {
     eg_frame_header h;
     unsigned char *body;     /* owned; freed by the worker */
     eg_buf ans;              /* the answer frame, built by the worker */
+    int teardown;            /* no request: close a dead connection's session handles */
 } net_job;
 
 struct eg_server {

@@ -397,10 +397,78 @@ static void test_pipelined(void)
     env_close(&e);
 }
 
+/* A client that disconnects with sessions open: the server closes its
+ * handles (on a worker, since closing a session's last handle writes its
+ * quest snapshots), so another client can drop one of them right after;
+ * the long one's snapshots are in the store once the server stopped. */
+static void test_disconnect_closes_and_snapshots(void)
+{
+    char dir[512];
+    tu_tmpdir(dir, sizeof dir, "net-snap");
+    nt_server srv;
+    REQUIRE(nt_start(&srv, dir, NULL) == 0);
+    eg_client *a, *b;
+    REQUIRE(nt_client(&srv, 1, NULL, &a) == 0);
+    eg_session_config cfg;
+    tm_config(&cfg, 1, 2, 4, 32, 24, 16, EG_CODEC_Q8);
+    uint32_t h1, h2;
+    CHECK_NET(eg_client_create(a, "long", &cfg));
+    CHECK_NET(eg_client_create(a, "short", &cfg));
+    CHECK_NET(eg_client_open(a, "long", NULL, &h1));
+    CHECK_NET(eg_client_open(a, "short", NULL, &h2));
+    enum { CH = 1000, N = 9000 };   /* 562 segments: over the engine's snapshot minimum of 512 */
+    float *k = malloc(sizeof(float) * 2 * CH * 32), *v = malloc(sizeof(float) * 2 * CH * 24);
+    uint64_t rs = 99;
+    for (uint64_t t = 0; t < N; t += CH) {
+        for (size_t i = 0; i < 2 * CH * 32; i++) k[i] = tu_randn(&rs);
+        for (size_t i = 0; i < 2 * CH * 24; i++) v[i] = tu_randn(&rs);
+        eg_append_req r = {EG_DTYPE_F32, CH, -1, k, v, NULL, 0};
+        CHECK_NET(eg_client_append(a, h1, &cfg, &r, NULL));
+    }
+    float qv[4 * 32], out[4 * 24];
+    int64_t pos = N;
+    for (int i = 0; i < 4 * 32; i++) qv[i] = tu_randn(&rs);
+    eg_attend_req q;
+    eg_attend_req_init(&q);
+    q.n_queries = 1; q.q = qv; q.pos = &pos; q.budget_tokens = 16 * 20;
+    eg_attend_result res = {.out = out};
+    CHECK_NET(eg_client_attend(a, h1, &cfg, &q, 0, &res));   /* its tables are loaded */
+    eg_client_close(a);                                          /* both handles left open */
+    REQUIRE(nt_client(&srv, 1, NULL, &b) == 0);
+    int rc = -1;
+    for (int i = 0; i < 300 && rc; i++) {
+        rc = eg_client_drop(b, "short");
+        if (rc) nt_sleep_ms(10);
+    }
+    CHECK_EQ_INT(rc, 0);
+    eg_client_close(b);
+    CHECK_EQ_INT(nt_stop(&srv, SIGTERM), 0);
+    char data[600];
+    snprintf(data, sizeof data, "%s/data", dir);
+    eg_store *st;
+    REQUIRE(eg_store_open(data, NULL, &st) == 0);
+    eg_msession *ms;
+    REQUIRE(eg_session_open(st, "long", NULL, &ms) == 0);
+    int snaps = 0;
+    for (uint32_t kvh = 0; kvh < 2; kvh++) {
+        void *bytes = NULL;
+        size_t len;
+        if (eg_record_get_session(ms, 0, kvh, 4u, 0, &bytes, &len) == 0) snaps++;
+        free(bytes);
+    }
+    CHECK_EQ_INT(snaps, 2);
+    eg_session_close(ms);
+    eg_store_close(st);
+    free(k);
+    free(v);
+    tu_rmrf(dir);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
     nt_init(argv[0]);
+    TEST_RUN(test_disconnect_closes_and_snapshots);
     TEST_RUN(test_every_operation);
     TEST_RUN(test_errors_pass_through);
     TEST_RUN(test_pipelined);

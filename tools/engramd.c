@@ -18,6 +18,11 @@ static void usage(FILE *f)
         "  --secret-file FILE    clients must send this secret in hello (first line)\n"
         "  --cache-mb N          RAM cache tier of decoded blocks (default 0)\n"
         "  --window-mb N         active window per open session (default 256)\n"
+        "  --window-f32          keep the window's segments decoded to f32 (4 bytes an\n"
+        "                        element) instead of as stored (q8: 1.125), decoded when\n"
+        "                        attended\n"
+        "  --quest-f16           keep quest route tables as the stored f16 halves (twice\n"
+        "                        the RAM) instead of int8 codes\n"
         "  --frame-mb N          largest frame body accepted (default 64; 1..1024)\n"
         "  --max-connections N   default 1024; more are refused with an error frame\n"
         "  --idle-timeout S      close connections idle this long (default 300)\n"
@@ -71,6 +76,8 @@ int main(int argc, char **argv)
         long n;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--quiet")) { o.quiet = 1; continue; }
+        else if (!strcmp(a, "--window-f32")) { o.engine.window_f32 = 1; continue; }
+        else if (!strcmp(a, "--quest-f16")) { o.engine.quest_f16 = 1; continue; }
         if (!v) { fprintf(stderr, "engramd: %s needs a value (see --help)\n", a); return 2; }
         i++;
         if (!strcmp(a, "--data")) o.data_dir = v;
