@@ -292,11 +292,15 @@ T_AVX2 static void epi_store(__m256i I, size_t first, size_t s0, size_t s1, cons
         if (first + l >= s0 && first + l < s1) dst[first + l - s0] = res[l];
 }
 
-/* AVX2, R rows of one block: a quad's 32 codes widened to 16 bits in two
- * registers (segments 0-3, 4-7), vpmaddwd with a row's 4 query values
- * gives each segment two pair sums, added at the end. */
-#define DOT_AVX2(R)                                                                            \
-    T_AVX2 static void da_##R(const q8_job *j, size_t b, size_t s0, size_t s1, float *out, size_t ld) \
+/* R rows of one block: a quad's 32 codes widened to 16 bits in two
+ * registers (segments 0-3, 4-7), multiplied by a row's 4 query values in
+ * pairs summed into 32 bits (AVX2: vpmaddwd then an add; AVX-512 VNNI:
+ * vpdpwssd, both in one), a segment's two pair sums added at the end.
+ * (Two blocks per 512-bit register measured slower from DRAM on Zen 4.) */
+#define MAC_AVX2(a, x, q) _mm256_add_epi32(a, _mm256_madd_epi16(x, q))
+#define MAC_VNNI(a, x, q) _mm256_dpwssd_epi32(a, x, q)
+#define DOT_BLOCK(NAME, TGT, MAC, R)                                                           \
+    TGT static void NAME##_##R(const q8_job *j, size_t b, size_t s0, size_t s1, float *out, size_t ld) \
     {                                                                                          \
         const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
         const int8_t *blk = j->t->q8 + b * j->nq * IX_BLK * 4;                                 \
@@ -310,23 +314,25 @@ T_AVX2 static void epi_store(__m256i I, size_t first, size_t s0, size_t s1, cons
             __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                         \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
                 __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4));  \
-                lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(x0, qv));                    \
-                hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(x1, qv));                    \
+                lo[r] = MAC(lo[r], x0, qv);                                                    \
+                hi[r] = MAC(hi[r], x1, qv);                                                    \
             }                                                                                  \
         }                                                                                      \
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)   /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
             epi_store(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
                       j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                        \
     }
-DOT_AVX2(1)
-DOT_AVX2(2)
-DOT_AVX2(3)
-DOT_AVX2(4)
+#define DOT_BLOCKS(NAME, TGT, MAC) \
+    DOT_BLOCK(NAME, TGT, MAC, 1) DOT_BLOCK(NAME, TGT, MAC, 2) DOT_BLOCK(NAME, TGT, MAC, 3) DOT_BLOCK(NAME, TGT, MAC, 4)
+DOT_BLOCKS(da, T_AVX2, MAC_AVX2)
+DOT_BLOCKS(dv, T_VNNI, MAC_VNNI)
 
 typedef void (*blk_fn)(const q8_job *, size_t, size_t, size_t, float *, size_t);
 static const blk_fn da_table[4] = {da_1, da_2, da_3, da_4};
+static const blk_fn dv_table[4] = {dv_1, dv_2, dv_3, dv_4};
 
-T_AVX2 static void dot_avx2(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
+/* Every block of [s0, s1), rows four at a time, with a kernel table. */
+static void run_blocks(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld, const blk_fn *tab)
 {
     for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++)
         for (int r0 = 0; r0 < nr; r0 += 4) {
@@ -334,53 +340,18 @@ T_AVX2 static void dot_avx2(const q8_job *j, size_t s0, size_t s1, int nr, float
             jr.qq += (size_t)r0 * j->qld;
             jr.th += r0;
             jr.rinf += r0;
-            da_table[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, s0, s1, out + (size_t)r0 * ld, ld);
+            tab[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, s0, s1, out + (size_t)r0 * ld, ld);
         }
 }
 
-/* AVX-512 VNNI (256-bit registers), R rows of one block: as the AVX2
- * kernel, with vpdpwssd doing vpmaddwd's multiply-add and the add in one.
- * (Two blocks per 512-bit register measured slower from DRAM on Zen 4.) */
-#define DOT_VNNI(R)                                                                            \
-    T_VNNI static void dv_##R(const q8_job *j, size_t b, size_t s0, size_t s1, float *out, size_t ld) \
-    {                                                                                          \
-        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
-        const int8_t *blk = j->t->q8 + b * j->nq * IX_BLK * 4;                                 \
-        __m256i lo[R], hi[R];                                                                  \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256(); \
-        for (size_t k = 0; k < j->nq; k++) {                                                  \
-            if ((k & 1) == 0) /* a line of the block after the next */                         \
-                _mm_prefetch((const char *)(blk + 2 * j->nq * IX_BLK * 4 + k * 32), _MM_HINT_T0); \
-            const __m128i *p = (const __m128i *)(blk + k * IX_BLK * 4);                        \
-            __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                             \
-            __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                         \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
-                __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4));  \
-                lo[r] = _mm256_dpwssd_epi32(lo[r], x0, qv);                                    \
-                hi[r] = _mm256_dpwssd_epi32(hi[r], x1, qv);                                    \
-            }                                                                                  \
-        }                                                                                      \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                    \
-            epi_store(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
-                      j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                        \
-    }
-DOT_VNNI(1)
-DOT_VNNI(2)
-DOT_VNNI(3)
-DOT_VNNI(4)
-
-static const blk_fn dv_table[4] = {dv_1, dv_2, dv_3, dv_4};
-
-T_VNNI static void dot_vnni(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
+static void dot_avx2(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
 {
-    for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++)
-        for (int r0 = 0; r0 < nr; r0 += 4) {
-            q8_job jr = *j;
-            jr.qq += (size_t)r0 * j->qld;
-            jr.th += r0;
-            jr.rinf += r0;
-            dv_table[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, s0, s1, out + (size_t)r0 * ld, ld);
-        }
+    run_blocks(j, s0, s1, nr, out, ld, da_table);
+}
+
+static void dot_vnni(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)
+{
+    run_blocks(j, s0, s1, nr, out, ld, dv_table);
 }
 #endif
 

@@ -41,8 +41,10 @@ static void q8_group_big(const int8_t *q, size_t len, float s, float *o)
     }
 }
 
-/* ---- portable ---------------------------------------------------------------- */
-static void q8_portable(const unsigned char *src, uint32_t n, uint32_t d, float *x)
+/* Every q8 group of a tile through grp (a version's loop over one group's
+ * len <= 32 codes); groups with scales at the top of the range apart. */
+typedef void (*q8_group_fn)(const int8_t *q, size_t len, float s, float *o);
+static void q8_tile(const unsigned char *src, uint32_t n, uint32_t d, float *x, q8_group_fn grp)
 {
     size_t ng = (d + GROUP - 1) / GROUP;
     const int8_t *codes = (const int8_t *)(src + (size_t)n * ng * 4);
@@ -52,9 +54,20 @@ static void q8_portable(const unsigned char *src, uint32_t n, uint32_t d, float 
             size_t c0 = g * GROUP, len = c0 + GROUP < d ? GROUP : d - c0;
             const int8_t *q = codes + (size_t)t * d + c0;
             float *o = x + (size_t)t * d + c0;
-            if (s > FLT_MAX / 128) { q8_group_big(q, len, s, o); continue; }
-            for (size_t c = 0; c < len; c++) o[c] = (float)q[c] * s;
+            if (s > FLT_MAX / 128) q8_group_big(q, len, s, o);
+            else grp(q, len, s, o);
         }
+}
+
+/* ---- portable ---------------------------------------------------------------- */
+static void q8_group_portable(const int8_t *q, size_t len, float s, float *o)
+{
+    for (size_t c = 0; c < len; c++) o[c] = (float)q[c] * s;
+}
+
+static void q8_portable(const unsigned char *src, uint32_t n, uint32_t d, float *x)
+{
+    q8_tile(src, n, d, x, q8_group_portable);
 }
 
 /* Keys: (min, step) per channel per 32 tokens; codes in element order. */
@@ -120,25 +133,20 @@ static size_t f16_portable(const unsigned char *p, size_t n, float *x)
 #define T_AVX2 __attribute__((target("avx2,f16c")))
 #define T_AVX512 __attribute__((target("avx512f,avx512bw,avx2,f16c")))
 
-T_AVX2 static void q8_avx2(const unsigned char *src, uint32_t n, uint32_t d, float *x)
+T_AVX2 static void q8_group_avx2(const int8_t *q, size_t len, float s, float *o)
 {
-    size_t ng = (d + GROUP - 1) / GROUP;
-    const int8_t *codes = (const int8_t *)(src + (size_t)n * ng * 4);
-    for (uint32_t t = 0; t < n; t++)
-        for (size_t g = 0; g < ng; g++) {
-            float s = rd_f32(src + ((size_t)t * ng + g) * 4);
-            size_t c0 = g * GROUP, len = c0 + GROUP < d ? GROUP : d - c0;
-            const int8_t *q = codes + (size_t)t * d + c0;
-            float *o = x + (size_t)t * d + c0;
-            if (s > FLT_MAX / 128) { q8_group_big(q, len, s, o); continue; }
-            __m256 vs = _mm256_set1_ps(s);
-            size_t c = 0;
-            for (; c + 8 <= len; c += 8) {
-                __m128i b = _mm_loadl_epi64((const __m128i *)(q + c));
-                _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), vs));
-            }
-            for (; c < len; c++) o[c] = (float)q[c] * s;
-        }
+    __m256 vs = _mm256_set1_ps(s);
+    size_t c = 0;
+    for (; c + 8 <= len; c += 8) {
+        __m128i b = _mm_loadl_epi64((const __m128i *)(q + c));
+        _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), vs));
+    }
+    for (; c < len; c++) o[c] = (float)q[c] * s;
+}
+
+static void q8_avx2(const unsigned char *src, uint32_t n, uint32_t d, float *x)
+{
+    q8_tile(src, n, d, x, q8_group_avx2);
 }
 
 /* 16 bytes of codes -> 32 codes, one per byte, in element order. */
@@ -161,44 +169,48 @@ T_AVX2 static inline __m128 q4_4_avx2(const unsigned char *q, __m256d mn, __m256
     return _mm256_cvtpd_ps(v);
 }
 
-T_AVX2 static void q4v_avx2(const unsigned char *src, uint32_t n, uint32_t d, float *x)
-{
-    if (d % GROUP) { q4v_portable(src, n, d, x); return; }
-    size_t ng = d / GROUP;
-    const unsigned char *codes = src + (size_t)n * ng * 8;
-    unsigned char e[32];
-    for (size_t t = 0; t < n; t++)
-        for (size_t g = 0; g < ng; g++) {
-            const unsigned char *par = src + (t * ng + g) * 8;
-            __m256d vm = _mm256_set1_pd(rd_f32(par)), vt = _mm256_set1_pd(rd_f32(par + 4));
-            float *o = x + t * d + g * GROUP;
-            nibbles32(codes + (t * d + g * GROUP) / 2, e);
-            for (int k = 0; k < 32; k += 4) _mm_storeu_ps(o + k, q4_4_avx2(e + k, vm, vt));
-        }
-}
-
-T_AVX2 static void q4k_avx2(const unsigned char *src, uint32_t n, uint32_t d, float *x)
-{
-    if (d % GROUP) { q4k_portable(src, n, d, x); return; }
-    size_t nb = (n + GROUP - 1) / GROUP;
-    const unsigned char *codes = src + nb * d * 8;
-    double mn[EG_HEAD_DIM_MAX], st[EG_HEAD_DIM_MAX];
-    unsigned char e[32];
-    for (size_t j = 0; j < nb; j++) {
-        const unsigned char *par = src + j * d * 8;
-        for (size_t c = 0; c < d; c++) { mn[c] = rd_f32(par + c * 8); st[c] = rd_f32(par + c * 8 + 4); }
-        size_t t1 = j * GROUP + GROUP < n ? j * GROUP + GROUP : n;
-        for (size_t t = j * GROUP; t < t1; t++) {
-            const unsigned char *cb = codes + t * d / 2;
-            float *o = x + t * d;
-            for (size_t c = 0; c < d; c += 32) {
-                nibbles32(cb + c / 2, e);
-                for (size_t k = 0; k < 32; k += 4)
-                    _mm_storeu_ps(o + c + k, q4_4_avx2(e + k, _mm256_loadu_pd(mn + c + k), _mm256_loadu_pd(st + c + k)));
-            }
-        }
+/* The two q4 layouts, for a vector width W: values (one min and step per
+ * 32 channels of a token, broadcast) and keys (per channel over 32 tokens,
+ * loaded). CONV turns W codes into W floats. */
+#define Q4_KERNELS(SUF, TGT, W, VD, SETP, LOADP, CONV, STORE)                                  \
+    TGT static void q4v_##SUF(const unsigned char *src, uint32_t n, uint32_t d, float *x)        \
+    {                                                                                           \
+        if (d % GROUP) { q4v_portable(src, n, d, x); return; }                                  \
+        size_t ng = d / GROUP;                                                                  \
+        const unsigned char *codes = src + (size_t)n * ng * 8;                                  \
+        unsigned char e[32];                                                                    \
+        for (size_t t = 0; t < n; t++)                                                          \
+            for (size_t g = 0; g < ng; g++) {                                                   \
+                const unsigned char *par = src + (t * ng + g) * 8;                              \
+                VD vm = SETP(rd_f32(par)), vt = SETP(rd_f32(par + 4));                          \
+                float *o = x + t * d + g * GROUP;                                               \
+                nibbles32(codes + (t * d + g * GROUP) / 2, e);                                  \
+                for (int k = 0; k < 32; k += W) STORE(o + k, CONV(e + k, vm, vt));              \
+            }                                                                                   \
+    }                                                                                           \
+    TGT static void q4k_##SUF(const unsigned char *src, uint32_t n, uint32_t d, float *x)        \
+    {                                                                                           \
+        if (d % GROUP) { q4k_portable(src, n, d, x); return; }                                  \
+        size_t nb = (n + GROUP - 1) / GROUP;                                                    \
+        const unsigned char *codes = src + nb * d * 8;                                          \
+        double mn[EG_HEAD_DIM_MAX], st[EG_HEAD_DIM_MAX];                                        \
+        unsigned char e[32];                                                                    \
+        for (size_t j = 0; j < nb; j++) {                                                       \
+            const unsigned char *par = src + j * d * 8;                                         \
+            for (size_t c = 0; c < d; c++) { mn[c] = rd_f32(par + c * 8); st[c] = rd_f32(par + c * 8 + 4); } \
+            size_t t1 = j * GROUP + GROUP < n ? j * GROUP + GROUP : n;                          \
+            for (size_t t = j * GROUP; t < t1; t++) {                                           \
+                const unsigned char *cb = codes + t * d / 2;                                    \
+                float *o = x + t * d;                                                           \
+                for (size_t c = 0; c < d; c += 32) {                                            \
+                    nibbles32(cb + c / 2, e);                                                   \
+                    for (size_t k = 0; k < 32; k += W)                                          \
+                        STORE(o + c + k, CONV(e + k, LOADP(mn + c + k), LOADP(st + c + k)));    \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
     }
-}
+Q4_KERNELS(avx2, T_AVX2, 4, __m256d, _mm256_set1_pd, _mm256_loadu_pd, q4_4_avx2, _mm_storeu_ps)
 
 T_AVX2 static size_t f16_avx2(const unsigned char *p, size_t n, float *x)
 {
@@ -241,44 +253,7 @@ T_AVX512 static inline __m256 q4_8_avx512(const unsigned char *q, __m512d mn, __
     return _mm512_cvtpd_ps(v);
 }
 
-T_AVX512 static void q4v_avx512(const unsigned char *src, uint32_t n, uint32_t d, float *x)
-{
-    if (d % GROUP) { q4v_portable(src, n, d, x); return; }
-    size_t ng = d / GROUP;
-    const unsigned char *codes = src + (size_t)n * ng * 8;
-    unsigned char e[32];
-    for (size_t t = 0; t < n; t++)
-        for (size_t g = 0; g < ng; g++) {
-            const unsigned char *par = src + (t * ng + g) * 8;
-            __m512d vm = _mm512_set1_pd(rd_f32(par)), vt = _mm512_set1_pd(rd_f32(par + 4));
-            float *o = x + t * d + g * GROUP;
-            nibbles32(codes + (t * d + g * GROUP) / 2, e);
-            for (int k = 0; k < 32; k += 8) _mm256_storeu_ps(o + k, q4_8_avx512(e + k, vm, vt));
-        }
-}
-
-T_AVX512 static void q4k_avx512(const unsigned char *src, uint32_t n, uint32_t d, float *x)
-{
-    if (d % GROUP) { q4k_portable(src, n, d, x); return; }
-    size_t nb = (n + GROUP - 1) / GROUP;
-    const unsigned char *codes = src + nb * d * 8;
-    double mn[EG_HEAD_DIM_MAX], st[EG_HEAD_DIM_MAX];
-    unsigned char e[32];
-    for (size_t j = 0; j < nb; j++) {
-        const unsigned char *par = src + j * d * 8;
-        for (size_t c = 0; c < d; c++) { mn[c] = rd_f32(par + c * 8); st[c] = rd_f32(par + c * 8 + 4); }
-        size_t t1 = j * GROUP + GROUP < n ? j * GROUP + GROUP : n;
-        for (size_t t = j * GROUP; t < t1; t++) {
-            const unsigned char *cb = codes + t * d / 2;
-            float *o = x + t * d;
-            for (size_t c = 0; c < d; c += 32) {
-                nibbles32(cb + c / 2, e);
-                for (size_t k = 0; k < 32; k += 8)
-                    _mm256_storeu_ps(o + c + k, q4_8_avx512(e + k, _mm512_loadu_pd(mn + c + k), _mm512_loadu_pd(st + c + k)));
-            }
-        }
-    }
-}
+Q4_KERNELS(avx512, T_AVX512, 8, __m512d, _mm512_set1_pd, _mm512_loadu_pd, q4_8_avx512, _mm256_storeu_ps)
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------ */

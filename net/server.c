@@ -111,20 +111,11 @@ static void maybe_finish(eg_server *srv)
     if (srv->stopping && srv->n_conns == 0 && srv->jobs_out == 0) event_base_loopbreak(srv->base);
 }
 
-/* A dead connection no worker holds: its session handles are closed on a
- * worker (closing a session's last handle writes its quest snapshots to
- * the store, which must not stall the loop), then it is freed. */
-static void conn_release(net_conn *c)
+/* Hand job j of connection c to the workers (loop thread). */
+static void job_queue(net_conn *c, net_job *j)
 {
     eg_server *srv = c->srv;
-    net_job *j = c->hs.n ? calloc(1, sizeof *j) : NULL;
-    if (!j) {   /* nothing to close, or no memory: close here */
-        net_handles_close_all(&c->hs);
-        free(c);
-        return;
-    }
     j->c = c;
-    j->teardown = 1;
     c->busy = 1;
     srv->jobs_out++;
     pthread_mutex_lock(&srv->mu);
@@ -133,6 +124,21 @@ static void conn_release(net_conn *c)
     srv->q_tail = j;
     pthread_cond_signal(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
+}
+
+/* A dead connection no worker holds: its session handles are closed on a
+ * worker (closing a session's last handle writes its quest snapshots to
+ * the store, which must not stall the loop), then it is freed. */
+static void conn_release(net_conn *c)
+{
+    net_job *j = c->hs.n ? calloc(1, sizeof *j) : NULL;
+    if (!j) {   /* nothing to close, or no memory: close here */
+        net_handles_close_all(&c->hs);
+        free(c);
+        return;
+    }
+    j->teardown = 1;
+    job_queue(c, j);
 }
 
 /* The socket goes now; the rest when no worker holds the connection. */
@@ -202,24 +208,15 @@ static int conn_hello(net_conn *c, const eg_frame_header *h, unsigned char *body
 
 static void conn_submit(net_conn *c, const eg_frame_header *h, unsigned char *body)
 {
-    eg_server *srv = c->srv;
     net_job *j = calloc(1, sizeof *j);
     if (!j) {
         free(body);
         conn_send_status(c, h, EG_NET_ENOMEM, "server out of memory");
         return;
     }
-    j->c = c;
     j->h = *h;
     j->body = body;
-    c->busy = 1;
-    srv->jobs_out++;
-    pthread_mutex_lock(&srv->mu);
-    if (srv->q_tail) srv->q_tail->next = j;
-    else srv->q_head = j;
-    srv->q_tail = j;
-    pthread_cond_signal(&srv->cv);
-    pthread_mutex_unlock(&srv->mu);
+    job_queue(c, j);
 }
 
 static void set_read_mark(net_conn *c, size_t need)

@@ -169,6 +169,32 @@ static void decode_req(eg_attend_req *r, const float *q, int64_t *pos)
     r->pos = pos;
 }
 
+/* One decode step's query at the end of T tokens, its request and result
+ * buffers (r and res point into the struct: keep it in place). */
+typedef struct {
+    float *q, *out;
+    int64_t pos;
+    eg_attend_req r;
+    eg_attend_result res;
+} decode_step;
+
+static void decode_step_init(decode_step *d, const shape *sh, uint64_t T)
+{
+    memset(d, 0, sizeof *d);
+    d->q = malloc((size_t)sh->qh * sh->d * 4);
+    d->out = malloc((size_t)sh->qh * sh->d * 4);
+    gen_queries(sh, d->q, 1, T);
+    d->pos = (int64_t)T;
+    decode_req(&d->r, d->q, &d->pos);
+    d->res.out = d->out;
+}
+
+static void decode_step_free(decode_step *d)
+{
+    free(d->q);
+    free(d->out);
+}
+
 static void init_topics(void)
 {
     for (int t = 0; t < 64; t++) for (int c = 0; c < 1024; c++) topics[t][c] = 0.6f * urand();
@@ -188,12 +214,10 @@ static double quest_bytes(uint32_t d, int f16)
 static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
                           uint64_t T, double gbps)
 {
-    float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
-    gen_queries(sh, q, 1, T);
-    int64_t pos = (int64_t)T;
-    eg_attend_req r;
-    decode_req(&r, q, &pos);
-    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    decode_step ds;
+    decode_step_init(&ds, sh, T);
+    eg_attend_req r = ds.r;
+    eg_attend_result res = ds.res;
     int big = T >= (1u << 20);
     double sp = time_attend(s, &r, &res, 0, 3, big ? 15 : 31, &gbps);
     uint64_t segs = res.segments, toks = res.tokens;
@@ -233,8 +257,7 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         bench_figure(o, "attend", "attend_vs_dense", de / sl, "ratio", de, p);
         bench_figure(o, "attend", "attend_vs_floor", sl / (bytes / (gl * 1e9)), "ratio", bytes / (gl * 1e9), p);
     } else if (!rc) rc = 1;
-    free(q);
-    free(out);
+    decode_step_free(&ds);
     return rc;
 }
 
@@ -248,12 +271,10 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
 static int variant_figure(const bench_opts *o, const char *dir, const shape *sh, int codec, uint64_t T,
                           int variant, eg_engine **e, eg_engine_session **s)
 {
-    float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
-    gen_queries(sh, q, 1, T);
-    int64_t pos = (int64_t)T;
-    eg_attend_req r;
-    decode_req(&r, q, &pos);
-    eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+    decode_step ds;
+    decode_step_init(&ds, sh, T);
+    eg_attend_req r = ds.r;
+    eg_attend_result res = ds.res;
     int big = T >= (1u << 20), rc = 0;
     /* Rounds alternate the two engines, so that both see the machine's
      * load of the same minutes; each one's figure is its median round. */
@@ -281,8 +302,7 @@ static int variant_figure(const bench_opts *o, const char *dir, const shape *sh,
         bench_figure(o, "attend", variant == 1 ? "window_f32_vs_stored" : "quest_f16_vs_int8", t[1] / t[0],
                      "ratio", t[0], p);
     } else fprintf(stderr, "bench: variant figure: %s\n", eg_engine_last_error());
-    free(q);
-    free(out);
+    decode_step_free(&ds);
     return rc;
 }
 
@@ -470,12 +490,10 @@ int bench_suite_resume(const bench_opts *o)
         if ((rc = new_session(dir, sh, EG_CODEC_Q8, &e, &s))) break;
         uint64_t T = 0;
         rc = append_to(s, sh, &T, T_want);
-        float *q = malloc((size_t)sh->qh * sh->d * 4), *out = malloc((size_t)sh->qh * sh->d * 4);
-        gen_queries(sh, q, 1, T);
-        int64_t pos = (int64_t)T;
-        eg_attend_req r;
-        decode_req(&r, q, &pos);
-        eg_attend_result res = {out, NULL, NULL, 0, 0, 0, 0};
+        decode_step ds;
+        decode_step_init(&ds, sh, T);
+        eg_attend_req r = ds.r;
+        eg_attend_result res = ds.res;
         if (!rc && eg_engine_attend(s, &r, &res)) rc = 1;   /* served once: its tables are loaded */
         eg_engine_close(e);                                  /* ... and stored at the close */
         double bytes = 0, full = read_file_once(data, &bytes);
@@ -511,8 +529,7 @@ int bench_suite_resume(const bench_opts *o)
                 bench_figure(o, "resume", "resume_cold_vs_full_read", full_cold / first_cold, "ratio", full_cold, pc);
             } else fprintf(stderr, "resume: no cold figure (the page cache could not be dropped)\n");
         }
-        free(q);
-        free(out);
+        decode_step_free(&ds);
         rm_store(dir);
     }
     return rc ? 1 : 0;
