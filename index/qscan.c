@@ -141,7 +141,7 @@ float ix_q8_value(const eg_route_table *t, size_t s, size_t c)
 /* Block by block, in the codes' own layout (quad, lane, channel of the
  * quad), so that every loop is element-wise and vectorises: per position
  * the running max (min) over the group's blocks, then over the 8 lanes. */
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)   /* clang wants it on every declaration */
 __attribute__((target_clones("avx2", "default")))   /* same bits: exact operations */
 #endif
 void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float *mn)
