@@ -66,6 +66,8 @@ size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx);
 void ix_lse_mix(float *o, const float *x, size_t n, size_t m, float tau, float bias, float tau_out);
 /* out[r] = dot(a, b[r]) for int8 a (times scale) against f32 rows b. */
 float ix_dot_i8(const int8_t *a, const float *b, int n);
+/* The same sum of f32 a (int8 widened, say): same order, same bits. */
+float ix_dot_f(const float *a, const float *b, int n);
 
 /* Top-k with deterministic ties (higher score first, then lower index):
  * a bounded min-heap. */
@@ -106,7 +108,8 @@ struct eg_route_table {
     int8_t q8w[EG_IX_DIM_MAX];
     float q8wf[EG_IX_DIM_MAX], q8wi[EG_IX_DIM_MAX];   /* 2^q8w and 2^-q8w */
     int q8w_set;
-    /* learned PQ: codes [n*S][m]; indexer: q8 keys [n*S][dim] and scales */
+    /* learned PQ: codes [n*S][m]; indexer: q8 keys in blocks of IX_BLK tokens,
+     * channel-major ([n*S/IX_BLK][dim][IX_BLK], iscan.c), and scales [n*S] */
     uint8_t *codes;
     int8_t *ikeys;
     float *iscale;
@@ -156,6 +159,10 @@ int ix_q8_level(int cap);
 const char *ix_q8_kernel_name(int cap);
 /* Recompute the quest group rows from segment `from` on (table.c). */
 void ix_table_regroup(eg_route_table *t, size_t from);
+/* Indexer scores of segments [s0, s1) into out[r*ld + s - s0] (iscan.c). */
+void ix_indexer_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
+/* The CPU has the AVX2 kernels' instructions (simd.c). */
+int ix_simd_has_avx2(void);
 /* The cap eg_index_kernels set (simd.c). */
 int ix_simd_cap(void);
 /* Member scores of a quest table, f16 or int8 (select.c). */

@@ -97,6 +97,19 @@ void ix_score_rows(const float *tab, size_t n, size_t width, const float *qp, in
 }
 
 IX_CLONES
+float ix_dot_f(const float *a, const float *b, int n)
+{
+    float acc[16] = { 0 };
+    int n16 = n & ~15, c;
+    for (c = 0; c < n16; c += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[c + l] * b[c + l];
+    float tail = 0.0f;
+    for (; c < n; c++) tail += a[c] * b[c];
+    for (int l = 0; l < 8; l++) acc[l] += acc[l + 8];
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    return ((acc[0] + acc[2]) + (acc[1] + acc[3])) + tail;
+}
+
 float ix_dot_i8(const int8_t *a, const float *b, int n)
 {
     float acc[16] = { 0 };

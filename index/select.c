@@ -186,11 +186,14 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_
         if (ix_learned_outliers(t))
             score_outliers(c, s0, s1, out, ld);
         else if (t->codes) {
+            /* Segments outer, rows inner: the codes stream once for all rows
+             * (each row's lookup tables stay in cache); each score's sum runs
+             * in the same order as before, so the bits do not change. */
             size_t m = w / IX_PQ_SUB;
-            for (size_t r = 0; r < nr; r++) {
-                const float *lut = c->lut + r * m * IX_PQ_K;
-                for (size_t i = 0; i < n; i++) {
-                    const uint8_t *cd = t->codes + (s0 + i) * S * m;
+            for (size_t i = 0; i < n; i++) {
+                const uint8_t *cd = t->codes + (s0 + i) * S * m;
+                for (size_t r = 0; r < nr; r++) {
+                    const float *lut = c->lut + r * m * IX_PQ_K;
                     float best = -INFINITY;
                     for (size_t k = 0; k < S; k++) {
                         float v = 0.0f;
@@ -217,27 +220,9 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_
             }
         }
         break;
-    case EG_ROUTER_INDEXER: {
-        size_t d = (size_t)t->spec.dim, h = (size_t)c->rows->n_index_heads;
-        for (size_t r = 0; r < nr; r++) {
-            const float *iq = c->rows->index_q + r * h * d, *iw = c->rows->index_w + r * h;
-            for (size_t i = 0; i < n; i++) {
-                float best = -INFINITY;
-                for (size_t k = 0; k < S; k++) {
-                    size_t tok = (s0 + i) * S + k;
-                    const int8_t *key = t->ikeys + tok * d;
-                    float sc = t->iscale[tok], v = 0.0f;
-                    for (size_t j = 0; j < h; j++) {
-                        float dot = sc * ix_dot_i8(key, iq + j * d, (int)d);
-                        v += iw[j] * (dot > 0.0f ? dot : 0.0f);
-                    }
-                    best = v > best ? v : best;
-                }
-                out[r * ld + i] = best;
-            }
-        }
+    case EG_ROUTER_INDEXER:
+        ix_indexer_scores(c, s0, s1, out, ld);
         break;
-    }
     default: break;
     }
 }

@@ -434,6 +434,16 @@ static int simd_cap = 2;   /* int8 quest kernels: up to AVX-512 VNNI */
 
 int ix_simd_cap(void) { return simd_cap; }
 
+int ix_simd_has_avx2(void)
+{
+    pthread_once(&k_once, kernels_init);
+#ifdef IX_HAVE_AVX2
+    return k_cpu_avx2;
+#else
+    return 0;
+#endif
+}
+
 const char *eg_index_kernels(int force_portable)
 {
     static char name[64];

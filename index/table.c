@@ -337,8 +337,10 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
     switch (t->spec.kind) {
     case EG_ROUTER_INDEXER:
         for (size_t k = 0; k < s; k++) {
-            memcpy(&t->iscale[seg * s + k], row + k * (4 + d), 4);
-            memcpy(t->ikeys + (seg * s + k) * d, row + k * (4 + d) + 4, d);
+            size_t tok = seg * s + k;   /* blocked channel-major (iscan.c) */
+            memcpy(&t->iscale[tok], row + k * (4 + d), 4);
+            int8_t *blk = t->ikeys + tok / IX_BLK * d * IX_BLK + tok % IX_BLK;
+            for (size_t c = 0; c < d; c++) blk[c * IX_BLK] = (int8_t)row[k * (4 + d) + 4 + c];
         }
         break;
     case EG_ROUTER_LEARNED:

@@ -423,11 +423,12 @@ static void test_bound_needle_left_out(void)
 }
 
 /* Indexer scores against a plain loop over the stored q8 keys. */
-static void test_indexer_reference(void)
+/* Indexer scores of both kernels (portable, AVX2) against a plain loop
+ * over the stored q8 keys, for shapes whose (row, head) queries span
+ * several of the kernel's passes. */
+static void indexer_case(int d, int S, int H, int nr, size_t nseg, double *worst, double *qerr)
 {
-    const int d = 24, S = 16, H = 5, nr = 3;
-    const size_t nseg = 20;
-    float *ik = make_keys(PAT_OUTLIER, nseg * S, d, 44);
+    float *ik = make_keys(PAT_OUTLIER, nseg * S, d, 44 + (uint64_t)d);
     eg_summary_spec sp = { EG_ROUTER_INDEXER, d, S, NULL, 0 };
     size_t b;
     CHECK_OK(eg_summary_bytes(&sp, &b));
@@ -436,43 +437,54 @@ static void test_indexer_reference(void)
     for (size_t s = 0; s < nseg; s++) CHECK_OK(eg_summary_compute(&sp, ik + s * S * d, sum + s * b, b));
     eg_route_table *t;
     CHECK_OK(eg_route_table_create(&sp, &t));
-    CHECK_OK(eg_route_table_append(t, sum, nseg, NULL));
-    float iq[3 * 5 * 24], iw[3 * 5], sc[3 * 20];
+    CHECK_OK(eg_route_table_append(t, sum, nseg / 2, NULL));   /* in two appends */
+    CHECK_OK(eg_route_table_append(t, sum + nseg / 2 * b, nseg - nseg / 2, NULL));
+    float *iq = malloc(sizeof(float) * nr * H * d), *iw = malloc(sizeof(float) * nr * H), *sc = malloc(sizeof(float) * nr * nseg);
     make_queries(iq, nr * H, d, 5, 1.0f);
     uint64_t s0 = 77;
     for (int i = 0; i < nr * H; i++) iw[i] = tu_randf(&s0);
     eg_route_rows rows = { .n_rows = nr, .scale = 1.0f, .n_index_heads = H, .index_q = iq, .index_w = iw };
-    CHECK_OK(eg_router_score_all(t, &rows, sc));
-    double worst = 0, qerr = 0;
-    for (int r = 0; r < nr; r++)
-        for (size_t s = 0; s < nseg; s++) {
-            double best = -INFINITY, best_f = -INFINITY;
-            for (int i = 0; i < S; i++) {
-                const uint8_t *row = sum + s * b + (size_t)i * (4 + d);
-                float scale;
-                memcpy(&scale, row, 4);
-                double v = 0, vf = 0;
-                for (int h = 0; h < H; h++) {
-                    double dot = 0, dotf = 0;
-                    for (int c = 0; c < d; c++) {
-                        dot += (double)iq[(r * H + h) * d + c] * scale * (int8_t)row[4 + c];
-                        dotf += (double)iq[(r * H + h) * d + c] * ik[((s * S) + i) * d + c];
+    for (int port = 1; port >= 0; port--) {
+        eg_index_kernels(port);
+        CHECK_OK(eg_router_score_all(t, &rows, sc));
+        for (int r = 0; r < nr; r++)
+            for (size_t s = 0; s < nseg; s++) {
+                double best = -INFINITY, best_f = -INFINITY;
+                for (int i = 0; i < S; i++) {
+                    const uint8_t *row = sum + s * b + (size_t)i * (4 + d);
+                    float scale;
+                    memcpy(&scale, row, 4);
+                    double v = 0, vf = 0;
+                    for (int h = 0; h < H; h++) {
+                        double dot = 0, dotf = 0;
+                        for (int c = 0; c < d; c++) {
+                            dot += (double)iq[(r * H + h) * d + c] * scale * (int8_t)row[4 + c];
+                            dotf += (double)iq[(r * H + h) * d + c] * ik[((s * S) + i) * d + c];
+                        }
+                        v += iw[r * H + h] * (dot > 0 ? dot : 0);
+                        vf += iw[r * H + h] * (dotf > 0 ? dotf : 0);
                     }
-                    v += iw[r * H + h] * (dot > 0 ? dot : 0);
-                    vf += iw[r * H + h] * (dotf > 0 ? dotf : 0);
+                    best = v > best ? v : best;
+                    best_f = vf > best_f ? vf : best_f;
                 }
-                best = v > best ? v : best;
-                best_f = vf > best_f ? vf : best_f;
+                *worst = fmax(*worst, fabs(best - sc[r * nseg + s]) / (1 + fabs(best)));
+                *qerr = fmax(*qerr, fabs(best_f - sc[r * nseg + s]) / (1 + fabs(best_f)));
             }
-            worst = fmax(worst, fabs(best - sc[r * nseg + s]) / (1 + fabs(best)));
-            qerr = fmax(qerr, fabs(best_f - sc[r * nseg + s]) / (1 + fabs(best_f)));
-        }
-    printf("  indexer vs plain loop: %.2g relative; vs unquantised keys %.2g\n", worst, qerr);
+    }
+    eg_index_kernels(0);
+    eg_route_table_free(t);
+    free(sum); free(ik); free(iq); free(iw); free(sc);
+}
+
+static void test_indexer_reference(void)
+{
+    double worst = 0, qerr = 0;
+    indexer_case(24, 16, 5, 3, 20, &worst, &qerr);
+    indexer_case(100, 32, 1, 4, 9, &worst, &qerr);
+    indexer_case(64, 64, 7, 2, 5, &worst, &qerr);
+    printf("  indexer vs plain loop (both kernels): %.2g relative; vs unquantised keys %.2g\n", worst, qerr);
     CHECK(worst < 1e-5);
     CHECK(qerr < 0.2);   /* q8 of an outlier-channel key: what storing it q8 costs */
-    eg_route_table_free(t);
-    free(sum);
-    free(ik);
 }
 
 /* Tags, sinks, recent window, causality, oracle. */
