@@ -226,6 +226,43 @@ static void test_table_save_load(void)
     free(k);
 }
 
+/* A table reserved up front routes as one grown by doubling; bad
+ * reservations are refused and change nothing. */
+static void test_table_reserve(void)
+{
+    const int d = 32, S = 16;
+    const size_t n = 300;
+    float *k = make_keys(PAT_NORMAL, n * S, d, 91);
+    for (int f16 = 0; f16 < 2; f16++) {
+        g_quest_f16 = f16;
+        eg_route_table *a = build(EG_ROUTER_QUEST, k, n, d, S, NULL, NULL);
+        eg_summary_spec sp = { EG_ROUTER_QUEST, d, S, NULL, f16 };
+        size_t sb;
+        REQUIRE(a && eg_summary_bytes(&sp, &sb) == 0);
+        uint8_t *sum = malloc(sb * n);
+        for (size_t i = 0; i < n; i++) CHECK_OK(eg_summary_compute(&sp, k + i * S * d, sum + i * sb, sb));
+        eg_route_table *b;
+        REQUIRE(eg_route_table_create(&sp, &b) == 0);
+        CHECK_OK(eg_route_table_reserve(b, 1000));
+        CHECK_OK(eg_route_table_reserve(b, 10));        /* smaller: nothing to do */
+        CHECK_EQ_INT(eg_route_table_reserve(b, (size_t)1 << 41), EG_IX_EINVAL);
+        CHECK_EQ_INT(eg_route_table_reserve(NULL, 10), EG_IX_EINVAL);
+        for (size_t i = 0; i < n; i += 70) CHECK_OK(eg_route_table_append(b, sum + i * sb, i + 70 < n ? 70 : n - i, NULL));
+        CHECK_EQ_INT(eg_route_table_segments(b), n);
+        float q[2 * 32], sa[2 * 300], sbb[2 * 300];
+        make_queries(q, 2, d, 3, 1.0f);
+        eg_route_rows rows = { .n_rows = 2, .q = q, .scale = 0.2f };
+        CHECK_OK(eg_router_score_all(a, &rows, sa));
+        CHECK_OK(eg_router_score_all(b, &rows, sbb));
+        CHECK(memcmp(sa, sbb, sizeof sa) == 0);
+        eg_route_table_free(a);
+        eg_route_table_free(b);
+        free(sum);
+    }
+    g_quest_f16 = 0;
+    free(k);
+}
+
 /* Hierarchical top-k equals the flat scan's, over sizes around group edges,
  * ties, tags, positions and budgets; on drifting keys it scores fewer. */
 static void test_hierarchy_equals_flat(void)
@@ -652,6 +689,7 @@ int main(void)
     TEST_RUN(test_bound_needle_left_out);
     g_quest_f16 = 0;
     TEST_RUN(test_table_save_load);
+    TEST_RUN(test_table_reserve);
     TEST_RUN(test_indexer_reference);
     TEST_RUN(test_forced_tags_causal_oracle);
     TEST_RUN(test_bad_input);
