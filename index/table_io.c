@@ -121,8 +121,8 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
     /* Block by block in the codes' layout (element-wise loops): per
      * position the sum of |code| over the quads, then per lane. */
     size_t nq = ix_q8_quads(t), L = IX_BLK * 4;
-    for (size_t b = 0; b * IX_BLK < n && !bad; b++) {
-        const int8_t *blk = t->q8 + b * nq * L;
+    for (size_t bi = 0; bi * IX_BLK < n && !bad; bi++) {
+        const int8_t *blk = t->q8 + bi * nq * L;
         int32_t acc[IX_BLK * 4] = { 0 };
         int m128 = 0;
         for (size_t k = 0; k < nq; k++)
@@ -132,8 +132,8 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
                 m128 |= q == -128;
             }
         bad |= m128;
-        for (size_t l = 0; l < IX_BLK && b * IX_BLK + l < n; l++) {
-            size_t s = b * IX_BLK + l;
+        for (size_t l = 0; l < IX_BLK && bi * IX_BLK + l < n; l++) {
+            size_t s = bi * IX_BLK + l;
             int32_t l1 = acc[l * 4] + acc[l * 4 + 1] + acc[l * 4 + 2] + acc[l * 4 + 3];
             bad |= l1 != t->q8l1[s] || t->q8inf[s] > 1 || (t->q8inf[s] && l1) || !scale_ok(t->q8s[s]);
         }
