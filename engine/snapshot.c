@@ -37,43 +37,54 @@ eg_route_table *en_snap_load(en_sess *s, uint32_t layer, uint32_t kvh, const eg_
     return t;
 }
 
-/* Store table t of (layer, kvh) in chunks; 0 on success. */
-static int snap_put(en_sess *s, uint32_t layer, uint32_t kvh, const eg_route_table *t)
+/* The layer's tables that grew enough since their snapshot, stored in one
+ * transaction (one commit for the layer; all or none): each table's bytes
+ * in chunks, chunk 0 led by the total. */
+static void snap_layer(en_sess *s, uint32_t l)
 {
-    void *bytes;
-    size_t len;
-    int rc = eg_route_table_save(t, &bytes, &len);
-    if (rc) return rc;
-    unsigned char *c0 = malloc(8 + (len < EN_SNAP_CHUNK ? len : EN_SNAP_CHUNK));
-    if (!c0) { free(bytes); return EG_EN_ENOMEM; }
-    uint64_t total = len;
-    memcpy(c0, &total, 8);
-    size_t first = len < EN_SNAP_CHUNK ? len : EN_SNAP_CHUNK;
-    memcpy(c0 + 8, bytes, first);
-    /* Later chunks first, chunk 0 (which names the total) last: a close cut
-     * short leaves chunks that fail the table's checksum, never a table
-     * that loads wrong. */
-    uint64_t n_chunks = 1 + (len - first + EN_SNAP_CHUNK - 1) / EN_SNAP_CHUNK;
-    for (uint64_t i = n_chunks - 1; i >= 1 && !rc; i--) {
-        size_t off = first + (size_t)(i - 1) * EN_SNAP_CHUNK, n = len - off < EN_SNAP_CHUNK ? len - off : EN_SNAP_CHUNK;
-        rc = eg_record_put_session(s->ms, layer, kvh, EN_REC_SNAP, i, (char *)bytes + off, n);
+    en_layer_tabs *L = &s->layers[l];
+    uint32_t H = s->cfg.n_kv_heads;
+    void **blob = calloc(H, sizeof *blob);
+    unsigned char **head = calloc(H, sizeof *head);
+    size_t *len = calloc(H, sizeof *len), n_rec = 0, cap = 0;
+    eg_session_record *rec = NULL;
+    uint64_t *total = calloc(H, sizeof *total);
+    int ok = blob && head && len && total;
+    for (uint32_t h = 0; ok && h < H; h++) {
+        uint64_t n = eg_route_table_segments(L->tab[0][h]), old = L->snap[h];
+        uint64_t step = old / 4 > EN_SNAP_MIN ? old / 4 : EN_SNAP_MIN;
+        if (n < EN_SNAP_MIN || n < old + step) continue;   /* a few segments more: synced at load */
+        if (eg_route_table_save(L->tab[0][h], &blob[h], &len[h])) { blob[h] = NULL; continue; }
+        size_t first = len[h] < EN_SNAP_CHUNK ? len[h] : EN_SNAP_CHUNK;
+        size_t chunks = 1 + (len[h] - first + EN_SNAP_CHUNK - 1) / EN_SNAP_CHUNK;
+        if (!(head[h] = malloc(8 + first))) { ok = 0; break; }
+        total[h] = len[h];
+        memcpy(head[h], &total[h], 8);
+        memcpy(head[h] + 8, blob[h], first);
+        if (n_rec + chunks > cap) {
+            size_t nc = (n_rec + chunks) * 2;
+            eg_session_record *r = realloc(rec, nc * sizeof *r);
+            if (!r) { ok = 0; break; }
+            rec = r;
+            cap = nc;
+        }
+        rec[n_rec++] = (eg_session_record){l, h, EN_REC_SNAP, 0, head[h], 8 + first};
+        for (size_t i = 1; i < chunks; i++) {
+            size_t off = first + (i - 1) * EN_SNAP_CHUNK, m = len[h] - off < EN_SNAP_CHUNK ? len[h] - off : EN_SNAP_CHUNK;
+            rec[n_rec++] = (eg_session_record){l, h, EN_REC_SNAP, i, (char *)blob[h] + off, m};
+        }
     }
-    if (!rc) rc = eg_record_put_session(s->ms, layer, kvh, EN_REC_SNAP, 0, c0, 8 + first);
-    free(c0);
-    free(bytes);
-    return rc;
+    if (ok && n_rec && eg_record_put_session_many(s->ms, rec, n_rec) == 0)
+        for (uint32_t h = 0; h < H; h++)
+            if (head[h]) L->snap[h] = eg_route_table_segments(L->tab[0][h]);
+    for (uint32_t h = 0; blob && head && h < H; h++) { free(blob[h]); free(head[h]); }
+    free(blob); free(head); free(len); free(total); free(rec);
 }
 
 void en_snap_save_all(en_sess *s)
 {
     for (uint32_t l = 0; s->layers && l < s->cfg.n_layers; l++) {
         en_layer_tabs *L = &s->layers[l];
-        if (!L->loaded[0] || !L->tab[0] || !L->snap) continue;
-        for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) {
-            uint64_t n = eg_route_table_segments(L->tab[0][h]), old = L->snap[h];
-            uint64_t step = old / 4 > EN_SNAP_MIN ? old / 4 : EN_SNAP_MIN;
-            if (n < EN_SNAP_MIN || n < old + step) continue;   /* a few segments more: synced at load */
-            if (snap_put(s, l, h, L->tab[0][h]) == 0) L->snap[h] = n;
-        }
+        if (L->loaded[0] && L->tab[0] && L->snap) snap_layer(s, l);
     }
 }

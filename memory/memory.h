@@ -353,6 +353,18 @@ int eg_record_put_session(eg_msession *s, uint32_t layer, uint32_t kv_head, uint
                           uint64_t index, const void *bytes, size_t len);
 int eg_record_get_session(eg_msession *s, uint32_t layer, uint32_t kv_head, uint32_t kind,
                           uint64_t index, void **out_bytes, size_t *out_len);
+/* Several session records in one transaction (one commit): all are stored
+ * or none. recs and their bytes borrowed. Errors as eg_record_put_session,
+ * checked for every record before anything is written; EG_EINVAL (recs
+ * NULL with n > 0). Keep a call's bytes well below the map: LMDB holds a
+ * transaction's pages in RAM. */
+typedef struct {
+    uint32_t layer, kv_head, kind;
+    uint64_t index;
+    const void *bytes;
+    size_t len;
+} eg_session_record;
+int eg_record_put_session_many(eg_msession *s, const eg_session_record *recs, size_t n);
 
 /* ---- cold tier --------------------------------------------------------- */
 /* Re-encode sealed segments older than cfg.cold_age_segments (counted back

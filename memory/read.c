@@ -429,35 +429,49 @@ static void srec_key(unsigned char kb[28], uint64_t sid, uint32_t layer, uint32_
     eg_be64(kb + 20, index);
 }
 
-typedef struct { uint32_t layer, kvh, kind; uint64_t index; const void *bytes; size_t len; } srec_arg;
+typedef struct { const eg_session_record *r; size_t n; } srec_arg;
 
 static int apply_srec(eg_store *st, MDB_txn *txn, eg_job *job)
 {
     srec_arg *a = job->arg;
     int rc = eg_sess_alive(st, txn, job->s);
-    if (rc) return rc;
-    unsigned char kb[28];
-    srec_key(kb, job->s->work.h.id, a->layer, a->kvh, a->kind, a->index);
-    MDB_val k = {28, kb}, v = {a->len + 8, NULL};
-    rc = mdb_put(txn, st->db_router, &k, &v, MDB_RESERVE);
-    if (rc) return eg_mdb_fail(rc, "record write");
-    uint64_t sum = eg_record_sum(kb, 28, a->bytes, a->len);
-    memcpy(v.mv_data, &sum, 8);
-    if (a->len) memcpy((char *)v.mv_data + 8, a->bytes, a->len);
-    return 0;
+    for (size_t i = 0; i < a->n && !rc; i++) {
+        const eg_session_record *r = &a->r[i];
+        unsigned char kb[28];
+        srec_key(kb, job->s->work.h.id, r->layer, r->kv_head, r->kind, r->index);
+        MDB_val k = {28, kb}, v = {r->len + 8, NULL};
+        rc = mdb_put(txn, st->db_router, &k, &v, MDB_RESERVE);
+        if (rc) return eg_mdb_fail(rc, "record write");
+        uint64_t sum = eg_record_sum(kb, 28, r->bytes, r->len);
+        memcpy(v.mv_data, &sum, 8);
+        if (r->len) memcpy((char *)v.mv_data + 8, r->bytes, r->len);
+    }
+    return rc;
+}
+
+int eg_record_put_session_many(eg_msession *s, const eg_session_record *recs, size_t n)
+{
+    eg_sess_hdr h;
+    int rc;
+    if ((rc = snapshot(s, &h, NULL, 0))) return rc;
+    if (!recs && n) return eg_mem_fail(EG_EINVAL, "eg_record_put_session_many: NULL records");
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = check_lh(&h, recs[i].layer, recs[i].kv_head))) return rc;
+        if (!recs[i].bytes && recs[i].len) return eg_mem_fail(EG_EINVAL, "session record %zu: NULL bytes", i);
+        if (recs[i].len > EG_RECORD_MAX)
+            return eg_mem_fail(EG_ELIMIT, "session record %zu: %zu bytes over the limit", i, recs[i].len);
+    }
+    if (!n) return 0;
+    srec_arg a = {recs, n};
+    eg_job job = {.apply = apply_srec, .s = s, .arg = &a};
+    return eg_store_write(s->st, &job);
 }
 
 int eg_record_put_session(eg_msession *s, uint32_t layer, uint32_t kvh, uint32_t kind, uint64_t index,
                           const void *bytes, size_t len)
 {
-    eg_sess_hdr h;
-    int rc;
-    if ((rc = snapshot(s, &h, NULL, 0)) || (rc = check_lh(&h, layer, kvh))) return rc;
-    if (!bytes && len) return eg_mem_fail(EG_EINVAL, "eg_record_put_session: NULL bytes");
-    if (len > EG_RECORD_MAX) return eg_mem_fail(EG_ELIMIT, "record of %zu bytes over limit", len);
-    srec_arg a = {layer, kvh, kind, index, bytes, len};
-    eg_job job = {.apply = apply_srec, .s = s, .arg = &a};
-    return eg_store_write(s->st, &job);
+    eg_session_record r = {layer, kvh, kind, index, bytes, len};
+    return eg_record_put_session_many(s, &r, 1);
 }
 
 int eg_record_get_session(eg_msession *s, uint32_t layer, uint32_t kvh, uint32_t kind, uint64_t index,

@@ -132,6 +132,36 @@ static void test_session_records_keep(void)
     tu_rmrf(dir);
 }
 
+/* Several session records in one call: all stored, or (one bad) none. */
+static void test_session_records_many(void)
+{
+    tu_tmpdir(dir, sizeof dir, "srecm");
+    eg_store *st = open_store();
+    REQUIRE(st);
+    eg_session_config c;
+    su_config(&c, 2, 2, 16, 16, 16, EG_CODEC_Q8);
+    CHECK_OK(eg_session_create(st, "p", &c));
+    eg_msession *p;
+    CHECK_OK(eg_session_open(st, "p", NULL, &p));
+    eg_session_record r[3] = {{0, 0, 9, 0, "a", 1}, {1, 1, 9, 0, "bb", 2}, {1, 1, 9, 1, "", 0}};
+    CHECK_OK(eg_record_put_session_many(p, r, 3));
+    CHECK_OK(rec_is(p, 0, 0, 9, "a"));
+    CHECK_OK(rec_is(p, 1, 1, 9, "bb"));
+    void *b = NULL;
+    size_t len = 1;
+    CHECK_OK(eg_record_get_session(p, 1, 1, 9, 1, &b, &len));
+    CHECK_EQ_INT(len, 0);
+    free(b);
+    eg_session_record bad[2] = {{0, 1, 9, 0, "new", 3}, {2, 0, 9, 0, "x", 1}};   /* layer 2 of 2 */
+    CHECK_EQ_INT(eg_record_put_session_many(p, bad, 2), EG_ERANGE);
+    CHECK_EQ_INT(rec_is(p, 0, 1, 9, "new"), EG_ENOTFOUND);                    /* nothing written */
+    CHECK_EQ_INT(eg_record_put_session_many(p, NULL, 1), EG_EINVAL);
+    CHECK_OK(eg_record_put_session_many(p, NULL, 0));
+    CHECK_OK(eg_session_close(p));
+    CHECK_OK(eg_store_close(st));
+    tu_rmrf(dir);
+}
+
 static void test_fork_shares_and_diverges(void)
 {
     tu_tmpdir(dir, sizeof dir, "fork");
@@ -360,5 +390,6 @@ int main(void)
     TEST_RUN(test_truncate_under_fork);
     TEST_RUN(test_damage_reported);
     TEST_RUN(test_session_records_keep);
+    TEST_RUN(test_session_records_many);
     TEST_END();
 }
