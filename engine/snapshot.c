@@ -46,20 +46,20 @@ static void snap_layer(en_sess *s, uint32_t l)
     uint32_t H = s->cfg.n_kv_heads;
     void **blob = calloc(H, sizeof *blob);
     unsigned char **head = calloc(H, sizeof *head);
-    size_t *len = calloc(H, sizeof *len), n_rec = 0, cap = 0;
+    size_t n_rec = 0, cap = 0;
     eg_session_record *rec = NULL;
-    uint64_t *total = calloc(H, sizeof *total);
-    int ok = blob && head && len && total;
+    int ok = blob && head;
     for (uint32_t h = 0; ok && h < H; h++) {
         uint64_t n = eg_route_table_segments(L->tab[0][h]), old = L->snap[h];
         uint64_t step = old / 4 > EN_SNAP_MIN ? old / 4 : EN_SNAP_MIN;
         if (n < EN_SNAP_MIN || n < old + step) continue;   /* a few segments more: synced at load */
-        if (eg_route_table_save(L->tab[0][h], &blob[h], &len[h])) { blob[h] = NULL; continue; }
-        size_t first = len[h] < EN_SNAP_CHUNK ? len[h] : EN_SNAP_CHUNK;
-        size_t chunks = 1 + (len[h] - first + EN_SNAP_CHUNK - 1) / EN_SNAP_CHUNK;
+        size_t len;
+        if (eg_route_table_save(L->tab[0][h], &blob[h], &len)) { blob[h] = NULL; continue; }
+        size_t first = len < EN_SNAP_CHUNK ? len : EN_SNAP_CHUNK;
+        size_t chunks = 1 + (len - first + EN_SNAP_CHUNK - 1) / EN_SNAP_CHUNK;
         if (!(head[h] = malloc(8 + first))) { ok = 0; break; }
-        total[h] = len[h];
-        memcpy(head[h], &total[h], 8);
+        uint64_t total = len;
+        memcpy(head[h], &total, 8);
         memcpy(head[h] + 8, blob[h], first);
         if (n_rec + chunks > cap) {
             size_t nc = (n_rec + chunks) * 2;
@@ -70,7 +70,7 @@ static void snap_layer(en_sess *s, uint32_t l)
         }
         rec[n_rec++] = (eg_session_record){l, h, EN_REC_SNAP, 0, head[h], 8 + first};
         for (size_t i = 1; i < chunks; i++) {
-            size_t off = first + (i - 1) * EN_SNAP_CHUNK, m = len[h] - off < EN_SNAP_CHUNK ? len[h] - off : EN_SNAP_CHUNK;
+            size_t off = first + (i - 1) * EN_SNAP_CHUNK, m = len - off < EN_SNAP_CHUNK ? len - off : EN_SNAP_CHUNK;
             rec[n_rec++] = (eg_session_record){l, h, EN_REC_SNAP, i, (char *)blob[h] + off, m};
         }
     }
@@ -78,7 +78,7 @@ static void snap_layer(en_sess *s, uint32_t l)
         for (uint32_t h = 0; h < H; h++)
             if (head[h]) L->snap[h] = eg_route_table_segments(L->tab[0][h]);
     for (uint32_t h = 0; blob && head && h < H; h++) { free(blob[h]); free(head[h]); }
-    free(blob); free(head); free(len); free(total); free(rec);
+    free(blob); free(head); free(rec);
 }
 
 void en_snap_save_all(en_sess *s)

@@ -365,7 +365,7 @@ static void score_groups(const ix_ctx *c, const eg_route_opts *o, ix_cache *k, c
 }
 
 /* An int8 table's segment scores exceed the exact dot its group row bounds
- * by up to t s (L1 + 2) (qscan.c): a group's bound adds that, and the f32
+ * by up to t s (L1 + 32) (qscan.c): a group's bound adds that, and the f32
  * rounding of its own score, so that it is never below a member's score
  * and the hierarchy picks what the flat scan picks. */
 static float group_bound_q8(const ix_ctx *c, size_t g, const float *p, size_t ld)
