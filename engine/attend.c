@@ -43,6 +43,13 @@ typedef struct {
     char (*msg)[256];              /* [H] */
     uint64_t *page_ins, *segs, *toks;
     double *worst;
+    /* Quest decode routed in three rounds (run_shared): per kv-head its
+     * buffers, rows and prepared route, kept across the rounds. */
+    struct task_buf *bufs;
+    eg_route_rows *rows;
+    eg_route_prep **preps;
+    size_t *item0;                 /* [H + 1] first global scoring item of each head */
+    int n_parts;
 } call_ctx;
 
 /* Scores of one block of n keys starting at token tok0, folded into st.
@@ -118,7 +125,7 @@ static void state_reset(attn_state *st)
 }
 
 /* ---- one kv-head ------------------------------------------------------------------ */
-typedef struct {
+typedef struct task_buf {
     int nr;
     float *qraw, *qt, *qe, *sc;     /* [nr][dk] x3, scores [nr][block] */
     int64_t *vis;                   /* [nr] last visible token, -1: none */
@@ -307,24 +314,29 @@ static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
  * head early helps with the rest. */
 static void pool_for(void *pool, int n, void (*fn)(void *, int), void *arg) { en_pool_run_leaf(pool, n, fn, arg); }
 
+static void route_opts(const call_ctx *c, eg_route_opts *o)
+{
+    const eg_attend_req *q = c->req;
+    eg_route_opts_init(o);
+    o->budget_tokens = q->budget_tokens;
+    o->n_sink_segments = q->n_sink_segments;
+    o->recent_tokens = q->recent_tokens;
+    o->tags = q->tags;
+    o->n_tags = q->n_tags;
+    o->parallel_for = pool_for;
+    o->parallel_ctx = c->s->e->pool;
+    o->parallel_parts = en_pool_threads(c->s->e->pool);
+}
+
 /* Route kv-head kvh. With log_ub (sparse attend) also the lost-mass bound
  * of every prefix of the routed order, malloc'd: quest routes and bounds
  * in one scan of the table. */
 static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows,
                      eg_route_selection *sel, double **log_ub)
 {
-    const eg_attend_req *q = c->req;
     rows_of(c, b, kvh, rows);
     eg_route_opts o;
-    eg_route_opts_init(&o);
-    o.budget_tokens = q->budget_tokens;
-    o.n_sink_segments = q->n_sink_segments;
-    o.recent_tokens = q->recent_tokens;
-    o.tags = q->tags;
-    o.n_tags = q->n_tags;
-    o.parallel_for = pool_for;
-    o.parallel_ctx = c->s->e->pool;
-    o.parallel_parts = en_pool_threads(c->s->e->pool);
+    route_opts(c, &o);
     eg_route_table *t = c->route ? c->route[kvh] : NULL, *own = NULL;
     int rc = 0;
     if (!t) { /* oracle: a table of counts only */
@@ -433,13 +445,11 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
     return rc;
 }
 
+static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection sel, double *log_ub);
+
 static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
 {
     const en_view *v = &c->v;
-    const eg_attend_req *q = c->req;
-    uint32_t S = v->S;
-    int remap = q->remap_positions;
-    attn_state *T = remap ? &b->tr : &b->st;
     if (v->n_sealed == 0) { /* open rows only: remapping moves nothing, nothing is left out */
         state_reset(&b->st);
         task_tail(c, b, &b->st, b->qt);
@@ -447,12 +457,23 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
         write_rows(c, b, kvh, NULL);
         return 0;
     }
-    state_reset(T);
     eg_route_rows rows;
     eg_route_selection sel = {0};
     double *log_ub = NULL;
     int rc = route_kvh(c, b, kvh, &rows, &sel, &log_ub);
-    if (rc) return rc;
+    return rc ? rc : task_routed(c, b, kvh, sel, log_ub);
+}
+
+/* Attention over kv-head kvh's selection (taken over: sel's arrays and
+ * log_ub are freed here), with the bound of every prefix in log_ub. */
+static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection sel, double *log_ub)
+{
+    const en_view *v = &c->v;
+    const eg_attend_req *q = c->req;
+    uint32_t S = v->S;
+    int remap = q->remap_positions, rc = 0;
+    attn_state *T = remap ? &b->tr : &b->st;
+    state_reset(T);
     size_t nf = sel.n_forced, n_order = sel.n - nf, n_used = 0;
     double *lost = malloc((size_t)b->nr * sizeof(double));
     if (!lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
@@ -503,6 +524,99 @@ static void task_fn(void *arg, int kvh)
     task_buf_free(&b);
     c->rc[kvh] = rc;
     if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
+}
+
+/* ---- quest decode in three rounds ----------------------------------------------------- */
+/* A layer's kv-heads as one task each left a core idle whenever the heads
+ * did not divide evenly among the threads (3 heads on 2 cores: two table
+ * scans one after the other on one core while the other waited). So a
+ * quest call routes in rounds: each head prepares its rows and the list of
+ * groups its answer needs (eg_route_prep_begin), then every head's scans
+ * are shared out in equal parts as one leaf job, then each head selects,
+ * bounds and attends. The answers are those of the one-task path
+ * (tests/test_index.c: same selection, bound within the coarse groups'
+ * share). */
+static void shared_begin(void *arg, int kvh)
+{
+    call_ctx *c = arg;
+    task_buf *b = &c->bufs[kvh];
+    int rc = task_buf_init(c, b, c->v.S);
+    if (!rc) {
+        task_rows(c, b, (uint32_t)kvh);
+        rows_of(c, b, (uint32_t)kvh, &c->rows[kvh]);
+        eg_route_opts o;
+        route_opts(c, &o);
+        rc = en_pass(eg_route_prep_begin(c->quest[kvh], &c->rows[kvh], &o, &c->preps[kvh]), "route");
+    }
+    c->rc[kvh] = rc;
+    if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
+}
+
+/* Part p of every head's listed groups, in global order. */
+static void shared_score(void *arg, int p)
+{
+    call_ctx *c = arg;
+    size_t W = c->item0[c->v.H], a = W * (size_t)p / (size_t)c->n_parts, e = W * (size_t)(p + 1) / (size_t)c->n_parts;
+    for (uint32_t h = 0; h < c->v.H && a < e; h++) {
+        size_t h0 = c->item0[h], h1 = c->item0[h + 1];
+        if (a >= h1) continue;
+        size_t b = e < h1 ? e : h1;
+        eg_route_prep_score(c->preps[h], a - h0, b - h0);
+        a = b;
+    }
+}
+
+static void shared_finish(void *arg, int kvh)
+{
+    call_ctx *c = arg;
+    task_buf *b = &c->bufs[kvh];
+    int rc = c->rc[kvh];
+    if (!rc) {
+        eg_route_selection sel;
+        double *log_ub = NULL;
+        rc = en_pass(eg_route_prep_finish(c->preps[kvh], &sel, &log_ub), "route");
+        if (!rc) rc = task_routed(c, b, (uint32_t)kvh, sel, log_ub);
+        c->rc[kvh] = rc;
+        if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
+    }
+    for (size_t i = 0; i < b->n_pinned; i++) en_window_unpin(c->s->win, b->pinned[i]);
+    task_buf_free(b);
+    eg_route_prep_free(c->preps[kvh]);
+    c->preps[kvh] = NULL;
+}
+
+/* Parts of at least this many groups each, up to 4 per thread (the pool
+ * hands them out as threads come free, which evens out what is left). */
+#define SHARED_MIN_GROUPS 16
+
+static int run_shared(call_ctx *c)
+{
+    uint32_t H = c->v.H;
+    c->bufs = calloc(H, sizeof *c->bufs);
+    c->rows = calloc(H, sizeof *c->rows);
+    c->preps = calloc(H, sizeof *c->preps);
+    c->item0 = calloc(H + 1, sizeof *c->item0);
+    if (!c->bufs || !c->rows || !c->preps || !c->item0) {
+        free(c->bufs); free(c->rows); free(c->preps); free(c->item0);
+        return en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    }
+    en_pool *pool = c->s->e->pool;
+    en_pool_run(pool, (int)H, shared_begin, c);
+    int ok = 1;
+    for (uint32_t h = 0; h < H; h++) {
+        ok &= c->rc[h] == 0;
+        c->item0[h + 1] = c->item0[h] + (c->rc[h] ? 0 : eg_route_prep_items(c->preps[h]));
+    }
+    size_t W = c->item0[H], parts = W / SHARED_MIN_GROUPS, most = 4 * (size_t)en_pool_threads(pool);
+    c->n_parts = (int)(parts < 1 ? 1 : parts < most ? parts : most);
+    if (ok && W) en_pool_run_leaf(pool, c->n_parts, shared_score, c);
+    en_pool_run(pool, (int)H, shared_finish, c);   /* also frees what a failed head holds */
+    free(c->bufs); free(c->rows); free(c->preps); free(c->item0);
+    c->bufs = NULL;
+    c->rows = NULL;
+    c->preps = NULL;
+    c->item0 = NULL;
+    return 0;
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */
@@ -619,7 +733,12 @@ static int run_call(eg_engine_session *h, const eg_attend_req *q, eg_attend_resu
     if (!rc) {
         c.segs = c.page_ins + H;
         c.toks = c.segs + H;
-        en_pool_run(s->e->pool, (int)H, task_fn, &c);
+        /* Quest routing over sealed segments: the three rounds; else (dense,
+         * other routers, nothing sealed) one task per kv-head. */
+        if (!dense && c.v.n_sealed && q->router == EG_ROUTER_QUEST && c.route == c.quest)
+            rc = run_shared(&c);
+        else
+            en_pool_run(s->e->pool, (int)H, task_fn, &c);
         res->page_ins = res->segments = res->tokens = 0;
         res->worst_lost = 0;
         for (uint32_t k = 0; k < H; k++) {

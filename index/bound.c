@@ -7,10 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Groups whose coarse term is this many nats below the largest coarse term
- * keep the coarse bound: refining them would change the total by < e^-12. */
-#define REFINE_NATS 12.0
-
 typedef struct { double m, s; } lse_acc;       /* log(s) + m, s in [1, n] */
 static void lse_add(lse_acc *a, double x)
 {
@@ -47,7 +43,7 @@ double ix_quest_slack(int d, double q_l1, float gabs)
  * row-major: row r of a block of scores at r * ld. Refined groups are summed
  * by one vector exp-sum per row and run of segments (the whole visible range
  * when every score fits in the cache), not group by group. */
-static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache *k, double *log_ub)
+int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache *k, double *log_ub)
 {
     const eg_route_table *t = c->t;
     const eg_route_rows *rows = c->rows;
@@ -123,7 +119,7 @@ static int bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_ca
     for (size_t g = 0; g < ng; g++) {
         int done = cached && k->done[g];
         refine[g] = (uint8_t)done;
-        for (size_t r = 0; r < nr && !refine[g]; r++) refine[g] |= coarse[g * nr + r] >= best - REFINE_NATS;
+        for (size_t r = 0; r < nr && !refine[g]; r++) refine[g] |= coarse[g * nr + r] >= best - IX_REFINE_NATS;
         size_t a = g * G, b = a + G < nv ? a + G : nv;
         if (!refine[g]) {
             for (size_t r = 0; r < nr; r++) lse_add(&acc[r], coarse[g * nr + r]);
@@ -218,7 +214,7 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
     if (rc < 0) return rc;
     ix_ctx c;
     rc = ix_ctx_init(&c, t, rows, NULL);
-    if (!rc) rc = bound_run(&c, sel, NULL, log_ub);
+    if (!rc) rc = ix_bound_run(&c, sel, NULL, log_ub);
     ix_ctx_free(&c);
     return rc;
 }
@@ -230,13 +226,13 @@ int eg_router_select_bound(const eg_route_table *t, const eg_route_rows *rows, c
     *log_ub = NULL;
     if (t && t->spec.kind != EG_ROUTER_QUEST)
         return ix_fail(EG_IX_EKIND, "select_bound needs a quest table, not %s", eg_router_name(t->spec.kind));
-    ix_cache k = { 1, 0, { NULL, 0 }, NULL, NULL, NULL };
+    ix_cache k = { 1, 0, { NULL, 0 }, NULL, NULL, NULL, 0 };
     ix_ctx c;
     int rc = ix_select(t, rows, o, sel, &k, &c);
     if (rc < 0) { ix_cache_free(&k); return rc; }
     size_t n_order = sel->n - sel->n_forced;
     double *ub = malloc(sizeof(double) * (size_t)rows->n_rows * (n_order + 1));
-    rc = ub ? bound_run(&c, sel, &k, ub) : ix_fail(EG_IX_ENOMEM, "out of memory");
+    rc = ub ? ix_bound_run(&c, sel, &k, ub) : ix_fail(EG_IX_ENOMEM, "out of memory");
     ix_ctx_free(&c);
     ix_cache_free(&k);
     if (rc) { free(ub); eg_route_selection_free(sel); return rc; }

@@ -320,6 +320,31 @@ int eg_route_unselected_bound(const eg_route_table *quest, const eg_route_rows *
  * left allocated. Errors: those of both, and EG_IX_EKIND for another table. */
 int eg_router_select_bound(const eg_route_table *quest, const eg_route_rows *rows,
                            const eg_route_opts *o, eg_route_selection *sel, double **log_ub);
+/* eg_router_select_bound in three steps, so that the scans of several
+ * tables (a layer's kv-heads) can be shared out over threads in equal
+ * parts instead of a table per thread:
+ *   eg_route_prep_begin   validates, scores the table's group rows and
+ *                         lists the groups whose segments the answer will
+ *                         need (for the bound: every group that can matter);
+ *   eg_route_prep_score   scores items [i0, i1) of that list (n_items of
+ *                         them), on any thread, concurrently with other
+ *                         ranges; it uses no per-thread scratch and cannot
+ *                         fail;
+ *   eg_route_prep_finish  selects and bounds as eg_router_select_bound
+ *                         (same selection; a bound as valid), scoring what
+ *                         the list did not cover.
+ * rows and o's arrays are borrowed until finish; the table must not change
+ * in between. eg_route_prep_free releases p (NULL is a no-op), finished or
+ * not. Errors of begin and finish: those of eg_router_select_bound (on
+ * error begin leaves *p NULL). */
+typedef struct eg_route_prep eg_route_prep;
+int eg_route_prep_begin(const eg_route_table *quest, const eg_route_rows *rows, const eg_route_opts *o,
+                        eg_route_prep **p);
+size_t eg_route_prep_items(const eg_route_prep *p);
+void eg_route_prep_score(eg_route_prep *p, size_t i0, size_t i1);
+int eg_route_prep_finish(eg_route_prep *p, eg_route_selection *sel, double **log_ub);
+void eg_route_prep_free(eg_route_prep *p);
+
 /* Fraction of mass outside the selection, bounded: given the log upper
  * bound of what was left out and the exact log-sum-exp of the scaled scores
  * of what was attended, returns 1 / (1 + exp(lse_selected - log_ub)). */

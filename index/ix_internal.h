@@ -191,12 +191,23 @@ typedef struct {
     float *sc;                /* [nr][n_vis] raw scores of segments in groups marked done */
     uint8_t *done;            /* [ceil(n_vis/G)] */
     float *gsc;               /* [nr][ceil(n_vis/G)] group scores, or NULL */
+    int gsc_ready;            /* gsc already holds them (prep.c) */
 } ix_cache;
 void ix_cache_free(ix_cache *k);
 /* eg_router_select, filling k when k && k->want. With keep, the call's
  * context is handed over on success (free it with ix_ctx_free). */
 int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route_opts *o,
               eg_route_selection *sel, ix_cache *k, ix_ctx *keep);
+/* ix_select on a context made by ix_ctx_init (kept; the caller frees it),
+ * with a cache already allocated when k->sc is set (its done groups are
+ * not scored again). */
+int ix_select_ctx(const ix_ctx *c, const eg_route_opts *o, eg_route_selection *sel, ix_cache *k);
+/* The bound of eg_router_select_bound from select's context and cache
+ * (bound.c): log_ub [nr][n_order + 1]. */
+int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache *k, double *log_ub);
+/* Groups whose coarse term is this many nats below the largest coarse term
+ * keep the coarse bound: refining them would change the total by < e^-12. */
+#define IX_REFINE_NATS 12.0
 /* Validates rows (and o, which may be NULL for defaults) against t. */
 int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, const eg_route_opts *o);
 void ix_ctx_free(ix_ctx *c);

@@ -274,74 +274,122 @@ static inline int64_t quad_of(const int16_t *q)
 
 /* The epilogue of 8 lanes (segments first .. first+7) of one row, stored
  * for those in [s0, s1). The per-segment arrays have room for whole
- * blocks (table.c). */
-T_AVX2 static void epi_store(__m256i I, size_t first, size_t s0, size_t s1, const eg_route_table *t, float th,
-                             int rinf, float *dst)
-{
-    __m256i J = _mm256_add_epi32(_mm256_add_epi32(I, I), _mm256_loadu_si256((const __m256i *)(t->q8l1 + first)));
-    __m256i big = _mm256_cmpgt_epi32(_mm256_abs_epi32(J), _mm256_set1_epi32((1 << 24) - 1));
-    J = _mm256_add_epi32(J, _mm256_and_si256(big, _mm256_set1_epi32(64)));
-    __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(J), _mm256_loadu_ps(t->q8s + first)), _mm256_set1_ps(th));
-    __m256i fl = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(t->q8inf + first)));
-    __m256i inf = _mm256_or_si256(_mm256_cmpgt_epi32(fl, _mm256_setzero_si256()), _mm256_set1_epi32(rinf ? -1 : 0));
-    v = _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), _mm256_castsi256_ps(inf));
-    if (first >= s0 && first + IX_BLK <= s1) { _mm256_storeu_ps(dst + (first - s0), v); return; }
-    float res[IX_BLK];
-    _mm256_storeu_ps(res, v);
-    for (size_t l = 0; l < IX_BLK; l++)
-        if (first + l >= s0 && first + l < s1) dst[first + l - s0] = res[l];
-}
+ * blocks (table.c). One copy per target, so that it inlines into the
+ * kernels (a call per block and row was 5 % of a decode step). */
+#define EPI_STORE(NAME, TGT)                                                                                  \
+    TGT static inline void NAME(__m256i I, size_t first, size_t s0, size_t s1, const eg_route_table *t,       \
+                                float th, int rinf, float *dst)                                               \
+    {                                                                                                         \
+        __m256i J = _mm256_add_epi32(_mm256_add_epi32(I, I),                                                  \
+                                     _mm256_loadu_si256((const __m256i *)(t->q8l1 + first)));                  \
+        __m256i big = _mm256_cmpgt_epi32(_mm256_abs_epi32(J), _mm256_set1_epi32((1 << 24) - 1));              \
+        J = _mm256_add_epi32(J, _mm256_and_si256(big, _mm256_set1_epi32(64)));                                \
+        __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(J), _mm256_loadu_ps(t->q8s + first)),       \
+                                 _mm256_set1_ps(th));                                                         \
+        __m256i fl = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(t->q8inf + first)));              \
+        __m256i inf = _mm256_or_si256(_mm256_cmpgt_epi32(fl, _mm256_setzero_si256()),                         \
+                                      _mm256_set1_epi32(rinf ? -1 : 0));                                      \
+        v = _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), _mm256_castsi256_ps(inf));                          \
+        if (first >= s0 && first + IX_BLK <= s1) { _mm256_storeu_ps(dst + (first - s0), v); return; }      \
+        float res[IX_BLK];                                                                                    \
+        _mm256_storeu_ps(res, v);                                                                             \
+        for (size_t l = 0; l < IX_BLK; l++)                                                                   \
+            if (first + l >= s0 && first + l < s1) dst[first + l - s0] = res[l];                              \
+    }
 
-/* R rows of one block: a quad's 32 codes widened to 16 bits in two
+/* R rows of blocks [b0, b1): a quad's 32 codes widened to 16 bits in two
  * registers (segments 0-3, 4-7), multiplied by a row's 4 query values in
  * pairs summed into 32 bits (AVX2: vpmaddwd then an add; AVX-512 VNNI:
  * vpdpwssd, both in one), a segment's two pair sums added at the end.
+ * VNNI's multiply-add is one long dependency per accumulator, so it keeps
+ * U = 2 sets (even and odd quads), added at the end: integer sums, the
+ * same bits. AVX2's chain is the add alone and has 16 registers: U = 1.
  * (Two blocks per 512-bit register measured slower from DRAM on Zen 4.) */
+/* Blocks ahead of the scan that it prefetches: 2 to 8 measured alike here
+ * from DRAM (within 4 %, the machine's noise larger). */
+#define PF_BLOCKS 6
 #define MAC_AVX2(a, x, q) _mm256_add_epi32(a, _mm256_madd_epi16(x, q))
 #define MAC_VNNI(a, x, q) _mm256_dpwssd_epi32(a, x, q)
-#define DOT_BLOCK(NAME, TGT, MAC, R)                                                           \
-    TGT static void NAME##_##R(const q8_job *j, size_t b, size_t s0, size_t s1, float *out, size_t ld) \
+#define DOT_BLOCK(NAME, TGT, MAC, EPI, U, R)                                                           \
+    TGT static void NAME##_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
     {                                                                                          \
         const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
-        const int8_t *blk = j->t->q8 + b * j->nq * IX_BLK * 4;                                 \
-        __m256i lo[R], hi[R];                                                                  \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256(); \
-        for (size_t k = 0; k < j->nq; k++) {                                                  \
-            if ((k & 1) == 0) /* a line of the block after the next */                         \
-                _mm_prefetch((const char *)(blk + 2 * j->nq * IX_BLK * 4 + k * 32), _MM_HINT_T0); \
-            const __m128i *p = (const __m128i *)(blk + k * IX_BLK * 4);                        \
-            __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                             \
-            __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                         \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
-                __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4));  \
-                lo[r] = MAC(lo[r], x0, qv);                                                    \
-                hi[r] = MAC(hi[r], x1, qv);                                                    \
+        const size_t nq = j->nq, bstride = nq * IX_BLK * 4;                                    \
+        for (size_t b = b0; b < b1; b++) {                                                     \
+            const int8_t *blk = j->t->q8 + b * bstride;                                        \
+            __m256i lo[U][R], hi[U][R];                                                        \
+            _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)                                 \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[u][r] = hi[u][r] = _mm256_setzero_si256(); \
+            size_t k = 0;                                                                      \
+            for (; k + U <= nq; k += U) {                                                      \
+                if ((k & 1) == 0 || U > 1) /* a line of the block after the next */            \
+                    _mm_prefetch((const char *)(blk + PF_BLOCKS * bstride + k * 32), _MM_HINT_T0); \
+                _Pragma("GCC unroll 2") for (int u = 0; u < U; u++) {                           \
+                    const __m128i *p = (const __m128i *)(blk + (k + u) * IX_BLK * 4);          \
+                    __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                     \
+                    __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                 \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                      \
+                        __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + (k + u) * 4)); \
+                        lo[u][r] = MAC(lo[u][r], x0, qv);                                      \
+                        hi[u][r] = MAC(hi[u][r], x1, qv);                                      \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+            for (; k < nq; k++) {   /* an odd quad count */                                    \
+                const __m128i *p = (const __m128i *)(blk + k * IX_BLK * 4);                    \
+                __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                         \
+                __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                     \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                          \
+                    __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4)); \
+                    lo[0][r] = MAC(lo[0][r], x0, qv);                                          \
+                    hi[0][r] = MAC(hi[0][r], x1, qv);                                          \
+                }                                                                              \
+            }                                                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {  /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
+                _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) {                           \
+                    lo[0][r] = _mm256_add_epi32(lo[0][r], lo[u][r]);                           \
+                    hi[0][r] = _mm256_add_epi32(hi[0][r], hi[u][r]);                           \
+                }                                                                              \
+                EPI(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[0][r], hi[0][r]), order), b * IX_BLK, s0, s1, \
+                    j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                          \
             }                                                                                  \
         }                                                                                      \
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)   /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
-            epi_store(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
-                      j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                        \
     }
-#define DOT_BLOCKS(NAME, TGT, MAC) \
-    DOT_BLOCK(NAME, TGT, MAC, 1) DOT_BLOCK(NAME, TGT, MAC, 2) DOT_BLOCK(NAME, TGT, MAC, 3) DOT_BLOCK(NAME, TGT, MAC, 4)
-DOT_BLOCKS(da, T_AVX2, MAC_AVX2)
-DOT_BLOCKS(dv, T_VNNI, MAC_VNNI)
+#define DOT_BLOCKS(NAME, TGT, MAC, EPI, U) \
+    DOT_BLOCK(NAME, TGT, MAC, EPI, U, 1) DOT_BLOCK(NAME, TGT, MAC, EPI, U, 2) \
+    DOT_BLOCK(NAME, TGT, MAC, EPI, U, 3) DOT_BLOCK(NAME, TGT, MAC, EPI, U, 4)
+EPI_STORE(epi_avx2, T_AVX2)
+EPI_STORE(epi_vnni, T_VNNI)
+DOT_BLOCKS(da, T_AVX2, MAC_AVX2, epi_avx2, 1)
+DOT_BLOCKS(dv, T_VNNI, MAC_VNNI, epi_vnni, 2)
 
-typedef void (*blk_fn)(const q8_job *, size_t, size_t, size_t, float *, size_t);
+typedef void (*blk_fn)(const q8_job *, size_t, size_t, size_t, size_t, float *, size_t);
 static const blk_fn da_table[4] = {da_1, da_2, da_3, da_4};
 static const blk_fn dv_table[4] = {dv_1, dv_2, dv_3, dv_4};
+
+/* Blocks to score for every group of four rows before the next: small
+ * enough to stay in L1 for the next rows (nr > 4), large enough that a
+ * call covers many. */
+#define RUN_BLOCKS 8
 
 /* Every block of [s0, s1), rows four at a time, with a kernel table. */
 static void run_blocks(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld, const blk_fn *tab)
 {
-    for (size_t b = s0 / IX_BLK; b * IX_BLK < s1; b++)
+    size_t bend = (s1 + IX_BLK - 1) / IX_BLK;
+    for (size_t b = s0 / IX_BLK; b < bend; b += RUN_BLOCKS) {
+        size_t be = b + RUN_BLOCKS < bend ? b + RUN_BLOCKS : bend;
+        if (nr <= 4) {   /* one pass: the whole range in one call */
+            tab[nr - 1](j, b, bend, s0, s1, out, ld);
+            return;
+        }
         for (int r0 = 0; r0 < nr; r0 += 4) {
             q8_job jr = *j;
             jr.qq += (size_t)r0 * j->qld;
             jr.th += r0;
             jr.rinf += r0;
-            tab[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, s0, s1, out + (size_t)r0 * ld, ld);
+            tab[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, be, s0, s1, out + (size_t)r0 * ld, ld);
         }
+    }
 }
 
 static void dot_avx2(const q8_job *j, size_t s0, size_t s1, int nr, float *out, size_t ld)

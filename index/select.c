@@ -282,7 +282,7 @@ void ix_cache_free(ix_cache *k)
 /* Room for the scores of the call when they fit (quest only). */
 static void cache_alloc(const ix_ctx *c, ix_cache *k)
 {
-    if (!k) return;
+    if (!k || k->sc) return;   /* none wanted, or made by the caller (prep.c) */
     k->sc = k->gsc = NULL;
     k->done = NULL;
     size_t nr = (size_t)c->nr, ng = (c->n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP;
@@ -400,7 +400,7 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
         size_t b = a + CHUNK < ng ? a + CHUNK : ng;
         float *out = gb ? gb : k->gsc + a;
         size_t ld = gb ? CHUNK : ng;
-        ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
+        if (gb || !k->gsc_ready) ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
         for (size_t g = a; g < b; g++) {
             bnd[g] = ix_quest_q8(t) ? group_bound_q8(c, g, out + (g - a), ld) : aggregate(c, g * G, out + (g - a), ld);
             gs[g] = group_key(bnd[g], g);
@@ -423,7 +423,8 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
             size_t e = i;
             while (e < ng && e < i + batch && bnd[(uint32_t)gs[e]] >= thr && bnd[(uint32_t)gs[e]] > -INFINITY) e++;
             size_t n_ids = 0;
-            for (size_t x = i; x < e; x++) k->done[(uint32_t)gs[x]] = 2;   /* 2: in this batch */
+            for (size_t x = i; x < e; x++)   /* 2: in this batch (1: scored before) */
+                if (k->done[(uint32_t)gs[x]] != 1) k->done[(uint32_t)gs[x]] = 2;
             for (size_t x = 0; x < ng; x++) if (k->done[x] == 2) ids[n_ids++] = (uint32_t)x;
             score_groups(c, o, k, ids, n_ids);
             for (size_t x = 0; x < n_ids; x++) {
@@ -461,7 +462,17 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
     if (o->n_tags > 0 && !o->tags) return ix_fail(EG_IX_EINVAL, "n_tags %d with tags NULL", o->n_tags);
     ix_ctx c;
     int rc = ix_ctx_init(&c, t, rows, o);
-    if (rc < 0) { ix_ctx_free(&c); return rc; }
+    if (!rc) rc = ix_select_ctx(&c, o, sel, kc);
+    if (keep && !rc) *keep = c;
+    else ix_ctx_free(&c);
+    return rc;
+}
+
+int ix_select_ctx(const ix_ctx *cp, const eg_route_opts *o, eg_route_selection *sel, ix_cache *kc)
+{
+    ix_ctx c = *cp;   /* a copy: read only here */
+    const eg_route_table *t = c.t;
+    memset(sel, 0, sizeof *sel);
     size_t S = (size_t)t->spec.seg_tokens;
     size_t n_forced = c.n_sink + (c.n_vis - c.recent0);
     if (c.recent0 < c.n_sink) n_forced = c.n_vis;   /* sinks and recent overlap */
@@ -474,7 +485,7 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
     sel->segments = malloc(sizeof(int64_t) * (n_forced + k + 1));
     sel->scores = malloc(sizeof(float) * (n_forced + k + 1));
     if (!hp.h || !buf || !sel->segments || !sel->scores) {
-        free(hp.h); free(buf); ix_ctx_free(&c); eg_route_selection_free(sel);
+        free(hp.h); free(buf); eg_route_selection_free(sel);
         return ix_fail(EG_IX_ENOMEM, "out of memory");
     }
     size_t scored = 0;
@@ -483,7 +494,7 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
         if (o->hierarchical && t->spec.kind == EG_ROUTER_QUEST) {
             scored = hierarchical(&c, o, &hp, buf, kc);
             if (scored == (size_t)-1) {
-                free(hp.h); free(buf); ix_ctx_free(&c); eg_route_selection_free(sel);
+                free(hp.h); free(buf); eg_route_selection_free(sel);
                 return ix_fail(EG_IX_ENOMEM, "out of memory");
             }
         } else if (kc && kc->sc) {   /* flat, keeping every visible score for the bound */
@@ -505,9 +516,11 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
             scored = c.recent0 > c.n_sink ? c.recent0 - c.n_sink : 0;
         }
     }
-    size_t n = 0;
-    for (size_t s = 0; s < c.n_vis; s++)
-        if (ix_forced(&c, s)) { sel->segments[n] = (int64_t)s; sel->scores[n++] = INFINITY; }
+    /* The forced segments, ascending: the sinks, then the recent window
+     * (two ranges, not a test of every visible segment). */
+    size_t n = 0, r0 = c.recent0 > c.n_sink ? c.recent0 : c.n_sink;
+    for (size_t s = 0; s < c.n_sink; s++) { sel->segments[n] = (int64_t)s; sel->scores[n++] = INFINITY; }
+    for (size_t s = r0; s < c.n_vis; s++) { sel->segments[n] = (int64_t)s; sel->scores[n++] = INFINITY; }
     sel->n_forced = n;
     ix_heap_sort_desc(&hp);
     for (size_t i = 0; i < hp.n; i++) { sel->segments[n] = hp.h[i].seg; sel->scores[n++] = hp.h[i].score; }
@@ -516,8 +529,6 @@ int ix_select(const eg_route_table *t, const eg_route_rows *rows, const eg_route
     sel->scored = scored;
     free(hp.h);
     free(buf);
-    if (keep) *keep = c;
-    else ix_ctx_free(&c);
     return 0;
 }
 

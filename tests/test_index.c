@@ -317,13 +317,15 @@ static void test_hierarchy_equals_flat(void)
 
 /* True lost mass of row r (double, log domain) and the selection's bound
  * at every prefix; the bound is never below the truth. */
-static int check_bound(const eg_route_table *quest, const float *k, size_t nseg, int d, int S,
-                       const eg_route_rows *rows, const eg_route_selection *sel, double *tight)
+static int check_bound_given(const eg_route_table *quest, const float *k, size_t nseg, int d, int S,
+                             const eg_route_rows *rows, const eg_route_selection *sel, double *tight,
+                             const double *given)
 {
     size_t n_order = sel->n - sel->n_forced, nr = (size_t)rows->n_rows;
     double *lub = malloc(sizeof(double) * nr * (n_order + 1));
     int viol = 0;
-    if (eg_route_unselected_bound(quest, rows, sel, lub) < 0) { free(lub); return -1; }
+    if (given) memcpy(lub, given, sizeof(double) * nr * (n_order + 1));
+    else if (eg_route_unselected_bound(quest, rows, sel, lub) < 0) { free(lub); return -1; }
     uint8_t *in = calloc(nseg, 1);
     for (size_t r = 0; r < nr; r++) {
         int64_t last = rows->pos ? rows->pos[r] : (int64_t)(nseg * S) - 1;
@@ -355,6 +357,106 @@ static int check_bound(const eg_route_table *quest, const float *k, size_t nseg,
     free(in);
     free(lub);
     return viol;
+}
+
+static int check_bound(const eg_route_table *quest, const float *k, size_t nseg, int d, int S,
+                       const eg_route_rows *rows, const eg_route_selection *sel, double *tight)
+{
+    return check_bound_given(quest, k, nseg, d, S, rows, sel, tight, NULL);
+}
+
+/* eg_route_prep_* (the steps a caller shares out over threads) selects
+ * what eg_router_select_bound selects, bit for bit, and bounds within the
+ * coarse groups' share (< 1e-3 in log) of it, never below the true lost
+ * mass, whatever ranges the parts are scored in and in whatever order. */
+static void test_prep_equals_select_bound(void)
+{
+    const int d = 32, S = 16;
+    const size_t sizes[] = { 1, 33, 300, 3000 };
+    uint64_t rs = 23;
+    int cases = 0, listed = 0;
+    double worst = 0;
+    for (size_t zi = 0; zi < sizeof sizes / sizeof *sizes; zi++)
+        for (int pat = 0; pat < PAT_COUNT; pat++) {
+            size_t n = sizes[zi];
+            float *k = make_keys(pat, n * S, d, zi * 17 + (size_t)pat);
+            uint32_t *tags = malloc(sizeof(uint32_t) * n);
+            for (size_t s = 0; s < n; s++) tags[s] = (uint32_t)(s % 3);
+            eg_route_table *t = build(EG_ROUTER_QUEST, k, n, d, S, tags, NULL);
+            REQUIRE(t);
+            for (int trial = 0; trial < 4; trial++) {
+                int nr = 1 + (int)(tu_rand(&rs) % 6);
+                float q[6 * 32];
+                int64_t pos[6];
+                make_queries(q, nr, d, rs + (uint64_t)trial, trial == 3 ? 3.0f : 1.0f);
+                for (int r = 0; r < nr; r++) pos[r] = (int64_t)(tu_rand(&rs) % (n * S));
+                eg_route_rows rows = { .n_rows = nr, .q = q, .pos = trial % 2 ? pos : NULL, .scale = 0.2f };
+                eg_route_opts o;
+                eg_route_opts_init(&o);
+                o.budget_tokens = (int64_t)(S * (1 + tu_rand(&rs) % 40));
+                o.n_sink_segments = (int)(tu_rand(&rs) % 3);
+                o.recent_tokens = (int64_t)(tu_rand(&rs) % 100);
+                uint32_t want = 1;
+                if (trial == 2) { o.tags = &want; o.n_tags = 1; }
+                eg_route_selection a, b;
+                double *ua = NULL, *ub = NULL;
+                eg_route_prep *p = NULL;
+                CHECK_OK(eg_router_select_bound(t, &rows, &o, &a, &ua));
+                CHECK_OK(eg_route_prep_begin(t, &rows, &o, &p));
+                REQUIRE(p);
+                size_t ni = eg_route_prep_items(p), cut[4] = { 0, 0, 0, ni };
+                cut[1] = ni ? tu_rand(&rs) % (ni + 1) : 0;
+                cut[2] = cut[1] + (ni > cut[1] ? tu_rand(&rs) % (ni - cut[1] + 1) : 0);
+                for (int part = 2; part >= 0; part--) eg_route_prep_score(p, cut[part], cut[part + 1]);
+                listed += ni > 0;
+                CHECK_OK(eg_route_prep_finish(p, &b, &ub));
+                eg_route_prep_free(p);
+                CHECK(same_selection(&a, &b));
+                size_t no = b.n - b.n_forced;
+                for (size_t i = 0; i < (size_t)nr * (no + 1) && same_selection(&a, &b); i++) {
+                    if (ua[i] == ub[i]) continue;
+                    double diff = fabs(ua[i] - ub[i]);
+                    worst = diff > worst ? diff : worst;
+                    CHECK(diff <= 1e-3);
+                }
+                if (n <= 300) CHECK(check_bound_given(t, k, n, d, S, &rows, &b, NULL, ub) == 0);
+                cases++;
+                eg_route_selection_free(&a);
+                eg_route_selection_free(&b);
+                free(ua);
+                free(ub);
+            }
+            eg_route_table_free(t);
+            free(tags);
+            free(k);
+        }
+    printf("  %d calls compared (%d with groups listed); largest log-bound difference %.2g\n", cases, listed, worst);
+    CHECK(listed > cases / 2);
+    /* bad input */
+    eg_route_prep *p = (eg_route_prep *)1;
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    o.budget_tokens = 64;
+    float q[32] = { 0 };
+    eg_route_rows rows = { .n_rows = 1, .q = q, .scale = 0.2f };
+    CHECK(eg_route_prep_begin(NULL, &rows, &o, &p) == EG_IX_EINVAL && p == NULL);
+    float *k = make_keys(PAT_NORMAL, 4 * S, d, 1);
+    eg_route_table *c = build(EG_ROUTER_CENTROID, k, 4, d, S, NULL, NULL);
+    REQUIRE(c);
+    CHECK(eg_route_prep_begin(c, &rows, &o, &p) == EG_IX_EKIND);
+    eg_route_table_free(c);
+    eg_route_table *t = build(EG_ROUTER_QUEST, k, 4, d, S, NULL, NULL);
+    REQUIRE(t);
+    o.budget_tokens = 0;
+    CHECK(eg_route_prep_begin(t, &rows, &o, &p) == EG_IX_EBUDGET);
+    o.budget_tokens = 64;
+    q[5] = NAN;
+    CHECK(eg_route_prep_begin(t, &rows, &o, &p) == EG_IX_ENONFINITE && p == NULL);
+    q[5] = 0;
+    CHECK(eg_route_prep_finish(NULL, NULL, NULL) == EG_IX_EINVAL);
+    eg_route_prep_free(NULL);
+    eg_route_table_free(t);
+    free(k);
 }
 
 static void test_lost_mass_bound(void)
@@ -682,11 +784,13 @@ int main(void)
     TEST_RUN(test_hierarchy_equals_flat);
     TEST_RUN(test_lost_mass_bound);
     TEST_RUN(test_bound_needle_left_out);
+    TEST_RUN(test_prep_equals_select_bound);
     g_quest_f16 = 1;   /* the same with f16 quest tables */
     TEST_RUN(test_quest_bound_every_codec);
     TEST_RUN(test_hierarchy_equals_flat);
     TEST_RUN(test_lost_mass_bound);
     TEST_RUN(test_bound_needle_left_out);
+    TEST_RUN(test_prep_equals_select_bound);
     g_quest_f16 = 0;
     TEST_RUN(test_table_save_load);
     TEST_RUN(test_table_reserve);
