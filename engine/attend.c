@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define DENSE_BLOCK_SEGS 16   /* segments per sgemm on the dense path */
-#define GEMV_ROWS 8           /* up to this many rows per task: sgemv per row, not sgemm */
+#define GEMV_ROWS 8           /* up to this many rows per task: the tile kernels, not sgemm */
 
 /* Running softmax state of the rows of one task. */
 typedef struct {
@@ -54,22 +54,24 @@ typedef struct {
 
 /* Scores of one block of n keys starting at token tok0, folded into st.
  * q [nr][dk] (already rotated for this block), vis[r] the last token row r
- * sees; sc scratch [nr][n]. seg_lse (dense oracle input), when not NULL,
- * receives per row and per S keys the log-sum-exp of that segment. */
-static void attn_block(attn_state *st, const float *q, uint32_t dk, const float *K, const float *V,
-                       uint32_t n, int64_t tok0, const int64_t *vis, float scale, float *sc,
-                       float *seg_lse, uint32_t S, size_t seg_stride)
+ * sees; sc scratch [nr][n]. K and V are f32 tiles, or (nr <= GEMV_ROWS)
+ * q8 tiles as stored. seg_lse (dense oracle input), when not NULL,
+ * receives per row and per S keys the log-sum-exp of that segment.
+ * Errors: a damaged tile (EG_ECORRUPT). */
+static int attn_block(attn_state *st, const float *q, uint32_t dk, const en_tile *K, const en_tile *V,
+                      uint32_t n, int64_t tok0, const int64_t *vis, float scale, float *sc,
+                      float *seg_lse, uint32_t S, size_t seg_stride)
 {
-    int nr = st->nr;
-    /* A few rows (a decode step): matrix-vector per row, which reads the
-     * block in place; sgemm would first copy it into its packed layout. */
+    int nr = st->nr, rc = 0;
+    /* A few rows (a decode step): the tile kernels, which read the block in
+     * place (q8 as stored, no decoded copy); sgemm would first copy it into
+     * its packed layout. */
     if (nr <= GEMV_ROWS)
-        for (int r = 0; r < nr; r++)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)dk, scale, K, (int)dk, q + (size_t)r * dk, 1,
-                        0.0f, sc + (size_t)r * n, 1);
+        rc = eg_tile_dot(K->codec, K->p, K->len, n, dk, q, (uint32_t)nr, scale, sc);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K->p,
                     (int)dk, 0.0f, sc, (int)n);
+    if (rc) return en_pass(rc, "attend");
     int any = 0;
     for (int r = 0; r < nr; r++) {
         float *row = sc + (size_t)r * n;
@@ -105,12 +107,17 @@ static void attn_block(attn_state *st, const float *q, uint32_t dk, const float 
         }
     }
     if (st->acc && any && nr <= GEMV_ROWS)
-        for (int r = 0; r < nr; r++)
-            cblas_sgemv(CblasRowMajor, CblasTrans, (int)n, (int)st->dv, 1.0f, V, (int)st->dv, sc + (size_t)r * n,
-                        1, 1.0f, st->acc + (size_t)r * st->dv, 1);
+        rc = eg_tile_axpy(V->codec, V->p, V->len, n, st->dv, sc, (uint32_t)nr, st->acc);
     else if (st->acc && any)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, (int)st->dv, (int)n, 1.0f, sc,
-                    (int)n, V, (int)st->dv, 1.0f, st->acc, (int)st->dv);
+                    (int)n, V->p, (int)st->dv, 1.0f, st->acc, (int)st->dv);
+    return rc ? en_pass(rc, "attend") : 0;
+}
+
+/* An f32 tile of n rows of dim d (NULL p: none). */
+static en_tile f32_tile(const float *p, uint32_t n, uint32_t d)
+{
+    return (en_tile){ EG_CODEC_F32, p, (size_t)n * d * sizeof(float) };
 }
 
 static double state_lse(const attn_state *st, int r)
@@ -198,15 +205,17 @@ static void task_rows(call_ctx *c, task_buf *b, uint32_t kvh)
 }
 
 /* The open rows, in blocks of S, folded into st with queries q. */
-static void task_tail(call_ctx *c, task_buf *b, attn_state *st, const float *q)
+static int task_tail(call_ctx *c, task_buf *b, attn_state *st, const float *q)
 {
     const en_view *v = &c->v;
     int64_t t0 = (int64_t)(v->n_sealed * v->S);
-    for (uint32_t t = 0; t < c->n_tail; t += v->S) {
+    int rc = 0;
+    for (uint32_t t = 0; t < c->n_tail && !rc; t += v->S) {
         uint32_t n = c->n_tail - t < v->S ? c->n_tail - t : v->S;
-        attn_block(st, q, v->dk, b->tk + (size_t)t * v->dk, st->acc ? b->tv + (size_t)t * v->dv : NULL,
-                   n, t0 + t, b->vis, c->scale, b->sc, NULL, v->S, 0);
+        en_tile K = f32_tile(b->tk + (size_t)t * v->dk, n, v->dk), V = f32_tile(b->tv + (size_t)t * v->dv, n, v->dv);
+        rc = attn_block(st, q, v->dk, &K, &V, n, t0 + t, b->vis, c->scale, b->sc, NULL, v->S, 0);
     }
+    return rc;
 }
 
 static void write_rows(call_ctx *c, task_buf *b, uint32_t kvh, const double *lost)
@@ -271,12 +280,13 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
         uint64_t n = nseg - s0 < DENSE_BLOCK_SEGS ? nseg - s0 : DENSE_BLOCK_SEGS;
         dense_run f = {c->s, K, V, s0};
         rc = en_pass(eg_read_blocks_encoded(c->s->ms, c->req->layer, kvh, s0, n, dense_visit, &f), "dense read");
+        en_tile kt = f32_tile(K, (uint32_t)(n * v->S), v->dk), vt = f32_tile(V, (uint32_t)(n * v->S), v->dv);
         if (!rc)
-            attn_block(&b->st, b->qt, v->dk, K, V, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
-                       c->scale, b->sc, seg_lse ? seg_lse + s0 : NULL, v->S, v->n_sealed);
+            rc = attn_block(&b->st, b->qt, v->dk, &kt, &vt, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
+                            c->scale, b->sc, seg_lse ? seg_lse + s0 : NULL, v->S, v->n_sealed);
     }
+    if (!rc) rc = task_tail(c, b, &b->st, b->qt);
     if (!rc) {
-        task_tail(c, b, &b->st, b->qt);
         c->toks[kvh] = nseg * v->S + c->n_tail;
         c->segs[kvh] = nseg;
         write_rows(c, b, kvh, NULL);
@@ -393,10 +403,10 @@ static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry *
 static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, attn_state *st, const float *q)
 {
     en_wentry *e;
-    const float *K = NULL, *V = NULL;
+    en_tile K, V = {0};
     int rc = pin(c, b, kvh, (uint64_t)seg, &e);
-    if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, &K, st->acc ? &V : NULL);
-    if (!rc) attn_block(st, q, c->v.dk, K, V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
+    if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, st->nr <= GEMV_ROWS, &K, st->acc ? &V : NULL);
+    if (!rc) rc = attn_block(st, q, c->v.dk, &K, &V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
     return rc;
 }
 
@@ -440,7 +450,7 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
         rc = attend_seg(c, b, kvh, seg, &b->st, q);
     }
     for (size_t i = n_sink; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel->segments[i], &b->st, b->qt);
-    if (!rc) task_tail(c, b, &b->st, b->qt);
+    if (!rc) rc = task_tail(c, b, &b->st, b->qt);
     free(routed);
     return rc;
 }
@@ -452,7 +462,8 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
     const en_view *v = &c->v;
     if (v->n_sealed == 0) { /* open rows only: remapping moves nothing, nothing is left out */
         state_reset(&b->st);
-        task_tail(c, b, &b->st, b->qt);
+        int rc = task_tail(c, b, &b->st, b->qt);
+        if (rc) return rc;
         c->toks[kvh] = c->n_tail;
         write_rows(c, b, kvh, NULL);
         return 0;
@@ -480,7 +491,7 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
     /* Pass at true positions: forced segments, open rows, then routed ones
      * in score order (until the bound holds, with max_lost). */
     for (size_t i = 0; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel.segments[i], T, b->qt);
-    if (!rc) task_tail(c, b, T, b->qt);
+    if (!rc) rc = task_tail(c, b, T, b->qt);
     while (!rc) {
         if (q->max_lost > 0) {
             int ok = 1;

@@ -172,5 +172,11 @@ int en_page_in(en_sess *s, uint32_t layer, uint32_t kvh, uint64_t seg, en_wentry
 /* Keys (and values, when V is not NULL) of an entry as f32 [S][d]: the
  * entry's own decoded arrays, else decoded into sk / sv (S*dk, S*dv
  * floats of the caller's scratch, which stay in cache). */
-int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, const float **K, const float **V);
+/* One block's rows as the attention kernels read them: f32 (EG_CODEC_F32,
+ * len = 4 S d) or a q8 tile as stored (eg_tile_dot, eg_tile_axpy). */
+typedef struct { int codec; const void *p; size_t len; } en_tile;
+/* The entry's key and value tiles (V may be NULL): f32 where the entry
+ * keeps them so, the q8 bytes as stored when raw_q8, else decoded into
+ * sk [S][dk] / sv [S][dv]. */
+int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, int raw_q8, en_tile *K, en_tile *V);
 #endif

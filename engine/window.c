@@ -247,15 +247,27 @@ int en_page_in(en_sess *s, uint32_t layer, uint32_t kvh, uint64_t seg, en_wentry
     return 0;
 }
 
-int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, const float **K, const float **V)
+/* One tile of e: f32 kept, q8 as stored (raw_q8), or decoded into dst. */
+static int one_tile(const en_wentry *e, int kind, uint32_t S, uint32_t d, const float *f32, const unsigned char *enc,
+                    size_t len, float *dst, int raw_q8, en_tile *t)
+{
+    if (f32) {
+        *t = (en_tile){ EG_CODEC_F32, f32, (size_t)S * d * sizeof(float) };
+        return 0;
+    }
+    if (raw_q8 && e->codec == EG_CODEC_Q8) {
+        *t = (en_tile){ EG_CODEC_Q8, enc, len };
+        return 0;
+    }
+    int rc = eg_codec_decode(e->codec, kind, enc, len, S, d, dst);
+    if (!rc) *t = (en_tile){ EG_CODEC_F32, dst, (size_t)S * d * sizeof(float) };
+    return rc;
+}
+
+int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, int raw_q8, en_tile *K, en_tile *V)
 {
     uint32_t S = s->cfg.seg_tokens;
-    int rc = 0;
-    if (e->k) *K = e->k;
-    else if (!(rc = eg_codec_decode(e->codec, EG_KIND_K, e->kb, e->klen, S, s->cfg.head_dim_k, sk))) *K = sk;
-    if (!rc && V) {
-        if (e->v) *V = e->v;
-        else if (!(rc = eg_codec_decode(e->codec, EG_KIND_V, e->vb, e->vlen, S, s->cfg.head_dim_v, sv))) *V = sv;
-    }
+    int rc = one_tile(e, EG_KIND_K, S, s->cfg.head_dim_k, e->k, e->kb, e->klen, sk, raw_q8, K);
+    if (!rc && V) rc = one_tile(e, EG_KIND_V, S, s->cfg.head_dim_v, e->v, e->vb, e->vlen, sv, raw_q8, V);
     return rc ? en_pass(rc, "window entry") : 0;
 }

@@ -121,6 +121,24 @@ int eg_codec_decode(int codec, int kind, const void *src, size_t src_len, uint32
  * for tests and benchmarks, not while other threads decode. Returns the
  * name of the loops in use (static string). */
 const char *eg_codec_kernels(int which);
+/* Attention straight from a tile (tile_attn.c): tile is n rows of dim d,
+ * either f32 rows (codec EG_CODEC_F32, len = 4 n d) or a q8 tile as
+ * eg_codec_encode wrote it (EG_CODEC_Q8, keys or values: same layout).
+ *   eg_tile_dot:  out[r*n + t] = alpha * (q_r . row_t), q [nr][d];
+ *   eg_tile_axpy: acc[r*d + c] += sum_t p[r*n + t] * row_t[c], p [nr][n].
+ * The order of operations is fixed (see tile_attn.c): a q8 tile and the
+ * f32 rows of its decode give the same bits, on every kernel version. All
+ * buffers are the caller's. Errors: EG_EINVAL (NULL, n, d or nr zero),
+ * EG_ECODEC (another codec: decode it first), EG_ECORRUPT (len wrong, a
+ * scale not finite), EG_ENOMEM (only for a q8 tile with scales near
+ * FLT_MAX, which is decoded first). */
+int eg_tile_dot(int codec, const void *tile, size_t len, uint32_t n, uint32_t d, const float *q, uint32_t nr,
+                float alpha, float *out);
+int eg_tile_axpy(int codec, const void *tile, size_t len, uint32_t n, uint32_t d, const float *p, uint32_t nr,
+                 float *acc);
+/* The tile kernels in use, as eg_codec_kernels: 0 the best ("avx512",
+ * "avx2-fma" or "portable"), 1 portable, 2 AVX2 at most; -1 only asks. */
+const char *eg_tile_kernels(int which);
 /* Per-element error bound of an encoded tile: bound[i] >= |x_i - decode(x)_i|
  * (n_tokens*dim floats, caller's buffer). Errors as eg_codec_decode. */
 int eg_codec_error_bound(int codec, int kind, const void *src, size_t src_len, uint32_t n_tokens,
