@@ -99,7 +99,8 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
         scale * ((double)(score) + ix_quest_slack((int)d, ql1[r], t->gabs[g])))
     /* Coarse terms per group and row, over the row's visible unselected segments. */
     if (gsc) ix_score_rows_h(t->hgtab, 0, ng, w, c->qp, c->nr, gsc, ng, t->has_inf);
-    double best = -INFINITY;
+    double best = -INFINITY, lgS[EG_IX_GROUP + 1];   /* log(u S) for u unselected: no log per group and row */
+    for (size_t u = 1; u <= G; u++) lgS[u] = log((double)(u * S));
     for (size_t g = 0; g < ng; g++)
         for (size_t r = 0; r < nr; r++) {
             size_t a = g * G, b = a + G < c->row_vis[r] ? a + G : c->row_vis[r];
@@ -108,8 +109,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             if (b == a + G) unsel = G - gsel[g];
             else for (size_t s = a; s < b; s++) unsel += !skip[s];
             if (b > a && unsel > 0)
-                v = log((double)unsel * S) +
-                    scale * ((double)gs[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+                v = lgS[unsel] + scale * ((double)gs[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
             coarse[g * nr + r] = v;
             best = v > best ? v : best;
         }

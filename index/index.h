@@ -194,8 +194,9 @@ int eg_summary_compute(const eg_summary_spec *spec, const float *keys, void *out
 
 /* ---- kernels --------------------------------------------------------------- */
 /* The routing kernels that stream the table: "avx2" (AVX2, FMA and F16C)
- * when the CPU has them, else "portable"; int8 quest tables also
- * "avx512-vnni". force_portable 1 selects the portable ones, 0 the CPU's
+ * when the CPU has them, "avx512" when it also has AVX-512F (the bound's
+ * exp-sum), else "portable"; int8 quest tables also "avx512-vnni".
+ * force_portable 1 selects the portable ones, 0 the CPU's
  * best again, 2 at most AVX2, -1 leaves the choice as it is. Every choice
  * gives int8 quest tables the same bits (integer arithmetic); the f16
  * kernels differ by rounding only. Returns the names in use ("f16

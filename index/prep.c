@@ -76,14 +76,14 @@ static int list_groups(eg_route_prep *p)
     p->k.gsc_ready = 1;
     for (size_t r = 0; r < nr; r++)
         for (size_t i = 0; i < d; i++) ql1[r] += fabs((double)rows->q[r * d + i]);
-    double best = -INFINITY, scale = rows->scale;
+    double best = -INFINITY, scale = rows->scale, lgS[EG_IX_GROUP + 1];
+    for (size_t u = 1; u <= G; u++) lgS[u] = log((double)(u * S));
     for (size_t g = 0; g < ng; g++) {
         double v = -INFINITY;
         for (size_t r = 0; r < nr; r++) {
             size_t a = g * G, b = a + G < c->row_vis[r] ? a + G : c->row_vis[r];
             if (b <= a) continue;
-            double x = log((double)((b - a) * S)) +
-                       scale * ((double)p->k.gsc[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+            double x = lgS[b - a] + scale * ((double)p->k.gsc[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
             v = x > v ? x : v;
         }
         term[g] = v;

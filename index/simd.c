@@ -385,6 +385,78 @@ AVX2 static size_t at_least_avx2(const float *v, size_t n, float thr, uint32_t *
 }
 #endif
 
+#ifdef IX_HAVE_AVX2
+/* ---- AVX-512: the exp-sum of the bound ----------------------------------------------------- */
+#define AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+/* exp8's polynomial and reduction, lane for lane the same operations. */
+AVX512 static inline __m512 exp16(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    f = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), f);
+    __m512 p = _mm512_set1_ps(1.0f / 40320.0f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 5040.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
+}
+
+/* Lanes i..i+15 of the terms (one base: G is a multiple of 16), -inf
+ * where skipped. */
+AVX512 static inline __m512 terms16(const float *sc, const uint8_t *skip, __m512 scale, __m512 base)
+{
+    __m512 x = _mm512_fmadd_ps(scale, _mm512_loadu_ps(sc), base);
+    __m512i sk = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)skip));
+    __mmask16 keep = _mm512_cmpeq_epi32_mask(sk, _mm512_setzero_si512());
+    return _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), x);
+}
+
+/* As sum_exp_terms_avx2 (the same terms, max and exponentials; the double
+ * sum in another order, within the bound's rounding margin), without
+ * staging the terms: twice the lanes per instruction. */
+AVX512 static double sum_exp_terms_avx512(const float *sc, const uint8_t *skip, size_t n, float scale,
+                                          const float *base, size_t G, float *m_out)
+{
+    size_t n16 = n & ~(size_t)15;
+    __m512 vs = _mm512_set1_ps(scale), mx = _mm512_set1_ps(-INFINITY);
+    for (size_t i = 0; i < n16; i += 16)
+        mx = _mm512_max_ps(mx, terms16(sc + i, skip + i, vs, _mm512_set1_ps(base[i / G])));
+    float m = _mm512_reduce_max_ps(mx);
+    for (size_t i = n16; i < n; i++) {
+        float x = term(sc, skip, i, scale, base, G);
+        m = x > m ? x : m;
+    }
+    *m_out = m;
+    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
+    __m512 vm = _mm512_set1_ps(m);
+    __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+    for (size_t i = 0; i < n16; i += 16) {
+        __m512 e = exp16(_mm512_sub_ps(terms16(sc + i, skip + i, vs, _mm512_set1_ps(base[i / G])), vm));
+        a = _mm512_add_pd(a, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        b = _mm512_add_pd(b, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+    if (n16 < n) {
+        float u[16];
+        size_t len = n - n16;
+        for (size_t j = 0; j < len; j++) u[j] = term(sc, skip, n16 + j, scale, base, G) - m;
+        sum += sum_exp_avx2(u, len);
+    }
+    return sum;
+}
+#endif
+
 /* ---- dispatch ------------------------------------------------------------------------------ */
 /* One version of every kernel. */
 typedef struct {
@@ -405,14 +477,19 @@ static const kernel_set k_avx2 = { score_h_avx2, sum_exp_avx2, sum_exp_terms_avx
 #endif
 static kernel_set k = { score_h_portable, sum_exp_portable, sum_exp_terms_portable, rows_max_portable,
                         at_least_portable, lse_mix_portable, "portable" };
-static int k_cpu_avx2;
+static int k_cpu_avx2, k_cpu_avx512;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 
+/* portable: 1 portable, 2 AVX2 at most, 0 the best. */
 static void choose(int portable)
 {
     k = k_portable;
 #ifdef IX_HAVE_AVX2
-    if (!portable && k_cpu_avx2) k = k_avx2;
+    if (portable != 1 && k_cpu_avx2) k = k_avx2;
+    if (!portable && k_cpu_avx512) {
+        k.terms = sum_exp_terms_avx512;
+        k.name = "avx512";
+    }
 #else
     (void)portable;
 #endif
@@ -426,6 +503,7 @@ static void kernels_init(void)
     unsigned eax, ebx, ecx = 0, edx;
     int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));   /* not every compiler names it */
     k_cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    k_cpu_avx512 = k_cpu_avx2 && __builtin_cpu_supports("avx512f");
 #endif
     choose(0);
 }
@@ -449,7 +527,7 @@ const char *eg_index_kernels(int force_portable)
     static char name[64];
     pthread_once(&k_once, kernels_init);
     if (force_portable >= 0) {
-        choose(force_portable == 1);
+        choose(force_portable);
         simd_cap = force_portable == 1 ? 0 : force_portable == 2 ? 1 : 2;
     }
     snprintf(name, sizeof name, "%s/%s", k.name, ix_q8_kernel_name(simd_cap));
@@ -474,6 +552,9 @@ double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float sc
 {
     pthread_once(&k_once, kernels_init);
     if (G == 0 || G % 8) return sum_exp_terms_portable(sc, skip, n, scale, base, G ? G : 1, m);
+#ifdef IX_HAVE_AVX2
+    if (G % 16 && k.terms == sum_exp_terms_avx512) return sum_exp_terms_avx2(sc, skip, n, scale, base, G, m);
+#endif
     return k.terms(sc, skip, n, scale, base, G, m);
 }
 

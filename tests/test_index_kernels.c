@@ -251,6 +251,58 @@ static void test_sum_exp_accuracy(void)
     free(u);
 }
 
+/* The bound's exp-sum of terms scale * score + base (skipped segments
+ * -inf): every kernel (portable, AVX2, AVX-512 where the CPU has it) finds
+ * the same max, bit for bit, and sums within IX_EXP_REL per term of long
+ * double; lengths that leave vector tails, skips, -inf scores, both group
+ * sizes a base may span. */
+static void test_sum_exp_terms_kernels(void)
+{
+    uint64_t s = 29;
+    static const size_t lens[] = { 0, 1, 15, 16, 17, 31, 64, 100, 1000, 4099 };
+    static const size_t groups[] = { 16, 32 };
+    int cases = 0, bad = 0;
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
+        for (size_t gi = 0; gi < 2; gi++) {
+            size_t n = lens[li], G = groups[gi], ng = n / G + 1;
+            float *sc = malloc(sizeof(float) * (n + 1)), *base = malloc(sizeof(float) * ng);
+            uint8_t *skip = malloc(n + 1);
+            for (size_t i = 0; i < n; i++) {
+                sc[i] = tu_rand(&s) % 50 == 0 ? -INFINITY : 40.0f * tu_randf(&s);
+                skip[i] = tu_rand(&s) % 7 == 0;
+            }
+            for (size_t g = 0; g < ng; g++) base[g] = 4.0f + tu_randf(&s);
+            float scale = 0.7f, m[3];
+            double sum[3];
+            for (int w = 0; w < 3; w++) {
+                eg_index_kernels(w == 0 ? 1 : w == 1 ? 2 : 0);
+                sum[w] = ix_sum_exp_terms(sc, skip, n, scale, base, G, &m[w]);
+            }
+            eg_index_kernels(0);
+            long double ref = 0;
+            float mx = -INFINITY;
+            for (size_t i = 0; i < n; i++) {
+                float x = skip[i] ? -INFINITY : fmaf(scale, sc[i], base[i / G]);
+                mx = x > mx ? x : mx;
+            }
+            for (size_t i = 0; i < n && mx > -INFINITY; i++) {
+                float x = skip[i] ? -INFINITY : fmaf(scale, sc[i], base[i / G]);
+                if (x - mx >= -87.0f) ref += expl((long double)(x - mx));
+            }
+            for (int w = 0; w < 3; w++) {
+                int ok = memcmp(&m[w], &mx, sizeof mx) == 0 &&
+                         (mx == -INFINITY || fabs(sum[w] - (double)ref) <= IX_EXP_REL * (double)ref + 1e-300);
+                if (!ok && bad++ < 5)
+                    fprintf(stderr, "  n %zu G %zu kernel %d: max %g (want %g), sum %.17g (want %.17Lg)\n", n, G, w,
+                            m[w], mx, sum[w], ref);
+            }
+            cases++;
+            free(sc); free(base); free(skip);
+        }
+    printf("  %d exp-sums, three kernels (best here %s)\n", cases, eg_index_kernels(-1));
+    CHECK(bad == 0);
+}
+
 /* The learned outliers' mixture, both kernels, against long double: every
  * m of 1..8, lengths that leave vector tails, wide ranges, and the +-inf
  * terms that pass through as themselves. */
@@ -522,6 +574,7 @@ int main(void)
     TEST_RUN(test_score_kernel_reference);
     TEST_RUN(test_q8_scores);
     TEST_RUN(test_sum_exp_accuracy);
+    TEST_RUN(test_sum_exp_terms_kernels);
     TEST_RUN(test_lse_mix);
     TEST_RUN(test_select_bound_fused);
     TEST_RUN(test_select_bound_parallel);
