@@ -84,11 +84,12 @@ static void axpy_portable(const tile *t, const float *p, uint32_t nr, float *acc
 #ifdef TA_X86
 /* ---- AVX-512 ------------------------------------------------------------------------ */
 /* Lanes c0 .. c0+15 of row t (those outside mask m zero), one version per
- * kind of tile. */
+ * kind of tile. A chunk wholly past d (axpy's fixed four) reads the row's
+ * first scale, times codes masked to zero. */
 #define LOAD_F32(t, c0, m) _mm512_maskz_loadu_ps(m, F + (size_t)(t) * d + (c0))
 #define LOAD_Q8(t, c0, m)                                                                          \
     _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, C + (size_t)(t) * d + (c0)))), \
-                  _mm512_set1_ps(scale_at(SC, (size_t)(t) * ng + (c0) / GROUP)))
+                  _mm512_set1_ps(scale_at(SC, (size_t)(t) * ng + ((c0) < d ? (c0) / GROUP : 0))))
 
 static inline float scale_at(const unsigned char *sc, size_t i)
 {
