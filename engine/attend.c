@@ -1,11 +1,10 @@
 /* attend.c: ATTEND and the dense reference.
  *
- * One task per kv-head, run on the pool. A task's rows are its q heads at
- * every query position (row r = query i, head g: r = i*G + g). Attention is
- * an online softmax over blocks of keys (a segment, the open rows, or for
- * the dense path a run of segments): per block one sgemm for the scores,
- * one for P*V, so a single query is matrix-vector work and a chunk is
- * matrix-matrix work. Keys of RoPE sessions are rotated at their true
+ * One task per kv-head, run on the pool (quest decode: three rounds, see
+ * run_shared). A task's rows are its q heads at every query position (row
+ * r = query i, head g: r = i*G + g). Attention is an online softmax over
+ * blocks of keys (attn.c): a segment, the open rows, or for the dense path
+ * a run of segments. Keys of RoPE sessions are rotated at their true
  * positions when paged in; remapped positions rotate the queries instead
  * (R(a)q . R(b)k = q . R(b-a)k), so cached keys serve every mapping.
  */
@@ -15,17 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DENSE_BLOCK_SEGS 16   /* segments per sgemm on the dense path */
-#define GEMV_ROWS 8           /* up to this many rows per task: the tile kernels, not sgemm */
-
-/* Running softmax state of the rows of one task. */
-typedef struct {
-    int nr;
-    uint32_t dv;
-    float *m;        /* [nr] running max of scaled scores */
-    double *l;       /* [nr] running sum of exp(score - m) */
-    float *acc;      /* [nr][dv] or NULL: lse only */
-} attn_state;
+#define DENSE_BLOCK_SEGS 16   /* segments per block on the dense path */
 
 /* Per-call context shared by the tasks. */
 typedef struct {
@@ -52,85 +41,6 @@ typedef struct {
     int n_parts;
 } call_ctx;
 
-/* Scores of one block of n keys starting at token tok0, folded into st.
- * q [nr][dk] (already rotated for this block), vis[r] the last token row r
- * sees; sc scratch [nr][n]. K and V are f32 tiles, or (nr <= GEMV_ROWS)
- * q8 tiles as stored. seg_lse (dense oracle input), when not NULL,
- * receives per row and per S keys the log-sum-exp of that segment.
- * Errors: a damaged tile (EG_ECORRUPT). */
-static int attn_block(attn_state *st, const float *q, uint32_t dk, const en_tile *K, const en_tile *V,
-                      uint32_t n, int64_t tok0, const int64_t *vis, float scale, float *sc,
-                      float *seg_lse, uint32_t S, size_t seg_stride)
-{
-    int nr = st->nr, rc = 0;
-    /* A few rows (a decode step): the tile kernels, which read the block in
-     * place (q8 as stored, no decoded copy); sgemm would first copy it into
-     * its packed layout. */
-    if (nr <= GEMV_ROWS)
-        rc = eg_tile_dot(K->codec, K->p, K->len, n, dk, q, (uint32_t)nr, scale, sc);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K->p,
-                    (int)dk, 0.0f, sc, (int)n);
-    if (rc) return en_pass(rc, "attend");
-    int any = 0;
-    for (int r = 0; r < nr; r++) {
-        float *row = sc + (size_t)r * n;
-        int64_t lim64 = vis[r] - tok0 + 1;
-        uint32_t lim = lim64 <= 0 ? 0 : lim64 >= n ? n : (uint32_t)lim64;
-        if (seg_lse) {
-            for (uint32_t s0 = 0; s0 < n; s0 += S) {
-                float mx = -INFINITY;
-                double sum = 0;
-                for (uint32_t j = s0; j < s0 + S && j < lim; j++) mx = row[j] > mx ? row[j] : mx;
-                for (uint32_t j = s0; j < s0 + S && j < lim; j++) sum += exp((double)row[j] - mx);
-                seg_lse[(size_t)r * seg_stride + s0 / S] = sum > 0 ? (float)(mx + log(sum)) : -INFINITY;
-            }
-        }
-        if (lim == 0) { memset(row, 0, n * sizeof(float)); continue; }
-        any = 1;
-        float mx = row[0];
-        for (uint32_t j = 1; j < lim; j++) mx = row[j] > mx ? row[j] : mx;
-        float m_new = mx > st->m[r] ? mx : st->m[r];
-        double corr = st->m[r] == -INFINITY ? 0.0 : exp((double)st->m[r] - m_new);
-        double sum = 0;
-        for (uint32_t j = 0; j < lim; j++) {
-            float p = expf(row[j] - m_new);
-            row[j] = p;
-            sum += p;
-        }
-        if (lim < n) memset(row + lim, 0, (n - lim) * sizeof(float));
-        st->l[r] = st->l[r] * corr + sum;
-        st->m[r] = m_new;
-        if (st->acc && corr != 1.0) {
-            float c = (float)corr, *a = st->acc + (size_t)r * st->dv;
-            for (uint32_t d = 0; d < st->dv; d++) a[d] *= c;
-        }
-    }
-    if (st->acc && any && nr <= GEMV_ROWS)
-        rc = eg_tile_axpy(V->codec, V->p, V->len, n, st->dv, sc, (uint32_t)nr, st->acc);
-    else if (st->acc && any)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, (int)st->dv, (int)n, 1.0f, sc,
-                    (int)n, V->p, (int)st->dv, 1.0f, st->acc, (int)st->dv);
-    return rc ? en_pass(rc, "attend") : 0;
-}
-
-/* An f32 tile of n rows of dim d (NULL p: none). */
-static en_tile f32_tile(const float *p, uint32_t n, uint32_t d)
-{
-    return (en_tile){ EG_CODEC_F32, p, (size_t)n * d * sizeof(float) };
-}
-
-static double state_lse(const attn_state *st, int r)
-{
-    return st->l[r] > 0 ? st->m[r] + log(st->l[r]) : -INFINITY;
-}
-
-static void state_reset(attn_state *st)
-{
-    for (int r = 0; r < st->nr; r++) { st->m[r] = -INFINITY; st->l[r] = 0; }
-    if (st->acc) memset(st->acc, 0, (size_t)st->nr * st->dv * sizeof(float));
-}
-
 /* ---- one kv-head ------------------------------------------------------------------ */
 typedef struct task_buf {
     int nr;
@@ -139,7 +49,7 @@ typedef struct task_buf {
     int64_t *rpos;                  /* [nr] routing positions (vis clamped at 0) */
     float *tk, *tv;                 /* open rows of this kv-head [n_tail][d] */
     float *sk, *sv;                 /* one segment's tiles decoded [S][dk], [S][dv] */
-    attn_state st, tr;              /* attention (true or remapped), lse at true positions */
+    en_attn_state st, tr;              /* attention (true or remapped), lse at true positions */
     en_wentry **pinned;
     size_t n_pinned, cap_pinned;
 } task_buf;
@@ -205,15 +115,15 @@ static void task_rows(call_ctx *c, task_buf *b, uint32_t kvh)
 }
 
 /* The open rows, in blocks of S, folded into st with queries q. */
-static int task_tail(call_ctx *c, task_buf *b, attn_state *st, const float *q)
+static int task_tail(call_ctx *c, task_buf *b, en_attn_state *st, const float *q)
 {
     const en_view *v = &c->v;
     int64_t t0 = (int64_t)(v->n_sealed * v->S);
     int rc = 0;
     for (uint32_t t = 0; t < c->n_tail && !rc; t += v->S) {
         uint32_t n = c->n_tail - t < v->S ? c->n_tail - t : v->S;
-        en_tile K = f32_tile(b->tk + (size_t)t * v->dk, n, v->dk), V = f32_tile(b->tv + (size_t)t * v->dv, n, v->dv);
-        rc = attn_block(st, q, v->dk, &K, &V, n, t0 + t, b->vis, c->scale, b->sc, NULL, v->S, 0);
+        en_tile K = en_f32_tile(b->tk + (size_t)t * v->dk, n, v->dk), V = en_f32_tile(b->tv + (size_t)t * v->dv, n, v->dv);
+        rc = en_attn_block(st, q, v->dk, &K, &V, n, t0 + t, b->vis, c->scale, b->sc, NULL, v->S, 0);
     }
     return rc;
 }
@@ -230,7 +140,7 @@ static void write_rows(call_ctx *c, task_buf *b, uint32_t kvh, const double *los
         const float *a = b->st.acc + (size_t)r * v->dv;
         double l = b->st.l[r];
         for (uint32_t d = 0; d < v->dv; d++) out[d] = l > 0 ? (float)(a[d] / l) : 0.0f;
-        if (c->res->lse) c->res->lse[o] = (float)state_lse(&b->st, r);
+        if (c->res->lse) c->res->lse[o] = (float)en_state_lse(&b->st, r);
         double lo = lost ? lost[r] : 0.0;
         if (c->res->lost) c->res->lost[o] = (float)lo;
         if (lo > worst) worst = lo;
@@ -274,15 +184,15 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
         return en_fail(EG_EN_ENOMEM, "dense: out of memory");
     }
     for (size_t i = 0; seg_lse && i < (size_t)b->nr * v->n_sealed; i++) seg_lse[i] = -INFINITY;
-    state_reset(&b->st);
+    en_state_reset(&b->st);
     int rc = 0;
     for (uint64_t s0 = 0; s0 < nseg && !rc; s0 += DENSE_BLOCK_SEGS) {
         uint64_t n = nseg - s0 < DENSE_BLOCK_SEGS ? nseg - s0 : DENSE_BLOCK_SEGS;
         dense_run f = {c->s, K, V, s0};
         rc = en_pass(eg_read_blocks_encoded(c->s->ms, c->req->layer, kvh, s0, n, dense_visit, &f), "dense read");
-        en_tile kt = f32_tile(K, (uint32_t)(n * v->S), v->dk), vt = f32_tile(V, (uint32_t)(n * v->S), v->dv);
+        en_tile kt = en_f32_tile(K, (uint32_t)(n * v->S), v->dk), vt = en_f32_tile(V, (uint32_t)(n * v->S), v->dv);
         if (!rc)
-            rc = attn_block(&b->st, b->qt, v->dk, &kt, &vt, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
+            rc = en_attn_block(&b->st, b->qt, v->dk, &kt, &vt, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
                             c->scale, b->sc, seg_lse ? seg_lse + s0 : NULL, v->S, v->n_sealed);
     }
     if (!rc) rc = task_tail(c, b, &b->st, b->qt);
@@ -294,7 +204,7 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
             float *mass = c->seg_mass + (size_t)kvh * v->n_sealed;
             memset(mass, 0, v->n_sealed * sizeof(float));
             for (int r = 0; r < b->nr; r++) {
-                double lse = state_lse(&b->st, r);
+                double lse = en_state_lse(&b->st, r);
                 for (uint64_t sg = 0; sg < v->n_sealed; sg++)
                     if (seg_lse[(size_t)r * v->n_sealed + sg] > -INFINITY)
                         mass[sg] += (float)exp(seg_lse[(size_t)r * v->n_sealed + sg] - lse);
@@ -400,13 +310,13 @@ static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry *
 /* Attend one sealed segment with queries q into st (values only when st
  * accumulates them): pinned from the window, its tiles decoded into the
  * task's scratch where the entry keeps them as stored. */
-static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, attn_state *st, const float *q)
+static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_attn_state *st, const float *q)
 {
     en_wentry *e;
     en_tile K, V = {0};
     int rc = pin(c, b, kvh, (uint64_t)seg, &e);
-    if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, st->nr <= GEMV_ROWS, &K, st->acc ? &V : NULL);
-    if (!rc) rc = attn_block(st, q, c->v.dk, &K, &V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
+    if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, st->nr <= EN_TILE_ROWS, &K, st->acc ? &V : NULL);
+    if (!rc) rc = en_attn_block(st, q, c->v.dk, &K, &V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
     return rc;
 }
 
@@ -434,7 +344,7 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
         memcpy(qb, b->qraw + (size_t)r * v->dk, v->dk * sizeof(float));
         en_rope_one(rope, qb, (double)(c->req->pos[r / v->G] + d_rec));
     }
-    state_reset(&b->st);
+    en_state_reset(&b->st);
     int rc = 0;
     double cs[EG_HEAD_DIM_MAX];
     for (size_t i = 0; i < n_sink + n_used && !rc; i++) {
@@ -461,7 +371,7 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
 {
     const en_view *v = &c->v;
     if (v->n_sealed == 0) { /* open rows only: remapping moves nothing, nothing is left out */
-        state_reset(&b->st);
+        en_state_reset(&b->st);
         int rc = task_tail(c, b, &b->st, b->qt);
         if (rc) return rc;
         c->toks[kvh] = c->n_tail;
@@ -483,8 +393,8 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
     const eg_attend_req *q = c->req;
     uint32_t S = v->S;
     int remap = q->remap_positions, rc = 0;
-    attn_state *T = remap ? &b->tr : &b->st;
-    state_reset(T);
+    en_attn_state *T = remap ? &b->tr : &b->st;
+    en_state_reset(T);
     size_t nf = sel.n_forced, n_order = sel.n - nf, n_used = 0;
     double *lost = malloc((size_t)b->nr * sizeof(double));
     if (!lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
@@ -492,16 +402,15 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
      * in score order (until the bound holds, with max_lost). */
     for (size_t i = 0; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel.segments[i], T, b->qt);
     if (!rc) rc = task_tail(c, b, T, b->qt);
-    while (!rc) {
+    while (!rc && n_used < n_order) {
         if (q->max_lost > 0) {
             int ok = 1;
             for (int r = 0; r < b->nr && ok; r++)
                 if (b->vis[r] >= 0 &&
-                    eg_lost_mass_bound(log_ub[(size_t)r * (n_order + 1) + n_used], state_lse(T, r)) > q->max_lost)
+                    eg_lost_mass_bound(log_ub[(size_t)r * (n_order + 1) + n_used], en_state_lse(T, r)) > q->max_lost)
                     ok = 0;
             if (ok) break;
         }
-        if (n_used == n_order) break;
         if ((rc = attend_seg(c, b, kvh, sel.segments[nf + n_used], T, b->qt))) break;
         n_used++;
     }
@@ -509,7 +418,7 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
     if (!rc) {
         for (int r = 0; r < b->nr; r++)
             lost[r] = b->vis[r] < 0 ? 0.0
-                    : eg_lost_mass_bound(log_ub[(size_t)r * (n_order + 1) + n_used], state_lse(T, r));
+                    : eg_lost_mass_bound(log_ub[(size_t)r * (n_order + 1) + n_used], en_state_lse(T, r));
         c->segs[kvh] = nf + n_used;
         c->toks[kvh] = (nf + n_used) * S + c->n_tail;
         write_rows(c, b, kvh, lost);

@@ -179,4 +179,28 @@ typedef struct { int codec; const void *p; size_t len; } en_tile;
  * keeps them so, the q8 bytes as stored when raw_q8, else decoded into
  * sk [S][dk] / sv [S][dv]. */
 int en_wentry_tiles(const en_sess *s, const en_wentry *e, float *sk, float *sv, int raw_q8, en_tile *K, en_tile *V);
+
+/* ---- attention math (attn.c) ---------------------------------------------------- */
+#define EN_TILE_ROWS 8        /* up to this many rows: the tile kernels (q8 as stored), not sgemm */
+/* Running softmax state of nr rows: acc holds sum exp(s - m) v, unscaled. */
+typedef struct {
+    int nr;
+    uint32_t dv;
+    float *m;        /* [nr] running max of scaled scores */
+    double *l;       /* [nr] running sum of exp(score - m) */
+    float *acc;      /* [nr][dv] or NULL: lse only */
+} en_attn_state;
+/* Scores of one block of n keys starting at token tok0, folded into st.
+ * q [nr][dk] (already rotated for this block), vis[r] the last token row r
+ * sees; sc scratch [nr][n]. K and V are f32 tiles, or (nr <= EN_TILE_ROWS)
+ * q8 tiles as stored. seg_lse (dense oracle input), when not NULL,
+ * receives per row and per S keys the log-sum-exp of that segment.
+ * Errors: a damaged tile (EG_ECORRUPT). */
+int en_attn_block(en_attn_state *st, const float *q, uint32_t dk, const en_tile *K, const en_tile *V,
+                  uint32_t n, int64_t tok0, const int64_t *vis, float scale, float *sc,
+                  float *seg_lse, uint32_t S, size_t seg_stride);
+/* An f32 tile of n rows of dim d. */
+en_tile en_f32_tile(const float *p, uint32_t n, uint32_t d);
+double en_state_lse(const en_attn_state *st, int r);
+void en_state_reset(en_attn_state *st);
 #endif

@@ -422,11 +422,11 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
             float thr = hp->n == hp->k && hp->k ? hp->h[0].score : -INFINITY;
             size_t e = i;
             while (e < ng && e < i + batch && bnd[(uint32_t)gs[e]] >= thr && bnd[(uint32_t)gs[e]] > -INFINITY) e++;
-            size_t n_ids = 0;
-            for (size_t x = i; x < e; x++)   /* 2: in this batch (1: scored before) */
-                if (k->done[(uint32_t)gs[x]] != 1) k->done[(uint32_t)gs[x]] = 2;
-            for (size_t x = 0; x < ng; x++) if (k->done[x] == 2) ids[n_ids++] = (uint32_t)x;
-            score_groups(c, o, k, ids, n_ids);
+            size_t n_ids = 0, marked = 0;
+            for (size_t x = i; x < e; x++)   /* 2: in this batch (1: scored before, prep.c) */
+                if (k->done[(uint32_t)gs[x]] != 1) { k->done[(uint32_t)gs[x]] = 2; marked++; }
+            for (size_t x = 0; x < ng && marked; x++) if (k->done[x] == 2) ids[n_ids++] = (uint32_t)x;
+            if (n_ids) score_groups(c, o, k, ids, n_ids);
             for (size_t x = 0; x < n_ids; x++) {
                 k->done[ids[x]] = 1;
                 size_t s0 = (size_t)ids[x] * G;

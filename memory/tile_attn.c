@@ -39,6 +39,13 @@ typedef struct {
     uint32_t n, d, ng;
 } tile;
 
+static inline float scale_at(const unsigned char *sc, size_t i)
+{
+    float s;
+    memcpy(&s, sc + i * 4, 4);
+    return s;
+}
+
 static inline float scale_of(const tile *t, uint32_t row, uint32_t c)
 {
     float s;
@@ -91,12 +98,6 @@ static void axpy_portable(const tile *t, const float *p, uint32_t nr, float *acc
     _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, C + (size_t)(t) * d + (c0)))), \
                   _mm512_set1_ps(scale_at(SC, (size_t)(t) * ng + ((c0) < d ? (c0) / GROUP : 0))))
 
-static inline float scale_at(const unsigned char *sc, size_t i)
-{
-    float s;
-    memcpy(&s, sc + i * 4, 4);
-    return s;
-}
 
 /* The four lane sums of a0..a3 (keys 0..3), each in the fixed order
  * (l + l+8, + l+4, + l+2, + l+1), by shuffles that pair the lanes of four
@@ -375,14 +376,23 @@ static int tile_open(int codec, const void *src, size_t len, uint32_t n, uint32_
     t->ng = (d + GROUP - 1) / GROUP;
     t->sc = src;
     t->codes = (const int8_t *)((const unsigned char *)src + (size_t)n * t->ng * 4);
-    int big = 0;
+    /* Scales by their bits, without a branch per scale (this ran for every
+     * tile of a decode step): the exponent all ones is Inf or NaN; above
+     * FLT_MAX / 128 (bits of a positive float order like the float). */
+    uint32_t all = 0, top = 0, lim;
+    float fl = FLT_MAX / 128;
+    memcpy(&lim, &fl, 4);
     for (size_t i = 0; i < (size_t)n * t->ng; i++) {
-        float s;
-        memcpy(&s, t->sc + i * 4, 4);
-        if (!isfinite(s)) return eg_mem_fail(EG_ECORRUPT, "q8 tile: scale %zu is not finite", i);
-        big |= s > FLT_MAX / 128;
+        uint32_t u;
+        memcpy(&u, t->sc + i * 4, 4);
+        u &= 0x7fffffffu;
+        all |= (u >= 0x7f800000u);
+        top |= (u > lim);
     }
-    if (!big) return 0;
+    if (all)
+        for (size_t i = 0; i < (size_t)n * t->ng; i++)
+            if (!isfinite(scale_at(t->sc, i))) return eg_mem_fail(EG_ECORRUPT, "q8 tile: scale %zu is not finite", i);
+    if (!top) return 0;
     float *x = malloc((size_t)n * d * sizeof(float));
     if (!x) return eg_mem_fail(EG_ENOMEM, "tile: out of memory");
     if ((rc = eg_codec_decode(EG_CODEC_Q8, EG_KIND_K, src, len, n, d, x)) < 0) { free(x); return rc; }
