@@ -11,6 +11,7 @@
 #include "en_internal.h"
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,8 +38,9 @@ typedef struct {
     struct task_buf *bufs;
     eg_route_rows *rows;
     eg_route_prep **preps;
-    size_t *item0;                 /* [H + 1] first global scoring item of each head */
-    int n_parts;
+    struct { int head, part; } *order; /* the shared job's tasks: part >= 0 scores, -1 finishes */
+    int *n_part;                   /* [H] scoring parts of each head */
+    atomic_int *left;              /* [H] the head's scoring parts not yet done */
 } call_ctx;
 
 /* ---- one kv-head ------------------------------------------------------------------ */
@@ -446,16 +448,23 @@ static void task_fn(void *arg, int kvh)
     if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
 }
 
-/* ---- quest decode in three rounds ----------------------------------------------------- */
+/* ---- quest decode in two rounds ------------------------------------------------------ */
 /* A layer's kv-heads as one task each left a core idle whenever the heads
  * did not divide evenly among the threads (3 heads on 2 cores: two table
  * scans one after the other on one core while the other waited). So a
- * quest call routes in rounds: each head prepares its rows and the list of
- * groups its answer needs (eg_route_prep_begin), then every head's scans
- * are shared out in equal parts as one leaf job, then each head selects,
- * bounds and attends. The answers are those of the one-task path
- * (tests/test_index.c: same selection, bound within the coarse groups'
- * share). */
+ * quest call routes in two pool jobs:
+ * 1. per head, its rows and the list of groups its answer needs
+ *    (eg_route_prep_begin);
+ * 2. one job of every head's scoring parts, each head's followed by its
+ *    finish (select, bound, attention). The pool hands tasks out in order,
+ *    so when a head's finish is taken its parts are all taken, and it
+ *    waits (spinning) at most for the parts still running on other
+ *    threads; meanwhile those threads go on to the next head's parts. So
+ *    no thread idles while another finishes a head, as it did when the
+ *    finishes were a round of their own (one head per thread, the third
+ *    alone).
+ * The answers are those of the one-task path (tests/test_index.c: same
+ * selection, bound within the coarse groups' share). */
 static void shared_begin(void *arg, int kvh)
 {
     call_ctx *c = arg;
@@ -472,23 +481,8 @@ static void shared_begin(void *arg, int kvh)
     if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
 }
 
-/* Part p of every head's listed groups, in global order. */
-static void shared_score(void *arg, int p)
+static void shared_finish(call_ctx *c, int kvh)
 {
-    call_ctx *c = arg;
-    size_t W = c->item0[c->v.H], a = W * (size_t)p / (size_t)c->n_parts, e = W * (size_t)(p + 1) / (size_t)c->n_parts;
-    for (uint32_t h = 0; h < c->v.H && a < e; h++) {
-        size_t h0 = c->item0[h], h1 = c->item0[h + 1];
-        if (a >= h1) continue;
-        size_t b = e < h1 ? e : h1;
-        eg_route_prep_score(c->preps[h], a - h0, b - h0);
-        a = b;
-    }
-}
-
-static void shared_finish(void *arg, int kvh)
-{
-    call_ctx *c = arg;
     task_buf *b = &c->bufs[kvh];
     int rc = c->rc[kvh];
     if (!rc) {
@@ -505,37 +499,75 @@ static void shared_finish(void *arg, int kvh)
     c->preps[kvh] = NULL;
 }
 
-/* Parts of at least this many groups each, up to 4 per thread (the pool
- * hands them out as threads come free, which evens out what is left). */
+static inline void spin_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Task i of the shared job: a scoring part of a head (k >= 0) or a
+ * head's finish (k < 0), as run_shared ordered them. */
+static void shared_task(void *arg, int i)
+{
+    call_ctx *c = arg;
+    int h = c->order[i].head, k = c->order[i].part;
+    if (k >= 0) {
+        size_t n = eg_route_prep_items(c->preps[h]), parts = (size_t)c->n_part[h];
+        eg_route_prep_score(c->preps[h], n * (size_t)k / parts, n * (size_t)(k + 1) / parts);
+        atomic_fetch_sub_explicit(&c->left[h], 1, memory_order_release);
+        return;
+    }
+    while (atomic_load_explicit(&c->left[h], memory_order_acquire) > 0) spin_pause();   /* parts running elsewhere */
+    shared_finish(c, h);
+}
+
+/* A head's scan in parts of at least this many groups, at most 2 per
+ * thread: the pool hands them out as threads come free, and a finish
+ * waits at most for the last part of its head still running. */
 #define SHARED_MIN_GROUPS 16
+#define SHARED_PARTS_PER_THREAD 2
 
 static int run_shared(call_ctx *c)
 {
     uint32_t H = c->v.H;
+    int T = en_pool_threads(c->s->e->pool);
     c->bufs = calloc(H, sizeof *c->bufs);
     c->rows = calloc(H, sizeof *c->rows);
     c->preps = calloc(H, sizeof *c->preps);
-    c->item0 = calloc(H + 1, sizeof *c->item0);
-    if (!c->bufs || !c->rows || !c->preps || !c->item0) {
-        free(c->bufs); free(c->rows); free(c->preps); free(c->item0);
+    c->n_part = calloc(H, sizeof *c->n_part);
+    c->left = calloc(H, sizeof *c->left);
+    c->order = calloc((size_t)H * (SHARED_PARTS_PER_THREAD * (size_t)T + 1), sizeof *c->order);
+    if (!c->bufs || !c->rows || !c->preps || !c->n_part || !c->left || !c->order) {
+        free(c->bufs); free(c->rows); free(c->preps); free(c->n_part); free(c->left); free(c->order);
         return en_fail(EG_EN_ENOMEM, "attend: out of memory");
     }
     en_pool *pool = c->s->e->pool;
     en_pool_run(pool, (int)H, shared_begin, c);
     int ok = 1;
+    for (uint32_t h = 0; h < H; h++) ok &= c->rc[h] == 0;
+    /* A failed call scores nothing: the finishes free what each head holds. */
     for (uint32_t h = 0; h < H; h++) {
-        ok &= c->rc[h] == 0;
-        c->item0[h + 1] = c->item0[h] + (c->rc[h] ? 0 : eg_route_prep_items(c->preps[h]));
+        size_t n = ok ? eg_route_prep_items(c->preps[h]) : 0, most = SHARED_PARTS_PER_THREAD * (size_t)T;
+        size_t parts = n / SHARED_MIN_GROUPS;
+        c->n_part[h] = (int)(n == 0 ? 0 : parts < 1 ? 1 : parts < most ? parts : most);
+        atomic_init(&c->left[h], c->n_part[h]);
     }
-    size_t W = c->item0[H], parts = W / SHARED_MIN_GROUPS, most = 4 * (size_t)en_pool_threads(pool);
-    c->n_parts = (int)(parts < 1 ? 1 : parts < most ? parts : most);
-    if (ok && W) en_pool_run_leaf(pool, c->n_parts, shared_score, c);
-    en_pool_run(pool, (int)H, shared_finish, c);   /* also frees what a failed head holds */
-    free(c->bufs); free(c->rows); free(c->preps); free(c->item0);
+    /* Head h's parts, then head h-1's finish: by the time a finish is taken
+     * its parts have had a head's worth of tasks to end in. */
+    int n = 0;
+    for (uint32_t h = 0; h <= H; h++) {
+        for (int k = 0; h < H && k < c->n_part[h]; k++) { c->order[n].head = (int)h; c->order[n++].part = k; }
+        if (h > 0) { c->order[n].head = (int)h - 1; c->order[n++].part = -1; }
+    }
+    en_pool_run(pool, n, shared_task, c);
+    free(c->bufs); free(c->rows); free(c->preps); free(c->n_part); free(c->left); free(c->order);
     c->bufs = NULL;
     c->rows = NULL;
     c->preps = NULL;
-    c->item0 = NULL;
+    c->n_part = NULL;
+    c->left = NULL;
+    c->order = NULL;
     return 0;
 }
 
@@ -653,7 +685,7 @@ static int run_call(eg_engine_session *h, const eg_attend_req *q, eg_attend_resu
     if (!rc) {
         c.segs = c.page_ins + H;
         c.toks = c.segs + H;
-        /* Quest routing over sealed segments: the three rounds; else (dense,
+        /* Quest routing over sealed segments: the two rounds; else (dense,
          * other routers, nothing sealed) one task per kv-head. */
         if (!dense && c.v.n_sealed && q->router == EG_ROUTER_QUEST && c.route == c.quest)
             rc = run_shared(&c);
