@@ -8,7 +8,7 @@
 
 /* Rounds of a pause a thread spins, watching for work (a worker) or for
  * its job's end (a caller), before it sleeps on a condition: a quest call
- * runs three jobs back to back, and waking a sleeping thread took tens of
+ * runs two jobs back to back, and waking a sleeping thread took tens of
  * microseconds each time on this VM. About 20-40 us. */
 #define SPIN_ROUNDS 1024
 
