@@ -304,6 +304,26 @@ T_AVX2 static void axpy_avx2(const tile *t, const float *p, uint32_t nr, float *
 }
 #endif
 
+#ifdef TA_X86
+/* The scale check of tile_open, 16 scales at a time; returns how many it
+ * covered (the rest are checked by the caller's loop). */
+T_AVX512 static size_t scales_avx512(const unsigned char *sc, size_t n, uint32_t lim, uint32_t *all, uint32_t *top)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000 - 1),
+                  vl = _mm512_set1_epi32((int)lim);
+    __mmask16 a = 0, b = 0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i u = _mm512_and_si512(_mm512_loadu_si512((const void *)(sc + i * 4)), absm);
+        a |= _mm512_cmpgt_epu32_mask(u, inf);
+        b |= _mm512_cmpgt_epu32_mask(u, vl);
+    }
+    *all |= a != 0;
+    *top |= b != 0;
+    return i;
+}
+#endif
+
 /* ---- dispatch ------------------------------------------------------------------------ */
 typedef struct {
     const char *name;
@@ -382,7 +402,11 @@ static int tile_open(int codec, const void *src, size_t len, uint32_t n, uint32_
     uint32_t all = 0, top = 0, lim;
     float fl = FLT_MAX / 128;
     memcpy(&lim, &fl, 4);
-    for (size_t i = 0; i < (size_t)n * t->ng; i++) {
+    size_t i0 = 0;
+#ifdef TA_X86
+    if (t_level >= 2 && t_cur == &t_avx512) i0 = scales_avx512(t->sc, (size_t)n * t->ng, lim, &all, &top);
+#endif
+    for (size_t i = i0; i < (size_t)n * t->ng; i++) {
         uint32_t u;
         memcpy(&u, t->sc + i * 4, 4);
         u &= 0x7fffffffu;

@@ -127,6 +127,29 @@ static void test_tile_bad_input(void)
     CHECK(eg_tile_axpy(EG_CODEC_Q8, tile, len, n, d, p, 1, acc) == EG_ECORRUPT);
     for (int i = 0; i < 32; i++) CHECK(acc[i] == 0.0f);   /* refused: untouched */
     free(tile);
+    /* a tile long enough for the vector check: an Inf, then a NaN, at
+     * scales past the first 16, on every kernel version */
+    const uint32_t n2 = 64, d2 = 64;
+    REQUIRE(eg_codec_size(EG_CODEC_Q8, EG_KIND_K, n2, d2, &len) == 0);
+    float *x2 = malloc(sizeof(float) * n2 * d2), q2[64] = {1}, out2[64];
+    make_rows(x2, n2, d2, &rs, 0);
+    tile = malloc(len);
+    REQUIRE(eg_codec_encode(EG_CODEC_Q8, EG_KIND_K, x2, n2, d2, tile, len) == 0);
+    float bad[2] = { INFINITY, NAN };
+    for (int w = 0; w < 3; w++) {
+        eg_tile_kernels(w == 0 ? 0 : w);
+        CHECK_OK(eg_tile_dot(EG_CODEC_Q8, tile, len, n2, d2, q2, 1, 1.0f, out2));
+        for (int k = 0; k < 2; k++) {
+            float keep;
+            memcpy(&keep, tile + 4 * (37 + 50 * k), 4);
+            memcpy(tile + 4 * (37 + 50 * k), &bad[k], 4);
+            CHECK(eg_tile_dot(EG_CODEC_Q8, tile, len, n2, d2, q2, 1, 1.0f, out2) == EG_ECORRUPT);
+            memcpy(tile + 4 * (37 + 50 * k), &keep, 4);
+        }
+    }
+    eg_tile_kernels(0);
+    free(tile);
+    free(x2);
 }
 
 int main(void)
