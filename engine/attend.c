@@ -151,21 +151,37 @@ static void write_rows(call_ctx *c, task_buf *b, uint32_t kvh, const double *los
 }
 
 /* A run of the dense path: blocks decoded straight from the store's map
- * into K and V (keys rotated at their true positions). */
+ * into K and V (keys rotated at their true positions), or, for a q8 block
+ * of a session without RoPE and a few rows, attended in place with the
+ * tile kernels (the decode was a sixth of a dense step; the baseline is
+ * the engine's best dense path, so it reads q8 as the sparse path does). */
 typedef struct {
     const en_sess *s;
     float *K, *V;
     uint64_t s0;
+    int direct;                /* q8 blocks attended in place */
+    uint8_t *decoded;          /* [DENSE_BLOCK_SEGS]: slot holds a decoded segment */
+    en_attn_state *st;
+    const task_buf *b;
+    const call_ctx *c;
+    float *seg_lse;
 } dense_run;
 
 static int dense_visit(void *arg, uint64_t seg, const eg_encoded_block *b)
 {
     dense_run *f = arg;
     size_t j = seg - f->s0, S = b->n_tokens;
+    if (f->direct && b->codec == EG_CODEC_Q8) {
+        const call_ctx *c = f->c;
+        en_tile K = { EG_CODEC_Q8, b->keys, b->klen }, V = { EG_CODEC_Q8, b->values, b->vlen };
+        return en_attn_block(f->st, f->b->qt, b->dim_k, &K, &V, b->n_tokens, (int64_t)(seg * S), f->b->vis, c->scale,
+                             f->b->sc, f->seg_lse ? f->seg_lse + seg : NULL, c->v.S, c->v.n_sealed);
+    }
     float *kj = f->K + j * S * b->dim_k;
     int rc = eg_codec_decode(b->codec, EG_KIND_K, b->keys, b->klen, b->n_tokens, b->dim_k, kj);
     if (!rc) rc = eg_codec_decode(b->codec, EG_KIND_V, b->values, b->vlen, b->n_tokens, b->dim_v, f->V + j * S * b->dim_v);
     if (!rc) en_rope_run(&f->s->rope, kj, b->n_tokens, (int64_t)(seg * S));
+    if (!rc) f->decoded[j] = 1;
     return rc;
 }
 
@@ -188,14 +204,24 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
     for (size_t i = 0; seg_lse && i < (size_t)b->nr * v->n_sealed; i++) seg_lse[i] = -INFINITY;
     en_state_reset(&b->st);
     int rc = 0;
+    uint8_t decoded[DENSE_BLOCK_SEGS];
+    int direct = c->s->cfg.rope_mode == EG_ROPE_NONE && b->nr <= EN_TILE_ROWS;
     for (uint64_t s0 = 0; s0 < nseg && !rc; s0 += DENSE_BLOCK_SEGS) {
         uint64_t n = nseg - s0 < DENSE_BLOCK_SEGS ? nseg - s0 : DENSE_BLOCK_SEGS;
-        dense_run f = {c->s, K, V, s0};
+        memset(decoded, 0, sizeof decoded);
+        dense_run f = {c->s, K, V, s0, direct, decoded, &b->st, b, c, seg_lse};
         rc = en_pass(eg_read_blocks_encoded(c->s->ms, c->req->layer, kvh, s0, n, dense_visit, &f), "dense read");
-        en_tile kt = en_f32_tile(K, (uint32_t)(n * v->S), v->dk), vt = en_f32_tile(V, (uint32_t)(n * v->S), v->dv);
-        if (!rc)
-            rc = en_attn_block(&b->st, b->qt, v->dk, &kt, &vt, (uint32_t)(n * v->S), (int64_t)(s0 * v->S), b->vis,
-                            c->scale, b->sc, seg_lse ? seg_lse + s0 : NULL, v->S, v->n_sealed);
+        /* the decoded segments, in runs of adjacent slots */
+        for (uint64_t j0 = 0; j0 < n && !rc;) {
+            if (!decoded[j0]) { j0++; continue; }
+            uint64_t j1 = j0;
+            while (j1 < n && decoded[j1]) j1++;
+            uint32_t m = (uint32_t)((j1 - j0) * v->S);
+            en_tile kt = en_f32_tile(K + j0 * v->S * v->dk, m, v->dk), vt = en_f32_tile(V + j0 * v->S * v->dv, m, v->dv);
+            rc = en_attn_block(&b->st, b->qt, v->dk, &kt, &vt, m, (int64_t)((s0 + j0) * v->S), b->vis, c->scale, b->sc,
+                               seg_lse ? seg_lse + s0 + j0 : NULL, v->S, v->n_sealed);
+            j0 = j1;
+        }
     }
     if (!rc) rc = task_tail(c, b, &b->st, b->qt);
     if (!rc) {

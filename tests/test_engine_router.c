@@ -81,7 +81,12 @@ static void test_learned_select_and_attend(void)
     CHECK_EN(eg_engine_attend_dense(f.s, &r, &dres, NULL));
     double de[2 * 4 * 16];
     for (size_t i = 0; i < sizeof de / sizeof *de; i++) de[i] = dout[i];
-    CHECK(rel_err(out, de, sizeof de / sizeof *de, 1e-3) < 1e-5);
+    /* Sparse folds the forced segments, the open rows and then the routed
+     * ones in score order, dense every segment in order; f32 accumulators
+     * and outputs near the 1e-3 floor leave 1e-5 of rounding (8e-6 with
+     * dense decoding to f32 in runs of 16, 1.5e-5 with it reading q8
+     * tiles per segment). */
+    CHECK(rel_err(out, de, sizeof de / sizeof *de, 1e-3) < 5e-5);
     for (int i = 0; i < 8; i++) CHECK(lost[i] == 0);
     tm_free(&m);
     fx_close(&f);
