@@ -263,6 +263,26 @@ static void test_table_reserve(void)
     free(k);
 }
 
+/* A quest table over keys of pattern pat (n segments, every segment
+ * tagged s % 3): *keys and *tags are malloc'd for the caller. */
+static eg_route_table *tagged_quest(int pat, size_t n, int d, int S, uint64_t seed, float **keys, uint32_t **tags)
+{
+    *keys = make_keys(pat, n * S, d, seed);
+    *tags = malloc(sizeof(uint32_t) * n);
+    for (size_t s = 0; s < n; s++) (*tags)[s] = (uint32_t)(s % 3);
+    return build(EG_ROUTER_QUEST, *keys, n, d, S, *tags, NULL);
+}
+
+/* Options of a random call: budget of 1..40 segments, 0..2 sinks, a
+ * recent window of 0..99 tokens. */
+static void random_opts(eg_route_opts *o, uint64_t *rs, int S)
+{
+    eg_route_opts_init(o);
+    o->budget_tokens = (int64_t)(S * (1 + tu_rand(rs) % 40));
+    o->n_sink_segments = (int)(tu_rand(rs) % 3);
+    o->recent_tokens = (int64_t)(tu_rand(rs) % 100);
+}
+
 /* Hierarchical top-k equals the flat scan's, over sizes around group edges,
  * ties, tags, positions and budgets; on drifting keys it scores fewer. */
 static void test_hierarchy_equals_flat(void)
@@ -274,10 +294,9 @@ static void test_hierarchy_equals_flat(void)
     for (size_t zi = 0; zi < sizeof sizes / sizeof *sizes; zi++)
         for (int pat = 0; pat < PAT_COUNT; pat++) {
             size_t n = sizes[zi];
-            float *k = make_keys(pat, n * S, d, zi * 31 + (size_t)pat);
-            uint32_t *tags = malloc(sizeof(uint32_t) * n);
-            for (size_t s = 0; s < n; s++) tags[s] = (uint32_t)(s % 3);
-            eg_route_table *t = build(EG_ROUTER_QUEST, k, n, d, S, tags, NULL);
+            float *k;
+            uint32_t *tags;
+            eg_route_table *t = tagged_quest(pat, n, d, S, zi * 31 + (size_t)pat, &k, &tags);
             REQUIRE(t);
             for (int trial = 0; trial < 6; trial++) {
                 int nr = 1 + (int)(tu_rand(&rs) % 8);
@@ -287,10 +306,7 @@ static void test_hierarchy_equals_flat(void)
                 for (int r = 0; r < nr; r++) pos[r] = (int64_t)(tu_rand(&rs) % (n * S));
                 eg_route_rows rows = { .n_rows = nr, .q = q, .pos = trial % 2 ? pos : NULL, .scale = 0.2f };
                 eg_route_opts o;
-                eg_route_opts_init(&o);
-                o.budget_tokens = (int64_t)(S * (1 + tu_rand(&rs) % 40));
-                o.n_sink_segments = (int)(tu_rand(&rs) % 3);
-                o.recent_tokens = (int64_t)(tu_rand(&rs) % 100);
+                random_opts(&o, &rs, S);
                 uint32_t want = 1;
                 if (trial == 4) { o.tags = &want; o.n_tags = 1; }
                 eg_route_selection a, b;
@@ -379,10 +395,9 @@ static void test_prep_equals_select_bound(void)
     for (size_t zi = 0; zi < sizeof sizes / sizeof *sizes; zi++)
         for (int pat = 0; pat < PAT_COUNT; pat++) {
             size_t n = sizes[zi];
-            float *k = make_keys(pat, n * S, d, zi * 17 + (size_t)pat);
-            uint32_t *tags = malloc(sizeof(uint32_t) * n);
-            for (size_t s = 0; s < n; s++) tags[s] = (uint32_t)(s % 3);
-            eg_route_table *t = build(EG_ROUTER_QUEST, k, n, d, S, tags, NULL);
+            float *k;
+            uint32_t *tags;
+            eg_route_table *t = tagged_quest(pat, n, d, S, zi * 17 + (size_t)pat, &k, &tags);
             REQUIRE(t);
             for (int trial = 0; trial < 4; trial++) {
                 int nr = 1 + (int)(tu_rand(&rs) % 6);
@@ -392,10 +407,7 @@ static void test_prep_equals_select_bound(void)
                 for (int r = 0; r < nr; r++) pos[r] = (int64_t)(tu_rand(&rs) % (n * S));
                 eg_route_rows rows = { .n_rows = nr, .q = q, .pos = trial % 2 ? pos : NULL, .scale = 0.2f };
                 eg_route_opts o;
-                eg_route_opts_init(&o);
-                o.budget_tokens = (int64_t)(S * (1 + tu_rand(&rs) % 40));
-                o.n_sink_segments = (int)(tu_rand(&rs) % 3);
-                o.recent_tokens = (int64_t)(tu_rand(&rs) % 100);
+                random_opts(&o, &rs, S);
                 uint32_t want = 1;
                 if (trial == 2) { o.tags = &want; o.n_tags = 1; }
                 eg_route_selection a, b;
