@@ -525,13 +525,6 @@ static void shared_finish(call_ctx *c, int kvh)
     c->preps[kvh] = NULL;
 }
 
-static inline void spin_pause(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
 /* Task i of the shared job: a scoring part of a head (k >= 0) or a
  * head's finish (k < 0), as run_shared ordered them. */
 static void shared_task(void *arg, int i)
@@ -544,7 +537,7 @@ static void shared_task(void *arg, int i)
         atomic_fetch_sub_explicit(&c->left[h], 1, memory_order_release);
         return;
     }
-    while (atomic_load_explicit(&c->left[h], memory_order_acquire) > 0) spin_pause();   /* parts running elsewhere */
+    while (atomic_load_explicit(&c->left[h], memory_order_acquire) > 0) en_cpu_pause();   /* parts running elsewhere */
     shared_finish(c, h);
 }
 

@@ -28,6 +28,13 @@ void en_rope_table(const en_rope *r, double p, double *cs);
 void en_rope_apply_table(const en_rope *r, const double *cs, float *x, size_t n);
 
 /* ---- worker pool ----------------------------------------------------------- */
+/* One pause of a spin-wait (x86 `pause`; nothing elsewhere). */
+static inline void en_cpu_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 typedef struct en_pool en_pool;
 int en_pool_create(int n_threads, en_pool **out);
 void en_pool_destroy(en_pool *p);

@@ -12,13 +12,6 @@
  * microseconds each time on this VM. About 20-40 us. */
 #define SPIN_ROUNDS 1024
 
-static inline void cpu_pause(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
 typedef struct en_job {
     void (*fn)(void *, int);
     void *arg;
@@ -76,7 +69,7 @@ static void *worker(void *arg)
         if (j) { run_task(p, j, i); continue; }
         if (p->stop) break;
         pthread_mutex_unlock(&p->mu);
-        for (int r = 0; r < SPIN_ROUNDS && !atomic_load_explicit(&p->queued, memory_order_relaxed); r++) cpu_pause();
+        for (int r = 0; r < SPIN_ROUNDS && !atomic_load_explicit(&p->queued, memory_order_relaxed); r++) en_cpu_pause();
         pthread_mutex_lock(&p->mu);
         if (!p->jobs && !p->stop) pthread_cond_wait(&p->work, &p->mu);
     }
@@ -143,7 +136,7 @@ static void pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg, int 
         pthread_mutex_unlock(&p->mu);   /* spin a while for the last tasks, then sleep */
         for (int r = 0; r < SPIN_ROUNDS && atomic_load_explicit(&j.done, memory_order_acquire) < j.n &&
                         !atomic_load_explicit(&p->queued, memory_order_relaxed); r++)
-            cpu_pause();
+            en_cpu_pause();
         pthread_mutex_lock(&p->mu);
         if (atomic_load_explicit(&j.done, memory_order_acquire) == j.n) break;
         if ((o = take(p, TAKE_LEAF, NULL, &i))) run_task(p, o, i);   /* queued while we spun */

@@ -109,7 +109,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             if (b == a + G) unsel = G - gsel[g];
             else for (size_t s = a; s < b; s++) unsel += !skip[s];
             if (b > a && unsel > 0)
-                v = lgS[unsel] + scale * ((double)gs[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+                v = ix_coarse_term(lgS[unsel], scale, gs[r * ng + g], (int)d, ql1[r], t->gabs[g]);
             coarse[g * nr + r] = v;
             best = v > best ? v : best;
         }

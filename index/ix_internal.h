@@ -216,6 +216,14 @@ int ix_forced(const ix_ctx *c, size_t s);
 /* Largest rounding error of a computed quest score against exact
  * arithmetic, plus that of a caller's own f32 q.k (bound.c). */
 double ix_quest_slack(int d, double q_l1, float gabs);
+/* A group's coarse term for one row: log(u S) for its u unselected
+ * segments' tokens, plus the scaled group score and its slack. The bound
+ * keeps it or refines the group (bound.c); prep lists the groups it would
+ * refine (prep.c): one formula for both. */
+static inline double ix_coarse_term(double log_uS, double scale, float gscore, int d, double q_l1, float gabs)
+{
+    return log_uS + scale * ((double)gscore + ix_quest_slack(d, q_l1, gabs));
+}
 
 /* Learned weights internals (learned.c, learned_io.c, summary.c). */
 #define IX_PQ_SUB 8           /* dims per PQ sub-vector */

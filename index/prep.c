@@ -83,7 +83,7 @@ static int list_groups(eg_route_prep *p)
         for (size_t r = 0; r < nr; r++) {
             size_t a = g * G, b = a + G < c->row_vis[r] ? a + G : c->row_vis[r];
             if (b <= a) continue;
-            double x = lgS[b - a] + scale * ((double)p->k.gsc[r * ng + g] + ix_quest_slack((int)d, ql1[r], t->gabs[g]));
+            double x = ix_coarse_term(lgS[b - a], scale, p->k.gsc[r * ng + g], (int)d, ql1[r], t->gabs[g]);
             v = x > v ? x : v;
         }
         term[g] = v;

@@ -412,8 +412,8 @@ AVX512 static inline __m512 exp16(__m512 x)
     return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
 }
 
-/* Lanes i..i+15 of the terms (one base: G is a multiple of 16), -inf
- * where skipped. */
+/* Lanes i..i+15 of the terms (one base: the caller checked G is a
+ * multiple of 16), -inf where skipped. */
 AVX512 static inline __m512 terms16(const float *sc, const uint8_t *skip, __m512 scale, __m512 base)
 {
     __m512 x = _mm512_fmadd_ps(scale, _mm512_loadu_ps(sc), base);
@@ -428,6 +428,7 @@ AVX512 static inline __m512 terms16(const float *sc, const uint8_t *skip, __m512
 AVX512 static double sum_exp_terms_avx512(const float *sc, const uint8_t *skip, size_t n, float scale,
                                           const float *base, size_t G, float *m_out)
 {
+    if (G % 16) return sum_exp_terms_avx2(sc, skip, n, scale, base, G, m_out);   /* 16 lanes need one base */
     size_t n16 = n & ~(size_t)15;
     __m512 vs = _mm512_set1_ps(scale), mx = _mm512_set1_ps(-INFINITY);
     for (size_t i = 0; i < n16; i += 16)
@@ -552,9 +553,6 @@ double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float sc
 {
     pthread_once(&k_once, kernels_init);
     if (G == 0 || G % 8) return sum_exp_terms_portable(sc, skip, n, scale, base, G ? G : 1, m);
-#ifdef IX_HAVE_AVX2
-    if (G % 16 && k.terms == sum_exp_terms_avx512) return sum_exp_terms_avx2(sc, skip, n, scale, base, G, m);
-#endif
     return k.terms(sc, skip, n, scale, base, G, m);
 }
 

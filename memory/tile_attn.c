@@ -48,9 +48,7 @@ static inline float scale_at(const unsigned char *sc, size_t i)
 
 static inline float scale_of(const tile *t, uint32_t row, uint32_t c)
 {
-    float s;
-    memcpy(&s, t->sc + ((size_t)row * t->ng + c / GROUP) * 4, 4);
-    return s;
+    return scale_at(t->sc, (size_t)row * t->ng + c / GROUP);
 }
 
 /* Value c of row `row` (portable reference of the loads below). */
