@@ -156,15 +156,12 @@ static void write_rows(call_ctx *c, task_buf *b, uint32_t kvh, const double *los
  * tile kernels (the decode was a sixth of a dense step; the baseline is
  * the engine's best dense path, so it reads q8 as the sparse path does). */
 typedef struct {
-    const en_sess *s;
-    float *K, *V;
+    const call_ctx *c;
+    task_buf *b;               /* the head's rows, scratch and state */
+    float *K, *V, *seg_lse;
     uint64_t s0;
     int direct;                /* q8 blocks attended in place */
     uint8_t *decoded;          /* [DENSE_BLOCK_SEGS]: slot holds a decoded segment */
-    en_attn_state *st;
-    const task_buf *b;
-    const call_ctx *c;
-    float *seg_lse;
 } dense_run;
 
 static int dense_visit(void *arg, uint64_t seg, const eg_encoded_block *b)
@@ -174,13 +171,13 @@ static int dense_visit(void *arg, uint64_t seg, const eg_encoded_block *b)
     if (f->direct && b->codec == EG_CODEC_Q8) {
         const call_ctx *c = f->c;
         en_tile K = { EG_CODEC_Q8, b->keys, b->klen }, V = { EG_CODEC_Q8, b->values, b->vlen };
-        return en_attn_block(f->st, f->b->qt, b->dim_k, &K, &V, b->n_tokens, (int64_t)(seg * S), f->b->vis, c->scale,
-                             f->b->sc, f->seg_lse ? f->seg_lse + seg : NULL, c->v.S, c->v.n_sealed);
+        return en_attn_block(&f->b->st, f->b->qt, b->dim_k, &K, &V, b->n_tokens, (int64_t)(seg * S), f->b->vis,
+                             c->scale, f->b->sc, f->seg_lse ? f->seg_lse + seg : NULL, c->v.S, c->v.n_sealed);
     }
     float *kj = f->K + j * S * b->dim_k;
     int rc = eg_codec_decode(b->codec, EG_KIND_K, b->keys, b->klen, b->n_tokens, b->dim_k, kj);
     if (!rc) rc = eg_codec_decode(b->codec, EG_KIND_V, b->values, b->vlen, b->n_tokens, b->dim_v, f->V + j * S * b->dim_v);
-    if (!rc) en_rope_run(&f->s->rope, kj, b->n_tokens, (int64_t)(seg * S));
+    if (!rc) en_rope_run(&f->c->s->rope, kj, b->n_tokens, (int64_t)(seg * S));
     if (!rc) f->decoded[j] = 1;
     return rc;
 }
@@ -209,7 +206,7 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
     for (uint64_t s0 = 0; s0 < nseg && !rc; s0 += DENSE_BLOCK_SEGS) {
         uint64_t n = nseg - s0 < DENSE_BLOCK_SEGS ? nseg - s0 : DENSE_BLOCK_SEGS;
         memset(decoded, 0, sizeof decoded);
-        dense_run f = {c->s, K, V, s0, direct, decoded, &b->st, b, c, seg_lse};
+        dense_run f = {c, b, K, V, seg_lse, s0, direct, decoded};
         rc = en_pass(eg_read_blocks_encoded(c->s->ms, c->req->layer, kvh, s0, n, dense_visit, &f), "dense read");
         /* the decoded segments, in runs of adjacent slots */
         for (uint64_t j0 = 0; j0 < n && !rc;) {
@@ -336,8 +333,9 @@ static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry *
 }
 
 /* Attend one sealed segment with queries q into st (values only when st
- * accumulates them): pinned from the window, its tiles decoded into the
- * task's scratch where the entry keeps them as stored. */
+ * accumulates them): pinned from the window, q8 tiles read as stored by
+ * the tile kernels (a few rows), other stored tiles decoded into the
+ * task's scratch. */
 static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_attn_state *st, const float *q)
 {
     en_wentry *e;
@@ -393,26 +391,6 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
     return rc;
 }
 
-static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection sel, double *log_ub);
-
-static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
-{
-    const en_view *v = &c->v;
-    if (v->n_sealed == 0) { /* open rows only: remapping moves nothing, nothing is left out */
-        en_state_reset(&b->st);
-        int rc = task_tail(c, b, &b->st, b->qt);
-        if (rc) return rc;
-        c->toks[kvh] = c->n_tail;
-        write_rows(c, b, kvh, NULL);
-        return 0;
-    }
-    eg_route_rows rows;
-    eg_route_selection sel = {0};
-    double *log_ub = NULL;
-    int rc = route_kvh(c, b, kvh, &rows, &sel, &log_ub);
-    return rc ? rc : task_routed(c, b, kvh, sel, log_ub);
-}
-
 /* Attention over kv-head kvh's selection (taken over: sel's arrays and
  * log_ub are freed here), with the bound of every prefix in log_ub. */
 static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection sel, double *log_ub)
@@ -455,6 +433,24 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
     free(lost);
     eg_route_selection_free(&sel);
     return rc;
+}
+
+static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
+{
+    const en_view *v = &c->v;
+    if (v->n_sealed == 0) { /* open rows only: remapping moves nothing, nothing is left out */
+        en_state_reset(&b->st);
+        int rc = task_tail(c, b, &b->st, b->qt);
+        if (rc) return rc;
+        c->toks[kvh] = c->n_tail;
+        write_rows(c, b, kvh, NULL);
+        return 0;
+    }
+    eg_route_rows rows;
+    eg_route_selection sel = {0};
+    double *log_ub = NULL;
+    int rc = route_kvh(c, b, kvh, &rows, &sel, &log_ub);
+    return rc ? rc : task_routed(c, b, kvh, sel, log_ub);
 }
 
 static void task_fn(void *arg, int kvh)

@@ -212,6 +212,23 @@ AVX2 static void score_h_avx2(const uint16_t *tab, size_t s0, size_t s1, size_t 
  * split of ln2, exact for |k| <= 126), e^f by its Taylor series to f^8
  * (truncation < 3e-9 relative), times 2^k built in the exponent bits.
  * Lanes below -87 give 0 (e^-87 is near the smallest normal float). */
+/* exp's reduction and polynomial for k = round(x / ln 2) in x's vector
+ * type V: f = x - k ln 2 in two steps, then the degree-8 Taylor series of
+ * e^f in Horner form, into p. One text for every width, so that the
+ * AVX2 and AVX-512 exponentials are the same operations lane for lane. */
+#define EXP_POLY(V, SET, FMA, FNMA)                                           \
+    V f = FNMA(k, SET(0.693359375f), x);                                      \
+    f = FNMA(k, SET(-2.12194440e-4f), f);                                     \
+    V p = SET(1.0f / 40320.0f);                                               \
+    p = FMA(p, f, SET(1.0f / 5040.0f));                                       \
+    p = FMA(p, f, SET(1.0f / 720.0f));                                        \
+    p = FMA(p, f, SET(1.0f / 120.0f));                                        \
+    p = FMA(p, f, SET(1.0f / 24.0f));                                         \
+    p = FMA(p, f, SET(1.0f / 6.0f));                                          \
+    p = FMA(p, f, SET(0.5f));                                                 \
+    p = FMA(p, f, SET(1.0f));                                                 \
+    p = FMA(p, f, SET(1.0f))
+
 AVX2 static inline __m256 exp8(__m256 x)
 {
     const __m256 lo = _mm256_set1_ps(-87.0f);
@@ -219,17 +236,7 @@ AVX2 static inline __m256 exp8(__m256 x)
     x = _mm256_max_ps(x, lo);
     __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 f = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-    f = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), f);
-    __m256 p = _mm256_set1_ps(1.0f / 40320.0f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 5040.0f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    EXP_POLY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps);
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }
@@ -389,7 +396,7 @@ AVX2 static size_t at_least_avx2(const float *v, size_t n, float thr, uint32_t *
 /* ---- AVX-512: the exp-sum of the bound ----------------------------------------------------- */
 #define AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 
-/* exp8's polynomial and reduction, lane for lane the same operations. */
+/* exp8 in 16 lanes: the same reduction and polynomial (EXP_POLY). */
 AVX512 static inline __m512 exp16(__m512 x)
 {
     const __m512 lo = _mm512_set1_ps(-87.0f);
@@ -397,17 +404,7 @@ AVX512 static inline __m512 exp16(__m512 x)
     x = _mm512_max_ps(x, lo);
     __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-    f = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), f);
-    __m512 p = _mm512_set1_ps(1.0f / 40320.0f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 5040.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    EXP_POLY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps);
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
     return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
 }
