@@ -268,6 +268,7 @@ static void route_opts(const call_ctx *c, eg_route_opts *o)
     o->recent_tokens = q->recent_tokens;
     o->tags = q->tags;
     o->n_tags = q->n_tags;
+    o->aggregate = q->aggregate;
     o->parallel_for = pool_for;
     o->parallel_ctx = c->s->e->pool;
     o->parallel_parts = en_pool_threads(c->s->e->pool);
@@ -634,6 +635,8 @@ static int call_setup(en_sess *s, const eg_attend_req *q, int dense, int want_ta
             return en_fail(EG_EN_EBUDGET, "budget of %lld tokens: it must be positive", (long long)q->budget_tokens);
         if (q->n_sink_segments < 0 || q->recent_tokens < 0 || q->n_tags < 0 || (q->n_tags && !q->tags))
             return en_fail(EG_EN_EINVAL, "negative sinks, recent window or tag count, or NULL tags");
+        if (q->aggregate < EG_ROUTE_AGG_AUTO || q->aggregate > EG_ROUTE_AGG_MASS)
+            return en_fail(EG_EN_EINVAL, "aggregate %d: 0 the router's own, 1 max, 2 mass", q->aggregate);
         if (!(q->max_lost >= 0 && q->max_lost <= 1))
             return en_fail(EG_EN_ENONFINITE, "max_lost %g must be in [0, 1]", q->max_lost);
         if (q->remap_positions && s->cfg.rope_mode == EG_ROPE_NONE)

@@ -157,6 +157,9 @@ typedef struct {
                                  (eg_engine_attend_dense's seg_mass) */
     const uint32_t *tags;     /* routed segments restricted to these document tags */
     int n_tags;
+    int aggregate;            /* eg_route_agg (index.h): how a kv-head's query rows rank a
+                                 segment together; 0 = the router's own (MAX for quest,
+                                 MASS for centroid and learned) */
 } eg_attend_req;
 void eg_attend_req_init(eg_attend_req *r);
 

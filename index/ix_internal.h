@@ -56,6 +56,12 @@ double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float sc
 /* agg[i] = max of sc[r * ld + i] over the rows r that see segment a + i
  * (a + i < vis[r]), -inf where none does; i < n. */
 void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float *agg);
+/* agg[i] = log of the sum over the rows r that see segment a + i of
+ * e^(gain sc[r*ld + i] - shift[r]) (fused multiply-add), -inf where none
+ * does, +inf where a term is; a term inf - inf counts as e^0. Vector exp
+ * and log agree with libm's to about 1e-6 relative of the result. */
+void ix_rows_lse(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float gain,
+                 const float *shift, float *agg);
 /* The i < n with v[i] >= thr and v[i] > -inf, ascending, into idx (room
  * for n); returns how many. */
 size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx);
@@ -212,6 +218,8 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
 int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, const eg_route_opts *o);
 void ix_ctx_free(ix_ctx *c);
 int ix_forced(const ix_ctx *c, size_t s);
+/* 1 when a call on t with options o ranks segments by MASS (eg_route_agg). */
+int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o);
 
 /* Largest rounding error of a computed quest score against exact
  * arithmetic, plus that of a caller's own f32 q.k (bound.c). */

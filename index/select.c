@@ -95,6 +95,8 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
         c->n_vis = v > c->n_vis ? v : c->n_vis;
     }
     if (!rw->pos) pmax = (int64_t)(t->n * S);   /* as if queried right after the last sealed token */
+    if (o && (o->aggregate < EG_ROUTE_AGG_AUTO || o->aggregate > EG_ROUTE_AGG_MASS))
+        return ix_fail(EG_IX_EINVAL, "aggregate %d (0 auto, 1 max, 2 mass)", o->aggregate);
     int ns = o ? o->n_sink_segments : 1;
     int64_t recent = o ? o->recent_tokens : 256;
     if (ns < 0 || recent < 0) return ix_fail(EG_IX_EINVAL, "negative sink count or recent window");
@@ -243,6 +245,23 @@ static int tag_ok(const eg_route_opts *o, uint32_t tag)
     return 0;
 }
 
+/* Push the candidates among segments [a, a + n) with aggregated scores
+ * agg: only what beats the heap's k-th (idx: room for n). */
+static void push_cands(const ix_ctx *c, const eg_route_opts *o, size_t a, const float *agg, size_t n,
+                       ix_heap *hp, uint32_t *idx)
+{
+    float thr = hp->n == hp->k && hp->k ? hp->h[0].score : -INFINITY;
+    size_t n_cand = ix_at_least(agg, n, thr, idx);   /* the others cannot enter the heap */
+    for (size_t j = 0; j < n_cand; j++) {
+        size_t s = a + idx[j];
+        float v = agg[idx[j]];
+        if (v < thr) continue;                      /* the heap filled meanwhile */
+        if (ix_forced(c, s) || !tag_ok(o, c->t->tags[s])) continue;
+        ix_heap_push(hp, (ix_cand){ v, (int64_t)s });
+        if (hp->n == hp->k && hp->k) thr = hp->h[0].score;
+    }
+}
+
 /* Score segments [s0, s1) (into the cache when there is one, else buf)
  * and push the candidates among them: the max over rows first, row by
  * row over contiguous scores, then only what beats the heap's k-th. */
@@ -256,16 +275,7 @@ static void push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_
         float *out = k && k->sc ? k->sc + a : buf;
         if (!scored) score_range(c, a, b, out, ld);
         ix_rows_max(out, ld, c->nr, c->row_vis, a, b - a, agg);
-        float thr = hp->n == hp->k && hp->k ? hp->h[0].score : -INFINITY;
-        size_t n_cand = ix_at_least(agg, b - a, thr, idx);   /* the others cannot enter the heap */
-        for (size_t j = 0; j < n_cand; j++) {
-            size_t s = a + idx[j];
-            float v = agg[idx[j]];
-            if (v < thr) continue;                      /* the heap filled meanwhile */
-            if (ix_forced(c, s) || !tag_ok(o, c->t->tags[s])) continue;
-            ix_heap_push(hp, (ix_cand){ v, (int64_t)s });
-            if (hp->n == hp->k && hp->k) thr = hp->h[0].score;
-        }
+        push_cands(c, o, a, agg, b - a, hp, idx);
     }
 }
 
@@ -362,6 +372,86 @@ static void score_groups(const ix_ctx *c, const eg_route_opts *o, ix_cache *k, c
     score_job j = { c, k, ids, n, par_parts(o, n) };
     if (j.parts > 1) o->parallel_for(o->parallel_ctx, j.parts, score_part, &j);
     else score_part(&j, 0);
+}
+
+/* MASS aggregation: a row's scores times this are its log mass estimates. */
+static float mass_gain(const ix_ctx *c)
+{
+    const eg_route_table *t = c->t;
+    switch (t->spec.kind) {
+    case EG_ROUTER_QUEST:
+    case EG_ROUTER_CENTROID: return c->rows->scale;
+    case EG_ROUTER_LEARNED: return ix_learned_outliers(t) ? 1.0f : t->spec.learned->tau;
+    default: return 1.0f;     /* indexer: index scores are the model's logits */
+    }
+}
+
+int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o)
+{
+    int a = o ? o->aggregate : EG_ROUTE_AGG_AUTO;
+    if (t->spec.kind == EG_ROUTER_ORACLE) return 0;
+    if (a == EG_ROUTE_AGG_AUTO) return t->spec.kind != EG_ROUTER_QUEST;
+    return a == EG_ROUTE_AGG_MASS;
+}
+
+/* Select by MASS (eg_route_agg): every visible segment's scores (in the
+ * cache when there is one, in one buffer when they fit, else scored again
+ * chunk by chunk), each row's log-sum-exp over its visible segments, then
+ * per segment the log of its summed shares, pushed as push_range does.
+ * Returns the segments scored, (size_t)-1 when out of memory. */
+static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, float *buf, ix_cache *k)
+{
+    static const uint8_t keep_all[CHUNK];
+    const float zero = 0.0f, gain = mass_gain(c);
+    size_t nv = c->n_vis, nr = (size_t)c->nr, G = EG_IX_GROUP, scored = nv;
+    float *all = NULL, *own = NULL, *shift = malloc(sizeof(float) * nr);
+    double *M = malloc(sizeof(double) * 2 * nr), *Z = M + nr;
+    if (!shift || !M) { free(shift); free(M); return (size_t)-1; }
+    size_t ld_all = nv;
+    if (k && k->sc) {   /* quest with select_bound: every group's scores serve the bound too */
+        size_t ng = (nv + G - 1) / G, n_ids = 0;
+        uint32_t *ids = malloc(sizeof(uint32_t) * (ng ? ng : 1));
+        if (!ids) { free(shift); free(M); return (size_t)-1; }
+        for (size_t g = 0; g < ng; g++) if (k->done[g] != 1) ids[n_ids++] = (uint32_t)g;
+        if (n_ids) score_groups(c, o, k, ids, n_ids);
+        free(ids);
+        memset(k->done, 1, ng);
+        all = k->sc;
+        ld_all = k->n_vis;
+    } else if (nv * nr <= IX_CACHE_MAX && (own = malloc(sizeof(float) * (nv ? nv : 1) * nr))) {
+        all = own;
+        for (size_t a = 0; a < nv; a += CHUNK) score_range(c, a, a + CHUNK < nv ? a + CHUNK : nv, all + a, nv);
+    }
+    for (size_t r = 0; r < nr; r++) { M[r] = -INFINITY; Z[r] = 0; }
+    for (int pass = 0; pass < 2; pass++) {
+        float agg[CHUNK];
+        uint32_t idx[CHUNK];
+        for (size_t a = 0; a < nv; a += CHUNK) {
+            size_t b = a + CHUNK < nv ? a + CHUNK : nv, ld = all ? ld_all : CHUNK;
+            float *out = all ? all + a : buf;
+            if (!all) score_range(c, a, b, out, ld);
+            if (pass == 1) {
+                ix_rows_lse(out, ld, c->nr, c->row_vis, a, b - a, gain, shift, agg);
+                push_cands(c, o, a, agg, b - a, hp, idx);
+                continue;
+            }
+            for (size_t r = 0; r < nr; r++) {   /* online log-sum-exp of the row's terms */
+                size_t lim = c->row_vis[r] <= a ? 0 : (c->row_vis[r] < b ? c->row_vis[r] : b) - a;
+                float m;
+                double z = lim ? ix_sum_exp_terms(out + r * ld, keep_all, lim, gain, &zero, CHUNK, &m) : 0;
+                if (!lim || m == -INFINITY) continue;
+                if (m == INFINITY || M[r] == INFINITY) { M[r] = INFINITY; continue; }
+                if (m > M[r]) { Z[r] = Z[r] * exp(M[r] - m) + z; M[r] = m; }
+                else Z[r] += z * exp(m - M[r]);
+            }
+        }
+        if (pass == 0)
+            for (size_t r = 0; r < nr; r++)   /* a row with no finite estimate adds nothing */
+                shift[r] = M[r] == -INFINITY ? 0.0f : M[r] == INFINITY ? INFINITY : (float)(M[r] + log(Z[r]));
+        if (!all) scored += nv;
+    }
+    free(own); free(shift); free(M);
+    return all ? nv : scored;
 }
 
 /* An int8 table's segment scores exceed the exact dot its group row bounds
@@ -496,7 +586,14 @@ int ix_select_ctx(const ix_ctx *cp, const eg_route_opts *o, eg_route_selection *
          * 14 % of a 1M decode step of 9/3/64, A/B). Same top-k either way. */
         size_t ngv = (c.n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP, nd = 0;
         for (size_t g = 0; kc && kc->sc && kc->done && g < ngv; g++) nd += kc->done[g] == 1;
-        if (kc && kc->sc && nd == ngv) {
+        if (ix_agg_mass(t, o)) {
+            scored = push_mass(&c, o, &hp, buf, kc);
+            if (scored == (size_t)-1) {
+                free(hp.h); free(buf); eg_route_selection_free(sel);
+                return ix_fail(EG_IX_ENOMEM, "out of memory");
+            }
+            if (kc && kc->sc && !kc->gsc_ready) { free(kc->gsc); kc->gsc = NULL; }   /* as the flat scan */
+        } else if (kc && kc->sc && nd == ngv) {
             push_range(&c, o, 0, c.n_vis, &hp, buf, kc, 1);
             scored = ngv;
         } else if (o->hierarchical && t->spec.kind == EG_ROUTER_QUEST) {

@@ -107,6 +107,32 @@ static size_t at_least_portable(const float *v, size_t n, float thr, uint32_t *i
     return k;
 }
 
+/* One term of ix_rows_lse: inf - inf (an infinite score against a row's
+ * infinite estimate) counts as e^0, so that such a row's mass sits on its
+ * infinite segments. */
+static inline float mass_term(float sc, float gain, float shift)
+{
+    float x = fmaf(gain, sc, -shift);
+    return x == x ? x : 0.0f;
+}
+
+static void rows_lse_portable(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
+                              float gain, const float *shift, float *agg)
+{
+    for (size_t i = 0; i < n; i++) {
+        float m = -INFINITY, z = 0.0f;
+        for (int r = 0; r < nr; r++) {
+            if (vis[r] <= a + i) continue;
+            float x = mass_term(sc[(size_t)r * ld + i], gain, shift[r]);
+            m = x > m ? x : m;
+        }
+        if (!(m - m == 0.0f)) { agg[i] = m; continue; }   /* -inf (no row) or +inf */
+        for (int r = 0; r < nr; r++)
+            if (vis[r] > a + i) z += expf(mass_term(sc[(size_t)r * ld + i], gain, shift[r]) - m);
+        agg[i] = m + logf(z);
+    }
+}
+
 /* ---- AVX2, FMA, F16C -------------------------------------------------------------------- */
 static void lse_mix_portable(float *o, const float *x, size_t n, size_t m, float tau, float bias,
                              float tau_out)
@@ -373,6 +399,34 @@ AVX2 static void rows_max_avx2(const float *sc, size_t ld, int nr, const size_t 
     }
 }
 
+AVX2 static inline __m256 mass_term8(const float *p, __m256 gain, float shift)
+{
+    __m256 x = _mm256_fmsub_ps(gain, _mm256_loadu_ps(p), _mm256_set1_ps(shift));
+    return _mm256_blendv_ps(x, _mm256_setzero_ps(), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+AVX2 static void rows_lse_avx2(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
+                               float gain, const float *shift, float *agg)
+{
+    size_t n8 = n & ~(size_t)7, seen = n;   /* segments every row sees */
+    for (int r = 0; r < nr; r++) {
+        size_t v = vis[r] <= a ? 0 : vis[r] - a;
+        seen = v < seen ? v : seen;
+    }
+    if (nr == 0 || seen < n8) { rows_lse_portable(sc, ld, nr, vis, a, n, gain, shift, agg); return; }
+    const __m256 g = _mm256_set1_ps(gain), one = _mm256_set1_ps(1.0f);
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 m = _mm256_set1_ps(-INFINITY), z = _mm256_setzero_ps();
+        for (int r = 0; r < nr; r++) m = _mm256_max_ps(m, mass_term8(sc + (size_t)r * ld + i, g, shift[r]));
+        for (int r = 0; r < nr; r++)
+            z = _mm256_add_ps(z, exp8(_mm256_sub_ps(mass_term8(sc + (size_t)r * ld + i, g, shift[r]), m)));
+        __m256 fin = _mm256_cmp_ps(_mm256_sub_ps(m, m), _mm256_setzero_ps(), _CMP_EQ_OQ);
+        __m256 l = _mm256_add_ps(m, log8(_mm256_max_ps(z, one)));   /* z >= 1: the max's own term */
+        _mm256_storeu_ps(agg + i, _mm256_blendv_ps(m, l, fin));
+    }
+    if (n8 < n) rows_lse_portable(sc + n8, ld, nr, vis, a + n8, n - n8, gain, shift, agg + n8);
+}
+
 AVX2 static size_t at_least_avx2(const float *v, size_t n, float thr, uint32_t *idx)
 {
     size_t k = 0, n8 = n & ~(size_t)7;
@@ -464,17 +518,19 @@ typedef struct {
     void (*rowsmax)(const float *, size_t, int, const size_t *, size_t, size_t, float *);
     size_t (*atleast)(const float *, size_t, float, uint32_t *);
     void (*lsemix)(float *, const float *, size_t, size_t, float, float, float);
+    void (*rowslse)(const float *, size_t, int, const size_t *, size_t, size_t, float, const float *, float *);
     const char *name;
 } kernel_set;
 
 static const kernel_set k_portable = { score_h_portable, sum_exp_portable, sum_exp_terms_portable,
-                                       rows_max_portable, at_least_portable, lse_mix_portable, "portable" };
+                                       rows_max_portable, at_least_portable, lse_mix_portable,
+                                       rows_lse_portable, "portable" };
 #ifdef IX_HAVE_AVX2
 static const kernel_set k_avx2 = { score_h_avx2, sum_exp_avx2, sum_exp_terms_avx2, rows_max_avx2, at_least_avx2,
-                                   lse_mix_avx2, "avx2" };
+                                   lse_mix_avx2, rows_lse_avx2, "avx2" };
 #endif
 static kernel_set k = { score_h_portable, sum_exp_portable, sum_exp_terms_portable, rows_max_portable,
-                        at_least_portable, lse_mix_portable, "portable" };
+                        at_least_portable, lse_mix_portable, rows_lse_portable, "portable" };
 static int k_cpu_avx2, k_cpu_avx512;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 
@@ -569,4 +625,11 @@ void ix_lse_mix(float *o, const float *x, size_t n, size_t m, float tau, float b
 {
     pthread_once(&k_once, kernels_init);
     k.lsemix(o, x, n, m, tau, bias, tau_out);
+}
+
+void ix_rows_lse(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float gain,
+                 const float *shift, float *agg)
+{
+    pthread_once(&k_once, kernels_init);
+    k.rowslse(sc, ld, nr, vis, a, n, gain, shift, agg);
 }

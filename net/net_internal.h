@@ -15,7 +15,9 @@ size_t net_dtype_size(int dtype);
 #define NET_AF_INCLUDE_SELF 1u
 #define NET_AF_REMAP 2u
 #define NET_AF_DENSE 4u
-#define NET_AF_ALL 7u
+#define NET_AF_RANK_MAX 8u     /* eg_attend_req.aggregate = EG_ROUTE_AGG_MAX */
+#define NET_AF_RANK_MASS 16u   /* ... = EG_ROUTE_AGG_MASS; neither: the router's own */
+#define NET_AF_ALL 31u
 #define NET_APPEND_IDS 1u
 #define NET_ATTEND_FIXED 72u
 #define NET_APPEND_FIXED 32u

@@ -123,6 +123,9 @@ static int decode_attend(eg_cursor *c, eg_request *r)
     q->include_self = (flags & NET_AF_INCLUDE_SELF) != 0;
     q->remap_positions = (flags & NET_AF_REMAP) != 0;
     r->dense = (flags & NET_AF_DENSE) != 0;
+    if ((flags & NET_AF_RANK_MAX) && (flags & NET_AF_RANK_MASS))
+        return net_fail(EG_NET_EBODY, "%s flags: rank_max and rank_mass together", eg_op_name(r->op));
+    q->aggregate = (flags & NET_AF_RANK_MAX) ? EG_ROUTE_AGG_MAX : (flags & NET_AF_RANK_MASS) ? EG_ROUTE_AGG_MASS : 0;
     size_t es;
     int rc = query_fields(r, q->n_queries, EG_EN_QUERIES_MAX, &es);
     if (rc) return rc;
@@ -256,7 +259,10 @@ static int encode_attend(eg_buf *b, const eg_request *r, const eg_session_config
 {
     const eg_attend_req *q = &r->attend;
     uint32_t flags = (q->include_self ? NET_AF_INCLUDE_SELF : 0) | (q->remap_positions ? NET_AF_REMAP : 0) |
-                     (r->dense ? NET_AF_DENSE : 0);
+                     (r->dense ? NET_AF_DENSE : 0) | (q->aggregate == EG_ROUTE_AGG_MAX ? NET_AF_RANK_MAX : 0) |
+                     (q->aggregate == EG_ROUTE_AGG_MASS ? NET_AF_RANK_MASS : 0);
+    if (q->aggregate < EG_ROUTE_AGG_AUTO || q->aggregate > EG_ROUTE_AGG_MASS)
+        return net_fail(EG_NET_EINVAL, "%s: aggregate %d (0, 1 max, 2 mass)", eg_op_name(r->op), q->aggregate);
     if (!q->q || !q->pos || q->n_queries == 0 || q->n_queries > EG_EN_QUERIES_MAX || q->n_tags < 0 ||
         (q->n_tags && !q->tags))
         return net_fail(EG_NET_EINVAL, "%s: NULL queries or positions, or %u queries", eg_op_name(r->op), q->n_queries);

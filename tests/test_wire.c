@@ -53,6 +53,7 @@ static void sample(int op, eg_request *r)
         r->attend.include_self = 1; r->attend.budget_tokens = 512; r->attend.max_lost = 0.05;
         r->attend.tags = tagbuf; r->attend.n_tags = 3; r->attend.router = EG_ROUTER_CENTROID;
         if (op == EG_OP_ATTEND) { r->attend.oracle_mass = oracle; r->n_oracle = 6; r->dense = 1; }
+        r->attend.aggregate = op == EG_OP_ATTEND ? EG_ROUTE_AGG_MASS : EG_ROUTE_AGG_MAX;
         break;
     default: break;
     }
@@ -160,6 +161,7 @@ static void test_roundtrip_every_op(void)
             CHECK(q->budget_tokens == 512 && q->max_lost == 0.05 && q->router == EG_ROUTER_CENTROID);
             CHECK(!memcmp(got.q_raw, qbuf, sizeof qbuf));
             CHECK_EQ_INT(got.dense, op == EG_OP_ATTEND);
+            CHECK_EQ_INT(q->aggregate, op == EG_OP_ATTEND ? EG_ROUTE_AGG_MASS : EG_ROUTE_AGG_MAX);
             if (op == EG_OP_ATTEND) CHECK(got.n_oracle == 6 && q->oracle_mass[5] == 0.6f);
             CHECK((uintptr_t)q->pos % 8 == 0 && (uintptr_t)got.q_raw % 4 == 0);
         }
@@ -197,6 +199,19 @@ static void test_truncated_and_extended(void)
     eg_request r;
     CHECK_NCODE(eg_wire_decode_request(EG_OP_ATTEND, odd + 1, b.len - EG_NET_HEADER_BYTES, &r), EG_NET_EINVAL);
     free(odd);
+    /* rank_max and rank_mass (flags bits 3 and 4, at body offset 24) together are refused */
+    unsigned char *both = malloc(b.len);
+    memcpy(both, b.data + EG_NET_HEADER_BYTES, b.len - EG_NET_HEADER_BYTES);
+    both[24] |= 8 | 16;
+    CHECK(decode_copy(EG_OP_ATTEND, both, b.len - EG_NET_HEADER_BYTES, &r, NULL) == EG_NET_EBODY);
+    free(both);
+    eg_buf_free(&b);
+    /* and an aggregate out of range is not encoded */
+    eg_request bad;
+    sample(EG_OP_SELECT, &bad);
+    bad.attend.aggregate = 3;
+    eg_buf_init(&b);
+    CHECK_NCODE(eg_wire_encode_request(&b, &bad, 1, &shape), EG_NET_EINVAL);
     eg_buf_free(&b);
 }
 

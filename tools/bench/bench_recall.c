@@ -16,14 +16,18 @@
 static const int64_t budgets[NB] = { 512, 1024, 2048, 4096 };
 #define BOUND_CAP 32768          /* largest budget the max_lost mode may grow to */
 
-/* quest: the int8 table in RAM (the default); quest-f16 the stored halves. */
-typedef struct { const char *name; eg_router_kind kind; eg_learned_mode mode; int f16; } router_def;
+/* quest: the int8 table in RAM (the default); quest-f16 the stored halves.
+ * Every router ranks as it does by default (eg_route_agg: MAX for quest,
+ * MASS for the others); the "-max" rows rank by MAX, for comparison. */
+typedef struct { const char *name; eg_router_kind kind; eg_learned_mode mode; int f16, agg; } router_def;
 static const router_def routers[] = {
-    { "quest", EG_ROUTER_QUEST, 0, 0 },     { "quest-f16", EG_ROUTER_QUEST, 0, 1 },
-    { "centroid", EG_ROUTER_CENTROID, 0, 0 },
-    { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ, 0 }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS, 0 },
-    { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0 },
-    { "indexer", EG_ROUTER_INDEXER, 0, 0 }, { "oracle", EG_ROUTER_ORACLE, 0, 0 },
+    { "quest", EG_ROUTER_QUEST, 0, 0, 0 },     { "quest-f16", EG_ROUTER_QUEST, 0, 1, 0 },
+    { "centroid", EG_ROUTER_CENTROID, 0, 0, 0 },
+    { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ, 0, 0 }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS, 0, 0 },
+    { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, 0 },
+    { "outliers-max", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, EG_ROUTE_AGG_MAX },
+    { "indexer", EG_ROUTER_INDEXER, 0, 0, 0 }, { "indexer-max", EG_ROUTER_INDEXER, 0, 0, EG_ROUTE_AGG_MAX },
+    { "oracle", EG_ROUTER_ORACLE, 0, 0, 0 },
 };
 #define NR (int)(sizeof routers / sizeof *routers)
 
@@ -155,9 +159,12 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
     for (int g = 0; g < G; g++) pos[g] = p;
     eg_route_rows rows = { .n_rows = G, .q = q, .pos = pos, .scale = w->scale, .n_index_heads = 1,
                            .index_q = q, .index_w = NULL, .oracle_mass = omass };
-    float ones[64];
-    for (int g = 0; g < G; g++) ones[g] = 1.0f;
-    rows.index_w = ones;
+    /* each q head its own index head, weighted by the score scale: index
+     * scores are then the head's logits (relu'd), as a trained indexer's
+     * approximate them */
+    float iw[64];
+    for (int g = 0; g < G; g++) iw[g] = w->scale;
+    rows.index_w = iw;
     uint8_t *in = malloc(nseg);
     double oracle_rec[NB][64];
     for (int ri = NR - 1; ri >= 0; ri--) {           /* oracle first: the others divide by it */
@@ -166,6 +173,7 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
             eg_route_opts opt;
             eg_route_opts_init(&opt);
             opt.budget_tokens = budgets[bi];
+            opt.aggregate = routers[ri].agg;
             eg_route_selection sel;
             double t0 = bench_now();
             if (eg_router_select(tab[ri], &rows, &opt, &sel) < 0) {
@@ -233,6 +241,7 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
         eg_route_opts opt;
         eg_route_opts_init(&opt);
         opt.budget_tokens = BOUND_CAP;
+        opt.aggregate = routers[ri].agg;
         eg_route_selection sel;
         if (eg_router_select(tab[ri], &rows, &opt, &sel) == 0) {
             size_t n_order = sel.n - sel.n_forced, pre;
@@ -325,7 +334,14 @@ static void eval_workload(const bench_opts *o, const char *wname, const wl_workl
         const float *K = w->k + (size_t)h * w->n_tokens * d;
         eg_learned *lw[NR] = { 0 };
         eg_route_table *tab[NR] = { 0 };
+        int twin[NR];   /* a "-max" row shares the table (and weights) of the row before it */
         for (int ri = 0; ri < NR; ri++) {
+            twin[ri] = routers[ri].agg && ri > 0 ? ri - 1 : -1;
+            if (twin[ri] >= 0) {
+                tab[ri] = tab[twin[ri]];
+                bpt[ri] = bpt[twin[ri]];
+                continue;
+            }
             if (routers[ri].kind == EG_ROUTER_LEARNED) {
                 float f0 = 0, f1 = 0;
                 lw[ri] = train(cal, h, routers[ri].mode, o->quick ? 60 : 150, &f0, &f1);
@@ -339,7 +355,8 @@ static void eval_workload(const bench_opts *o, const char *wname, const wl_workl
         }
         if (!tab[0]) { fprintf(stderr, "recall: quest table failed: %s\n", eg_index_last_error()); break; }
         for (int qi = 0; qi < w->n_queries; qi++) eval_group(R, qi, h, tab, nseg, seg_m, seg_lse, seg_o, lg);
-        for (int ri = 0; ri < NR; ri++) { eg_route_table_free(tab[ri]); eg_learned_free(lw[ri]); }
+        for (int ri = 0; ri < NR; ri++)
+            if (twin[ri] < 0) { eg_route_table_free(tab[ri]); eg_learned_free(lw[ri]); }
     }
     report(R, (size_t)w->n_tokens, bpt, extra);
     free(seg_m); free(seg_lse); free(seg_o); free(lg);
