@@ -103,11 +103,16 @@ typedef enum {
     EG_LEARNED_REPS = 2,  /* per segment: n_reps int8 vectors of r dims (k-means in projected space) */
     EG_LEARNED_OUTLIERS = 3, /* per segment: f16 mean of the keys but the n_reps farthest (L2) from
                                 the segment's mean, and those n_reps keys as q8; no projection */
+    EG_LEARNED_MEAN8 = 4, /* per segment: the mean key as int8 codes on per-channel steps the
+                             training sets from the calibration keys (dim bytes: a quarter of
+                             quest's); score q.mean, ranked with the score scale as centroid;
+                             no projection, no per-segment scale */
 } eg_learned_mode;
 
 typedef struct {
     int dim;              /* key/query head dim, 1..EG_IX_DIM_MAX */
-    int rank;             /* PQ, REPS: r, EG_LEARNED_RANK_MIN..MAX, a multiple of 8 for PQ */
+    int rank;             /* PQ, REPS: r, EG_LEARNED_RANK_MIN..MAX, a multiple of 8 for PQ
+                             (OUTLIERS and MEAN8 ignore it) */
     eg_learned_mode mode;
     int n_reps;           /* REPS: vectors, OUTLIERS: outlier keys per segment; 1..8 (default 1) */
     int seg_tokens;       /* S the weights are trained for (16..256) */
@@ -286,10 +291,8 @@ typedef struct {
  * segment's share of each row's estimated mass over the row's visible
  * segments, summed over rows: the criterion of the oracle, which sums the
  * rows' true shares. MAX lets the row with the largest logits choose for
- * all; MASS raised vs_oracle at budget 2048 from 0.88-0.94 to 0.96-0.99
- * for learned OUTLIERS on structured heads and from 0.85-0.94 to 0.97-1.02
- * for the indexer (docs/bench.md). MASS scans flat (quest's hierarchy
- * bounds MAX only); the oracle always ranks by its given mass. */
+ * all (docs/index.md has the recall both give). MASS scans flat (quest's
+ * hierarchy bounds MAX only); the oracle always ranks by its given mass. */
 typedef enum {
     EG_ROUTE_AGG_AUTO = 0,    /* default: MAX for quest (its hierarchy), MASS for centroid, learned, indexer */
     EG_ROUTE_AGG_MAX = 1,

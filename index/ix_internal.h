@@ -243,11 +243,22 @@ struct eg_learned {
     float *codebook;          /* PQ: [rank/8][256][8] */
     float tau;                /* softmax temperature of segment scores (OUTLIERS: of the mean's) */
     float tau_out, bias;      /* OUTLIERS: the outliers' temperature; log weight of the mean */
+    float *step;              /* MEAN8: [dim] per-channel step of the int8 mean (> 0) */
 };
 int ix_learned_check_config(const eg_learned_config *c);
 /* 1 for a learned table in OUTLIERS mode. */
 static inline int ix_learned_outliers(const eg_route_table *t)
 { return t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_OUTLIERS; }
+/* 1 for a learned table in MEAN8 mode. */
+static inline int ix_learned_mean8(const eg_route_table *t)
+{ return t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_MEAN8; }
+/* MEAN8: the value a table reads for code c on channel step st: f16 of
+ * st * c, rounded to nearest (what training scores too). */
+static inline float ix_mean8_value(float st, int8_t c) { return ix_f16_to_f32(ix_f32_to_f16_dir(st * (float)c, 0)); }
+/* MEAN8 summary of one segment's keys k [s][d] on steps st [d]: codes
+ * round(mean / step) clamped to +-127 into out (d bytes) when non-NULL,
+ * and the values a table reads into mean [d] when non-NULL. */
+void ix_mean8_summary(const float *k, int s, int d, const float *st, int8_t *out, float *mean);
 /* OUTLIERS summary of one segment's keys k [s][d]: the m keys farthest
  * (L2) from the segment's mean (ties: lower token) and the mean of the
  * others. Writes the summary bytes to out when non-NULL, and when mean /

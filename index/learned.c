@@ -32,7 +32,7 @@ void eg_learned_config_init(eg_learned_config *c, int dim, int seg_tokens)
 void eg_learned_free(eg_learned *w)
 {
     if (!w) return;
-    free(w->wq); free(w->wk); free(w->codebook);
+    free(w->wq); free(w->wk); free(w->codebook); free(w->step);
     free(w);
 }
 
@@ -45,6 +45,7 @@ size_t eg_learned_summary_bytes(const eg_learned *w)
     if (w->cfg.mode == EG_LEARNED_PQ) return (size_t)w->cfg.seg_tokens * (r / IX_PQ_SUB);
     if (w->cfg.mode == EG_LEARNED_OUTLIERS)
         return 2 * (size_t)w->cfg.dim + (size_t)w->cfg.n_reps * (4 + (size_t)w->cfg.dim);
+    if (w->cfg.mode == EG_LEARNED_MEAN8) return (size_t)w->cfg.dim;
     return (size_t)w->cfg.n_reps * (4 + r);
 }
 
@@ -75,9 +76,10 @@ int ix_learned_check_config(const eg_learned_config *c)
 {
     if (!c) return ix_fail(EG_IX_EINVAL, "config is NULL");
     if (c->dim < 1 || c->dim > EG_IX_DIM_MAX) return ix_fail(EG_IX_EDIM, "dim %d outside 1..%d", c->dim, EG_IX_DIM_MAX);
-    if (c->mode != EG_LEARNED_PQ && c->mode != EG_LEARNED_REPS && c->mode != EG_LEARNED_OUTLIERS)
+    if (c->mode != EG_LEARNED_PQ && c->mode != EG_LEARNED_REPS && c->mode != EG_LEARNED_OUTLIERS &&
+        c->mode != EG_LEARNED_MEAN8)
         return ix_fail(EG_IX_EINVAL, "unknown learned mode %d", (int)c->mode);
-    if (c->mode != EG_LEARNED_OUTLIERS) {   /* OUTLIERS projects nothing */
+    if (c->mode == EG_LEARNED_PQ || c->mode == EG_LEARNED_REPS) {   /* OUTLIERS and MEAN8 project nothing */
         if (c->rank < EG_LEARNED_RANK_MIN || c->rank > EG_LEARNED_RANK_MAX)
             return ix_fail(EG_IX_ERANK, "rank %d outside %d..%d", c->rank, EG_LEARNED_RANK_MIN, EG_LEARNED_RANK_MAX);
         if (c->rank > c->dim) return ix_fail(EG_IX_ERANK, "rank %d exceeds dim %d", c->rank, c->dim);
@@ -328,6 +330,30 @@ static void adam_step_d(double *th, double *m, double *v, const double *g, int n
  * would hold them. */
 typedef struct { float *mean, *ok; } outlier_set;
 
+/* MEAN8: per channel, the step that makes the largest |mean| of the
+ * calibration segments code 85, so that later segments up to 1.5 times
+ * beyond it keep their codes (further ones saturate at 127: the score is
+ * an estimate, not a bound); a channel whose means are all 0 gets step 1. */
+static int mean8_steps(const problem *p, eg_learned *w)
+{
+    size_t d = (size_t)p->d, S = (size_t)p->S;
+    double *mx = calloc(d, sizeof(double));
+    w->step = malloc(sizeof(float) * d);
+    if (!mx || !w->step) { free(mx); return ix_fail(EG_IX_ENOMEM, "out of memory"); }
+    for (size_t s = 0; s < p->nseg; s++)
+        for (size_t c = 0; c < d; c++) {
+            double a = 0;
+            for (size_t t = 0; t < S; t++) a += p->cal->keys[(s * S + t) * d + c];
+            mx[c] = fmax(mx[c], fabs(a / (double)S));
+        }
+    for (size_t c = 0; c < d; c++) {
+        float st = (float)(mx[c] * 1.5 / 127.0);
+        w->step[c] = st > 1e-30f && isfinite(st) ? st : 1.0f;
+    }
+    free(mx);
+    return 0;
+}
+
 static int outliers_of(const problem *p, int m, outlier_set *o)
 {
     size_t d = (size_t)p->d;
@@ -340,6 +366,19 @@ static int outliers_of(const problem *p, int m, outlier_set *o)
     return 0;
 }
 
+/* The mixture's fixed parts for the calibration segments: OUTLIERS the
+ * mean of the others and the outliers, MEAN8 the int8 mean (no outliers). */
+static int mixture_set(const problem *p, const eg_learned *w, outlier_set *o)
+{
+    if (w->cfg.mode != EG_LEARNED_MEAN8) return outliers_of(p, w->cfg.n_reps, o);
+    size_t d = (size_t)p->d;
+    o->mean = malloc(sizeof(float) * p->nseg * d);
+    if (!o->mean) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    for (size_t s = 0; s < p->nseg; s++)
+        ix_mean8_summary(p->cal->keys + s * p->S * d, p->S, p->d, w->step, NULL, o->mean + s * d);
+    return 0;
+}
+
 /* OUTLIERS loss over queries [batch0, batch0 + batch) (mod nq) and, when
  * g is non-NULL, its gradient in (log tau, log tau_out, bias). A
  * segment's score z = log(e^v0 + sum_o e^vo) with v0 = bias + tau q.mean
@@ -348,7 +387,7 @@ static int outliers_of(const problem *p, int m, outlier_set *o)
 static double outliers_loss_grad(const problem *p, const eg_learned *w, const outlier_set *os, int batch0,
                                  int batch, double *g)
 {
-    size_t d = (size_t)p->d, m = (size_t)w->cfg.n_reps;
+    size_t d = (size_t)p->d, m = w->cfg.mode == EG_LEARNED_MEAN8 ? 0 : (size_t)w->cfg.n_reps;
     double *z = malloc(sizeof(double) * p->nseg * 2), *r0 = z ? z + p->nseg : NULL;
     float *a = malloc(sizeof(float) * p->nseg * (1 + m)), *b = a ? a + p->nseg : NULL;
     if (!z || !a) { free(z); free(a); return NAN; }
@@ -361,8 +400,9 @@ static double outliers_loss_grad(const problem *p, const eg_learned *w, const ou
         used++;
         const float *q = p->cal->queries + (size_t)i * d;
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)d, 1.0f, os->mean + c0 * d, (int)d, q, 1, 0.0f, a, 1);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(n * m), (int)d, 1.0f, os->ok + c0 * m * d, (int)d, q, 1,
-                    0.0f, b, 1);
+        if (m)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(n * m), (int)d, 1.0f, os->ok + c0 * m * d, (int)d, q, 1,
+                        0.0f, b, 1);
         double mx = -INFINITY;
         for (size_t s = 0; s < n; s++) {
             double v0 = w->bias + (double)w->tau * a[s], vm = v0, sum = 0;
@@ -401,6 +441,23 @@ int eg_learned_set_window(eg_learned *w, int n_sink_segments, int64_t recent_tok
     return 0;
 }
 
+/* The mixture's start: tau = tau_out = scale, bias the log count of the
+ * tokens the mean stands for. MEAN8 keeps it: its training only sets the
+ * steps. Fitting tau to the KL made it rank worse where the mean says
+ * little (retrieval heads, 1M tokens: recall 0.0044 against 0.0133),
+ * because ranking by MASS compares rows through the gain, and scale times
+ * q.mean plus log S is what Jensen's inequality makes a lower bound of a
+ * segment's log mass; so MASS ranks MEAN8 with the score scale. */
+static eg_learned *mixture_start(const eg_learned_config *c, float scale)
+{
+    eg_learned *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->cfg = *c;
+    w->tau = w->tau_out = scale;
+    w->bias = (float)log((double)(c->seg_tokens - (c->mode == EG_LEARNED_MEAN8 ? 0 : c->n_reps)));
+    return w;
+}
+
 int eg_learned_untrained(const eg_learned_config *c, float scale, eg_learned **out)
 {
     int rc = ix_learned_check_config(c);
@@ -411,24 +468,22 @@ int eg_learned_untrained(const eg_learned_config *c, float scale, eg_learned **o
         return ix_fail(EG_IX_EINVAL, "learned mode %d needs training (only outliers has untrained weights)",
                        (int)c->mode);
     if (!(scale > 0.0f) || !isfinite(scale)) return ix_fail(EG_IX_EINVAL, "score scale %g", scale);
-    eg_learned *w = calloc(1, sizeof *w);
-    if (!w) return ix_fail(EG_IX_ENOMEM, "out of memory");
-    w->cfg = *c;
-    w->tau = w->tau_out = scale;
-    w->bias = (float)log((double)(c->seg_tokens - c->n_reps));
-    *out = w;
+    if (!(*out = mixture_start(c, scale))) return ix_fail(EG_IX_ENOMEM, "out of memory");
     return 0;
 }
 
-static int train_outliers(const eg_learned_config *c, const eg_calibration *cal, eg_learned **out,
-                          float *loss_curve)
+/* OUTLIERS and MEAN8: the mixture's scalars (MEAN8 first sets its steps). */
+static int train_mixture(const eg_learned_config *c, const eg_calibration *cal, eg_learned **out,
+                         float *loss_curve)
 {
     problem p;
     outlier_set os = { 0 };
     eg_learned *w = NULL;
     int rc = problem_init(&p, c, cal);
-    if (rc < 0 || (rc = outliers_of(&p, c->n_reps, &os)) < 0) goto done;
-    if ((rc = eg_learned_untrained(c, cal->scale, &w)) < 0) goto done;
+    if (rc < 0) goto done;
+    if (!(w = mixture_start(c, cal->scale))) { rc = ix_fail(EG_IX_ENOMEM, "out of memory"); goto done; }
+    if (c->mode == EG_LEARNED_MEAN8 && (rc = mean8_steps(&p, w)) < 0) goto done;
+    if ((rc = mixture_set(&p, w, &os)) < 0) goto done;
     double th[3] = { log(w->tau), log(w->tau_out), w->bias }, m1[3] = { 0 }, v1[3] = { 0 };
     int batch = p.nq < IX_BATCH ? p.nq : IX_BATCH;
     for (int step = 0; step < c->steps; step++) {
@@ -436,6 +491,7 @@ static int train_outliers(const eg_learned_config *c, const eg_calibration *cal,
         double loss = outliers_loss_grad(&p, w, &os, (int)(((int64_t)step * batch) % p.nq), batch, g);
         if (loss != loss) { rc = ix_fail(EG_IX_ENOMEM, "out of memory in training"); goto done; }
         if (loss_curve) loss_curve[step] = (float)loss;
+        if (c->mode == EG_LEARNED_MEAN8) continue;   /* nothing to fit: see mixture_start */
         adam_step_d(th, m1, v1, g, 3, c->lr, step);
         w->tau = (float)exp(th[0]);
         w->tau_out = (float)exp(th[1]);
@@ -461,7 +517,7 @@ int eg_learned_train(const eg_learned_config *c, const eg_calibration *cal, eg_l
     if (rc < 0) return rc;
     if (!out) return ix_fail(EG_IX_EINVAL, "out is NULL");
     *out = NULL;
-    if (c->mode == EG_LEARNED_OUTLIERS) return train_outliers(c, cal, out, loss_curve);
+    if (c->mode == EG_LEARNED_OUTLIERS || c->mode == EG_LEARNED_MEAN8) return train_mixture(c, cal, out, loss_curve);
     problem p;
     rc = problem_init(&p, c, cal);
     if (rc < 0) { problem_free(&p); return rc; }
@@ -548,9 +604,9 @@ int eg_learned_loss(const eg_learned *w, const eg_calibration *cal, double *kl)
     problem p;
     int rc = problem_init(&p, &w->cfg, cal);
     if (rc < 0) { problem_free(&p); return rc; }
-    if (w->cfg.mode == EG_LEARNED_OUTLIERS) {
+    if (w->cfg.mode == EG_LEARNED_OUTLIERS || w->cfg.mode == EG_LEARNED_MEAN8) {
         outlier_set os = { 0 };
-        rc = outliers_of(&p, w->cfg.n_reps, &os);
+        rc = mixture_set(&p, w, &os);
         if (rc == 0) *kl = outliers_loss_grad(&p, w, &os, 0, p.nq, NULL);
         if (rc == 0 && *kl != *kl) rc = ix_fail(EG_IX_ENOMEM, "out of memory");
         free(os.mean); free(os.ok);

@@ -3,7 +3,8 @@
  * Layout (little-endian): "EGLW", u32 version (1), u32 dim, rank, mode,
  * n_reps, seg_tokens, n_sink_segments, u64 recent_tokens, f32 tau, then
  * f32 wq [rank][dim], wk [rank][dim], for PQ the codebook
- * [rank/8][256][8] (OUTLIERS: f32 tau_out and bias instead of all three),
+ * [rank/8][256][8] (OUTLIERS: f32 tau_out and bias instead of all three;
+ * MEAN8: tau_out, bias and the steps [dim]),
  * and last a u64 XXH64 of everything before it. The
  * training knobs (steps, lr, seed) are not kept: they do not change what
  * the weights mean. */
@@ -19,6 +20,7 @@
 static size_t float_count(const eg_learned_config *c)
 {
     if (c->mode == EG_LEARNED_OUTLIERS) return 2;
+    if (c->mode == EG_LEARNED_MEAN8) return 2 + (size_t)c->dim;
     size_t rd = (size_t)c->rank * c->dim;
     return 2 * rd + (c->mode == EG_LEARNED_PQ ? (size_t)(c->rank / IX_PQ_SUB) * IX_PQ_K * IX_PQ_SUB : 0);
 }
@@ -52,10 +54,12 @@ int eg_learned_save(const eg_learned *w, void **bytes, size_t *n)
     float tb2[2] = { w->tau_out, w->bias };
     const float *parts[3] = { w->wq, w->wk, w->codebook };
     size_t lens[3] = { rd, rd, nf - 2 * rd };
-    if (c->mode == EG_LEARNED_OUTLIERS) {
+    if (c->mode == EG_LEARNED_OUTLIERS || c->mode == EG_LEARNED_MEAN8) {
         parts[0] = tb2;
         lens[0] = 2;
-        lens[1] = lens[2] = 0;
+        parts[1] = w->step;
+        lens[1] = c->mode == EG_LEARNED_MEAN8 ? (size_t)c->dim : 0;
+        lens[2] = 0;
     }
     for (int k = 0; k < 3; k++)
         for (size_t i = 0; i < lens[k]; i++) {
@@ -105,13 +109,18 @@ int eg_learned_load(const void *bytes, size_t n, eg_learned **out)
         return ix_fail(EG_IX_ENONFINITE, "learned weights hold NaN or Inf");
     }
     w->cfg = c;
-    if (c.mode == EG_LEARNED_OUTLIERS) {
+    if (c.mode == EG_LEARNED_OUTLIERS || c.mode == EG_LEARNED_MEAN8) {
         w->tau_out = all[0];
         w->bias = all[1];
-        free(all);
-        if (!(w->tau > 0.0f) || !(w->tau_out > 0.0f)) {
-            free(w);
-            return ix_fail(EG_IX_ECORRUPT, "learned weights hold a temperature <= 0");
+        int bad = !(w->tau > 0.0f) || !(w->tau_out > 0.0f);
+        if (c.mode == EG_LEARNED_MEAN8) {   /* the steps follow: kept in their own array */
+            memmove(all, all + 2, sizeof(float) * (size_t)c.dim);
+            w->step = all;
+            for (int i = 0; i < c.dim; i++) bad |= !(all[i] > 0.0f);
+        } else free(all);
+        if (bad) {
+            eg_learned_free(w);
+            return ix_fail(EG_IX_ECORRUPT, "learned weights hold a temperature or step <= 0");
         }
         *out = w;
         return 0;

@@ -121,11 +121,11 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
                     o2[i] = q[i] > 0.0f ? q[i] : 0.0f;       /* pairs with max */
                     o2[d + i] = q[i] < 0.0f ? q[i] : 0.0f;   /* pairs with min */
                 }
-            else if (k == EG_ROUTER_CENTROID || ix_learned_outliers(t))
+            else if (k == EG_ROUTER_CENTROID || ix_learned_outliers(t) || ix_learned_mean8(t))
                 memcpy(o2, q, sizeof(float) * d);
         }
         if (ix_quest_q8(t) && (rc = ix_q8_rows(c)) < 0) return rc;
-        if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t)) {
+        if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t) && !ix_learned_mean8(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
             if (lw->cfg.mode == EG_LEARNED_PQ) {
@@ -187,6 +187,8 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_
     case EG_ROUTER_LEARNED:
         if (ix_learned_outliers(t))
             score_outliers(c, s0, s1, out, ld);
+        else if (ix_learned_mean8(t))   /* q.mean; tau comes in as MASS's gain */
+            ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, 0);
         else if (t->codes) {
             /* Segments outer, rows inner: the codes stream once for all rows
              * (each row's lookup tables stay in cache); each score's sum runs
@@ -381,7 +383,8 @@ static float mass_gain(const ix_ctx *c)
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
     case EG_ROUTER_CENTROID: return c->rows->scale;
-    case EG_ROUTER_LEARNED: return ix_learned_outliers(t) ? 1.0f : t->spec.learned->tau;
+    case EG_ROUTER_LEARNED:   /* OUTLIERS scores are log mass; MEAN8 is a mean as centroid's (learned.c) */
+        return ix_learned_outliers(t) ? 1.0f : ix_learned_mean8(t) ? c->rows->scale : t->spec.learned->tau;
     default: return 1.0f;     /* indexer: index scores are the model's logits */
     }
 }

@@ -184,6 +184,18 @@ void ix_outliers_summary(const float *k, int s, int d, int m, uint8_t *out, floa
     }
 }
 
+void ix_mean8_summary(const float *k, int s, int d, const float *st, int8_t *out, float *mean)
+{
+    for (int c = 0; c < d; c++) {
+        double a = 0;
+        for (int t = 0; t < s; t++) a += k[(size_t)t * d + c];
+        double v = nearbyint(a / s / st[c]);
+        int8_t code = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        if (out) out[c] = code;
+        if (mean) mean[c] = ix_mean8_value(st[c], code);
+    }
+}
+
 int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, size_t cap)
 {
     size_t need;
@@ -208,6 +220,10 @@ int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, 
         int r = w->cfg.rank;
         if (w->cfg.mode == EG_LEARNED_OUTLIERS) {
             ix_outliers_summary(keys, s, d, w->cfg.n_reps, o, NULL, NULL);
+            break;
+        }
+        if (w->cfg.mode == EG_LEARNED_MEAN8) {
+            ix_mean8_summary(keys, s, d, w->step, (int8_t *)o, NULL);
             break;
         }
         float *pk = malloc(sizeof(float) * (size_t)s * r);

@@ -49,7 +49,8 @@ int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
     case EG_ROUTER_QUEST: t->width = 2 * spec->dim; break;
     case EG_ROUTER_CENTROID: t->width = spec->dim; break;
     case EG_ROUTER_LEARNED:
-        t->width = spec->learned->cfg.mode == EG_LEARNED_OUTLIERS ? spec->dim : spec->learned->cfg.rank;
+        t->width = spec->learned->cfg.mode == EG_LEARNED_OUTLIERS || spec->learned->cfg.mode == EG_LEARNED_MEAN8
+                       ? spec->dim : spec->learned->cfg.rank;
         break;
     default: t->width = 0; break;
     }
@@ -72,7 +73,7 @@ const eg_summary_spec *eg_route_table_spec(const eg_route_table *t) { return t ?
 static size_t htab_rows(const eg_route_table *t)
 {
     return (t->spec.kind == EG_ROUTER_QUEST && !ix_quest_q8(t)) || t->spec.kind == EG_ROUTER_CENTROID ||
-           ix_learned_outliers(t);
+           ix_learned_outliers(t) || ix_learned_mean8(t);
 }
 
 /* Rows of otab per segment (learned OUTLIERS). */
@@ -313,6 +314,11 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
         float v[2 * EG_IX_DIM_MAX];
         for (size_t c = 0; c < w; c++) v[c] = half_f32(get_h(row + 2 * c));
         ix_q8_put_row(t, seg, v);
+        return;
+    }
+    if (ix_learned_mean8(t)) {   /* int8 codes on the weights' steps, read as f16 (finite: |code| <= 127) */
+        for (size_t c = 0; c < w; c++)
+            t->htab[ix_hidx(seg, c, w)] = ix_f32_to_f16_dir(ix_mean8_value(t->spec.learned->step[c], (int8_t)row[c]), 0);
         return;
     }
     if (htab_rows(t)) {   /* quest, centroid, the mean of learned OUTLIERS: f16 as stored */

@@ -175,6 +175,25 @@ static int bound_holds(const float *k, int d, size_t T, const eg_route_rows *row
     return viol;
 }
 
+/* MEAN8 weights for the tests, calibrated on keys of their own. */
+static eg_learned *g_mean8;
+static void make_mean8(int d, int S)
+{
+    const int64_t T = 300 * 16;
+    float *k = spiky_keys((size_t)T, d, 77), q[64 * 16];
+    int64_t pos[64];
+    uint64_t rs = 8;
+    for (int i = 0; i < 64 * d; i++) q[i] = tu_randn(&rs);
+    for (int i = 0; i < 64; i++) pos[i] = T / 2 + (int64_t)(tu_rand(&rs) % (uint64_t)(T / 2));
+    eg_calibration cal = { k, T, q, pos, 64, 0.25f };
+    eg_learned_config c;
+    eg_learned_config_init(&c, d, S);
+    c.mode = EG_LEARNED_MEAN8;
+    c.steps = 2;
+    CHECK_OK(eg_learned_train(&c, &cal, &g_mean8, NULL));
+    free(k);
+}
+
 /* Every router kind ranks by MASS as the plain loop does, through every
  * entry point (quest: select, select_bound and the prep steps choose the
  * same and bound the mass they leave out), at sizes across the kernels'
@@ -183,6 +202,8 @@ static void test_mass_reference(void)
 {
     const int d = 16, S = 16;
     const size_t sizes[] = { 1, 7, 40, 300, 1100 };
+    make_mean8(d, S);
+    REQUIRE(g_mean8);
     uint64_t rs = 41;
     double worst = 0;
     int bad = 0, cases = 0;
@@ -196,9 +217,10 @@ static void test_mass_reference(void)
         lc.mode = EG_LEARNED_OUTLIERS;
         eg_learned *lw = NULL;
         CHECK_OK(eg_learned_untrained(&lc, 0.25f, &lw));
-        eg_router_kind kinds[4] = { EG_ROUTER_CENTROID, EG_ROUTER_LEARNED, EG_ROUTER_INDEXER, EG_ROUTER_QUEST };
-        for (int ki = 0; ki < 4; ki++) {
-            eg_route_table *t = table_of(kinds[ki], k, n, d, S, tags, kinds[ki] == EG_ROUTER_LEARNED ? lw : NULL);
+        eg_router_kind kinds[5] = { EG_ROUTER_CENTROID, EG_ROUTER_LEARNED, EG_ROUTER_INDEXER, EG_ROUTER_QUEST,
+                                    EG_ROUTER_LEARNED };
+        for (int ki = 0; ki < 5; ki++) {
+            eg_route_table *t = table_of(kinds[ki], k, n, d, S, tags, ki == 1 ? lw : ki == 4 ? g_mean8 : NULL);
             REQUIRE(t);
             for (int trial = 0; trial < 4; trial++) {
                 int nr = 1 + (int)(tu_rand(&rs) % 6), H = 2;
@@ -218,7 +240,7 @@ static void test_mass_reference(void)
                 uint32_t want = 1;
                 if (trial == 2) { o.tags = &want; o.n_tags = 1; }
                 if (kinds[ki] == EG_ROUTER_QUEST) o.aggregate = EG_ROUTE_AGG_MASS;   /* else AUTO is MASS */
-                double gain = kinds[ki] == EG_ROUTER_CENTROID || kinds[ki] == EG_ROUTER_QUEST ? rows.scale : 1.0;
+                double gain = ki == 0 || ki >= 3 ? rows.scale : 1.0;   /* MEAN8 ranks as centroid */
                 eg_route_selection a;
                 CHECK_OK(eg_router_select(t, &rows, &o, &a));
                 check_mass(t, &rows, &o, &a, gain, &worst, &bad);
@@ -253,7 +275,10 @@ static void test_mass_reference(void)
         free(tags);
         free(k);
     }
-    printf("  %d calls (centroid, outliers, indexer, quest): worst score error %.2g, %d problems\n", cases, worst, bad);
+    eg_learned_free(g_mean8);
+    g_mean8 = NULL;
+    printf("  %d calls (centroid, outliers, indexer, quest, mean8): worst score error %.2g, %d problems\n", cases,
+           worst, bad);
     CHECK(bad == 0);
 }
 

@@ -26,6 +26,7 @@ static const router_def routers[] = {
     { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ, 0, 0 }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS, 0, 0 },
     { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, 0 },
     { "outliers-max", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, EG_ROUTE_AGG_MAX },
+    { "learned-mean8", EG_ROUTER_LEARNED, EG_LEARNED_MEAN8, 0, 0 },
     { "indexer", EG_ROUTER_INDEXER, 0, 0, 0 }, { "indexer-max", EG_ROUTER_INDEXER, 0, 0, EG_ROUTE_AGG_MAX },
     { "oracle", EG_ROUTER_ORACLE, 0, 0, 0 },
 };
