@@ -94,8 +94,8 @@ struct eg_route_table {
     uint16_t *htab;           /* f16 as stored, blocked (ix_hidx): quest rows of 2*dim, max then min;
                                  centroid rows of dim; learned OUTLIERS rows of dim (the mean).
                                  Blocks past n are zero or stale. */
-    uint16_t *otab;           /* learned OUTLIERS: n*n_reps rows of dim (the outliers), blocked */
-    float *tab;               /* learned reps: [n*n_reps][rank] */
+    uint16_t *otab;           /* learned OUTLIERS: n*n_reps rows of dim (the outliers); REPS:
+                                 n*n_reps rows of rank (the representatives); blocked */
     int has_inf;              /* htab holds +-inf (beyond f16): kernels clamp to +-FLT_MAX */
     uint32_t *tags;           /* [n] */
     /* quest hierarchy: groups of EG_IX_GROUP segments, same layout as htab */

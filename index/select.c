@@ -3,6 +3,9 @@
 #include "ix_internal.h"
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
 
 #define CHUNK 1024            /* segments scored per kernel call (bounds temp memory) */
 
@@ -128,15 +131,17 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
         if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t) && !ix_learned_mean8(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
-            if (lw->cfg.mode == EG_LEARNED_PQ) {
-                size_t m = w / IX_PQ_SUB;
-                c->lut = malloc(sizeof(float) * nr * m * IX_PQ_K);
+            if (lw->cfg.mode == EG_LEARNED_PQ) {   /* lookup tables [m][256][nr4], zero-padded rows */
+                size_t m = w / IX_PQ_SUB, nr4 = (nr + 3) & ~(size_t)3;
+                float col[IX_PQ_K];
+                c->lut = calloc(m * IX_PQ_K * nr4, sizeof(float));
                 if (!c->lut) return ix_fail(EG_IX_ENOMEM, "out of memory");
                 for (size_t r = 0; r < nr; r++)
-                    for (size_t j = 0; j < m; j++)
+                    for (size_t j = 0; j < m; j++) {
                         ix_score_rows(lw->codebook + j * IX_PQ_K * IX_PQ_SUB, IX_PQ_K, IX_PQ_SUB,
-                                      c->qp + r * w + j * IX_PQ_SUB, 1,
-                                      c->lut + (r * m + j) * IX_PQ_K);
+                                      c->qp + r * w + j * IX_PQ_SUB, 1, col);
+                        for (size_t k = 0; k < IX_PQ_K; k++) c->lut[(j * IX_PQ_K + k) * nr4 + r] = col[k];
+                    }
             }
         }
     }
@@ -168,11 +173,99 @@ static void score_outliers(const ix_ctx *c, size_t s0, size_t s1, float *out, si
     }
 }
 
+/* PQ: a segment's score is the max over its tokens of the codes' lookup
+ * sums. Segments outer, so the codes stream once for all rows; the lookup
+ * tables are [m][256][nr4], so one 4-lane load serves four rows of a code
+ * (they were [nr][m][256], a scalar load per row, code and token: 10-12
+ * times the time to stream the codes at 1M tokens). Each sum runs over j
+ * in order from the first code's entry, as before (which added it to 0:
+ * the same values but for the sign of a zero). */
+static inline __attribute__((always_inline)) void pq_segment(const uint8_t *cd, const float *lut, size_t S,
+                                                              size_t m, size_t nr4, float *b)
+{
+#ifdef __SSE2__
+    /* four tokens at a time into four maxima (S is a multiple of 16): no
+     * single chain of dependent max through the segment */
+    __m128 b0 = _mm_set1_ps(-INFINITY), b1 = b0, b2 = b0, b3 = b0;
+    for (size_t k = 0; k < S; k += 4) {
+        const uint8_t *p = cd + k * m;
+        __m128 v0 = _mm_loadu_ps(lut + p[0] * nr4), v1 = _mm_loadu_ps(lut + p[m] * nr4);
+        __m128 v2 = _mm_loadu_ps(lut + p[2 * m] * nr4), v3 = _mm_loadu_ps(lut + p[3 * m] * nr4);
+        for (size_t j = 1; j < m; j++) {
+            const float *l = lut + j * IX_PQ_K * nr4;
+            v0 = _mm_add_ps(v0, _mm_loadu_ps(l + p[j] * nr4));
+            v1 = _mm_add_ps(v1, _mm_loadu_ps(l + p[m + j] * nr4));
+            v2 = _mm_add_ps(v2, _mm_loadu_ps(l + p[2 * m + j] * nr4));
+            v3 = _mm_add_ps(v3, _mm_loadu_ps(l + p[3 * m + j] * nr4));
+        }
+        b0 = _mm_max_ps(v0, b0);   /* maxps returns the second operand for NaN: never here */
+        b1 = _mm_max_ps(v1, b1);
+        b2 = _mm_max_ps(v2, b2);
+        b3 = _mm_max_ps(v3, b3);
+    }
+    _mm_storeu_ps(b, _mm_max_ps(_mm_max_ps(b0, b1), _mm_max_ps(b2, b3)));
+#else
+    for (int x = 0; x < 4; x++) b[x] = -INFINITY;
+    for (size_t k = 0; k < S; k++) {
+        float v[4];
+        for (int x = 0; x < 4; x++) v[x] = lut[cd[k * m] * nr4 + (size_t)x];
+        for (size_t j = 1; j < m; j++) {
+            const float *l = lut + (j * IX_PQ_K + cd[k * m + j]) * nr4;
+            for (int x = 0; x < 4; x++) v[x] += l[x];
+        }
+        for (int x = 0; x < 4; x++) b[x] = v[x] > b[x] ? v[x] : b[x];
+    }
+#endif
+}
+
+static void score_pq(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    size_t S = (size_t)t->spec.seg_tokens, m = (size_t)t->width / IX_PQ_SUB, nr = (size_t)c->nr;
+    size_t nr4 = (nr + 3) & ~(size_t)3;
+    for (size_t i = 0; i < s1 - s0; i++) {
+        const uint8_t *cd = t->codes + (s0 + i) * S * m;
+        for (size_t r0 = 0; r0 < nr; r0 += 4) {
+            float b[4];
+            /* the common shapes with constant strides (r 16 or 32, 4 rows) */
+            if (m == 2 && nr4 == 4) pq_segment(cd, c->lut, S, 2, 4, b);
+            else if (m == 4 && nr4 == 4) pq_segment(cd, c->lut, S, 4, 4, b);
+            else pq_segment(cd, c->lut + r0, S, m, nr4, b);
+            for (size_t x = 0; x < 4 && r0 + x < nr; x++) out[(r0 + x) * ld + i] = b[x];
+        }
+    }
+}
+
+/* REPS: the max over each segment's representatives, scored by the
+ * blocked f16 kernel over all of a slice's representatives at once (one
+ * call per segment and an f32 dot per row was 3-4 times the stream). */
+static void score_reps(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    size_t w = (size_t)t->width, m = (size_t)t->spec.learned->cfg.n_reps;
+    enum { SEGS = 32, ROWS = 16 };
+    float tmp[SEGS * 8 * ROWS];
+    for (size_t a = s0; a < s1; a += SEGS) {
+        size_t b = a + SEGS < s1 ? a + SEGS : s1, lt = (b - a) * m;
+        for (int r0 = 0; r0 < c->nr; r0 += ROWS) {
+            int nrs = c->nr - r0 < ROWS ? c->nr - r0 : ROWS;
+            ix_score_rows_h(t->otab, a * m, b * m, w, c->qp + (size_t)r0 * w, nrs, tmp, lt, t->has_inf);
+            for (int r = 0; r < nrs; r++)
+                for (size_t i = 0; i < b - a; i++) {
+                    const float *x = tmp + (size_t)r * lt + i * m;
+                    float best = x[0];
+                    for (size_t j = 1; j < m; j++) best = x[j] > best ? x[j] : best;
+                    out[(size_t)(r0 + r) * ld + (a - s0) + i] = best;
+                }
+        }
+    }
+}
+
 /* Per-row raw scores of segments [s0, s1): row r at out + r*ld. */
 static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
 {
     const eg_route_table *t = c->t;
-    size_t n = s1 - s0, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
+    size_t n = s1 - s0, nr = (size_t)c->nr, w = (size_t)t->width;
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
         ix_quest_scores(c, s0, s1, out, ld);
@@ -189,40 +282,10 @@ static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_
             score_outliers(c, s0, s1, out, ld);
         else if (ix_learned_mean8(t))   /* q.mean; tau comes in as MASS's gain */
             ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, 0);
-        else if (t->codes) {
-            /* Segments outer, rows inner: the codes stream once for all rows
-             * (each row's lookup tables stay in cache); each score's sum runs
-             * in the same order as before, so the bits do not change. */
-            size_t m = w / IX_PQ_SUB;
-            for (size_t i = 0; i < n; i++) {
-                const uint8_t *cd = t->codes + (s0 + i) * S * m;
-                for (size_t r = 0; r < nr; r++) {
-                    const float *lut = c->lut + r * m * IX_PQ_K;
-                    float best = -INFINITY;
-                    for (size_t k = 0; k < S; k++) {
-                        float v = 0.0f;
-                        for (size_t j = 0; j < m; j++) v += lut[j * IX_PQ_K + cd[k * m + j]];
-                        best = v > best ? v : best;
-                    }
-                    out[r * ld + i] = best;
-                }
-            }
-        } else {
-            size_t nrep = (size_t)t->spec.learned->cfg.n_reps;
-            float tmp[8 * 64];
-            for (size_t i = 0; i < n; i++) {
-                /* nrep * nr may exceed tmp: score rows in slices of 64 */
-                for (size_t r0 = 0; r0 < nr; r0 += 64) {
-                    int nrs = (int)(nr - r0 < 64 ? nr - r0 : 64);
-                    ix_score_rows(t->tab + (s0 + i) * nrep * w, nrep, w, c->qp + r0 * w, nrs, tmp);
-                    for (int r = 0; r < nrs; r++) {
-                        float best = -INFINITY;
-                        for (size_t k = 0; k < nrep; k++) best = tmp[k * nrs + r] > best ? tmp[k * nrs + r] : best;
-                        out[(r0 + r) * ld + i] = best;
-                    }
-                }
-            }
-        }
+        else if (t->codes)
+            score_pq(c, s0, s1, out, ld);
+        else
+            score_reps(c, s0, s1, out, ld);
         break;
     case EG_ROUTER_INDEXER:
         ix_indexer_scores(c, s0, s1, out, ld);

@@ -61,7 +61,7 @@ int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
 void eg_route_table_free(eg_route_table *t)
 {
     if (!t) return;
-    free(t->htab); free(t->otab); free(t->tab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
+    free(t->htab); free(t->otab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
     free(t->q8); free(t->q8s); free(t->q8l1); free(t->q8inf); free(t->gl1);
     free(t);
 }
@@ -76,16 +76,11 @@ static size_t htab_rows(const eg_route_table *t)
            ix_learned_outliers(t) || ix_learned_mean8(t);
 }
 
-/* Rows of otab per segment (learned OUTLIERS). */
+/* Rows of otab per segment (learned OUTLIERS: the outliers; REPS: the
+ * representatives). */
 static size_t otab_rows(const eg_route_table *t)
 {
-    return ix_learned_outliers(t) ? (size_t)t->spec.learned->cfg.n_reps : 0;
-}
-
-/* Rows of tab per segment (learned reps keep n_reps rows). */
-static size_t tab_rows(const eg_route_table *t)
-{
-    if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_REPS)
+    if (ix_learned_outliers(t) || (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_REPS))
         return (size_t)t->spec.learned->cfg.n_reps;
     return 0;
 }
@@ -93,8 +88,7 @@ static size_t tab_rows(const eg_route_table *t)
 size_t eg_route_table_ram_bytes(const eg_route_table *t)
 {
     if (!t) return 0;
-    size_t n = t->n, s = (size_t)t->spec.seg_tokens, b = n * tab_rows(t) * t->width * sizeof(float);
-    b += n * (htab_rows(t) + otab_rows(t)) * t->width * sizeof(uint16_t);
+    size_t n = t->n, s = (size_t)t->spec.seg_tokens, b = n * (htab_rows(t) + otab_rows(t)) * t->width * sizeof(uint16_t);
     if (t->spec.kind == EG_ROUTER_QUEST)
         b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * (t->width * sizeof(uint16_t) + sizeof(float));
     if (ix_quest_q8(t))
@@ -130,7 +124,6 @@ static int grow_to(eg_route_table *t, size_t cap)
 {
     size_t s = (size_t)t->spec.seg_tokens, d = (size_t)t->spec.dim, w = (size_t)t->width;
     if (grow((void **)&t->tags, sizeof(uint32_t), cap)) return -1;
-    if (tab_rows(t) && grow((void **)&t->tab, sizeof(float) * w * tab_rows(t), cap)) return -1;
     size_t G = EG_IX_GROUP;
     if (htab_rows(t) && grow_blocked(&t->htab, w, t->cap, cap)) return -1;
     size_t m = otab_rows(t);
@@ -328,7 +321,7 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
             if ((h & 0x7fffu) == 0x7c00u) t->has_inf = 1;
         }
     }
-    size_t m = otab_rows(t);
+    size_t m = ix_learned_outliers(t) ? otab_rows(t) : 0;
     for (size_t o = 0; o < m; o++) {   /* OUTLIERS: q8 to f16 (7 bits fit in 11; beyond f16 is inf) */
         const uint8_t *v = row + 2 * d + o * (4 + d);
         float sc;
@@ -354,13 +347,16 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
             size_t m = w / IX_PQ_SUB;
             memcpy(t->codes + seg * s * m, row, s * m);
         } else {
-            size_t nr = (size_t)t->spec.learned->cfg.n_reps;
+            size_t nr = otab_rows(t);   /* REPS: q8 representatives to blocked f16 rows */
             for (size_t k = 0; k < nr; k++) {
                 const uint8_t *v = row + k * (4 + w);
                 float sc;
                 memcpy(&sc, v, 4);
-                float *dst = t->tab + (seg * nr + k) * w;
-                for (size_t j = 0; j < w; j++) dst[j] = sc * (float)(int8_t)v[4 + j];
+                for (size_t j = 0; j < w; j++) {
+                    uint16_t h = ix_f32_to_f16_dir(sc * (float)(int8_t)v[4 + j], 0);
+                    t->otab[ix_hidx(seg * nr + k, j, w)] = h;
+                    if ((h & 0x7fffu) == 0x7c00u) t->has_inf = 1;
+                }
             }
         }
         break;
