@@ -470,7 +470,8 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
     static const uint8_t keep_all[CHUNK];
     const float zero = 0.0f, gain = mass_gain(c);
     size_t nv = c->n_vis, nr = (size_t)c->nr, G = EG_IX_GROUP, scored = nv;
-    float *all = NULL, *own = NULL, *shift = malloc(sizeof(float) * nr);
+    float *all = NULL, *shift = malloc(sizeof(float) * nr);
+    ix_buf own = { NULL, 0 };   /* per-thread scratch: a malloc'd buffer was mapped and faulted in every call */
     double *M = malloc(sizeof(double) * 2 * nr), *Z = M + nr;
     if (!shift || !M) { free(shift); free(M); return (size_t)-1; }
     size_t ld_all = nv;
@@ -484,8 +485,8 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
         memset(k->done, 1, ng);
         all = k->sc;
         ld_all = k->n_vis;
-    } else if (nv * nr <= IX_CACHE_MAX && (own = malloc(sizeof(float) * (nv ? nv : 1) * nr))) {
-        all = own;
+    } else if (nv * nr <= IX_CACHE_MAX && !ix_buf_get(&own, IX_SCR_SC, sizeof(float) * (nv ? nv : 1) * nr)) {
+        all = own.p;
         for (size_t a = 0; a < nv; a += CHUNK) score_range(c, a, a + CHUNK < nv ? a + CHUNK : nv, all + a, nv);
     }
     for (size_t r = 0; r < nr; r++) { M[r] = -INFINITY; Z[r] = 0; }
@@ -516,7 +517,8 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
                 shift[r] = M[r] == -INFINITY ? 0.0f : M[r] == INFINITY ? INFINITY : (float)(M[r] + log(Z[r]));
         if (!all) scored += nv;
     }
-    free(own); free(shift); free(M);
+    ix_buf_put(&own);
+    free(shift); free(M);
     return all ? nv : scored;
 }
 
