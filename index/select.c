@@ -243,6 +243,10 @@ static void score_reps(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t
 {
     const eg_route_table *t = c->t;
     size_t w = (size_t)t->width, m = (size_t)t->spec.learned->cfg.n_reps;
+    if (m == 1) {   /* one representative a segment: its dot is the score */
+        ix_score_rows_h(t->otab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
+        return;
+    }
     enum { SEGS = 32, ROWS = 16 };
     float tmp[SEGS * 8 * ROWS];
     for (size_t a = s0; a < s1; a += SEGS) {
