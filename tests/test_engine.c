@@ -202,7 +202,8 @@ static uint8_t *sel_mask(const eg_select_result *sr, uint32_t h, uint64_t T, uin
 
 /* The bound is never below the true lost mass (decoded keys, double), for
  * random and adversarial keys and every codec; the attended set is exactly
- * SELECT's choice; max_lost meets its target when the budget allows. */
+ * SELECT's choice (quest ranking by MAX and by MASS, centroid); max_lost
+ * meets its target when the budget allows. */
 static void t_lost_bound(void)
 {
     int violations = 0, checked = 0;
@@ -236,6 +237,10 @@ static void t_lost_bound(void)
             r.budget_tokens = S * (2 + trial);
             r.recent_tokens = trial % 3 ? 32 : 0;
             r.max_lost = trial == 5 ? 0.02 : 0;
+            /* rows ranking by MASS: quest asked for it (the shared decode
+             * path, flat), and centroid by default */
+            if (trial == 1 || trial == 5) r.aggregate = EG_ROUTE_AGG_MASS;
+            if (trial == 2) r.router = EG_ROUTER_CENTROID;
             float out[2 * 4 * 16], lse[8], lost[8];
             eg_attend_result res = {out, lse, lost, 0, 0, 0, 0};
             eg_select_result sr;
