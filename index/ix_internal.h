@@ -62,6 +62,16 @@ void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a
  * and log agree with libm's to about 1e-6 relative of the result. */
 void ix_rows_lse(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float gain,
                  const float *shift, float *agg);
+/* MASS in one exp per row and segment (select.c). ix_exp_row: *m = the
+ * max of x[0..n), e[i] = exp(gain x[i] - gain m) (0 below e^-87; a row
+ * whose max is +inf: 1 on its infinite scores, 0 elsewhere), returns the
+ * sum of e in double. ix_mass_combine: agg[i] = log of the sum over the
+ * rows that see segment a + i of e[r*ld + i] w[r], NaN where that sum is
+ * below IX_MASS_TINY (the caller computes those exactly). */
+#define IX_MASS_TINY 1e-30f
+double ix_exp_row(const float *x, size_t n, float gain, float *e, float *m);
+void ix_mass_combine(const float *e, size_t ld, int nr, const size_t *vis, size_t a, size_t n, const float *w,
+                     float *agg);
 /* The i < n with v[i] >= thr and v[i] > -inf, ascending, into idx (room
  * for n); returns how many. */
 size_t ix_at_least(const float *v, size_t n, float thr, uint32_t *idx);

@@ -464,6 +464,37 @@ int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o)
     return a == EG_ROUTE_AGG_MASS;
 }
 
+/* MASS over scores kept for the whole call (all, row r at all + r*ld):
+ * per row one exp per segment, relative to the row's max, kept in e
+ * (room for nr * n_vis + nr floats; the last nr hold the rows' weights);
+ * then per segment the log of the rows' terms over their sums. Where that
+ * sum is below IX_MASS_TINY (every row's share tiny), the segment's score
+ * is computed as the two-pass way does, from the row shifts. Half the exps
+ * of the two passes: a 1M-token selection of 4 rows spent more in them
+ * than in scanning a small table. */
+static void mass_kept(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, const float *all, size_t ld,
+                      float *e, float *shift, float gain)
+{
+    size_t nv = c->n_vis, nr = (size_t)c->nr;
+    float *w = e + nr * nv;
+    for (size_t r = 0; r < nr; r++) {
+        size_t lim = c->row_vis[r] < nv ? c->row_vis[r] : nv;
+        float m = -INFINITY;
+        double z = lim ? ix_exp_row(all + r * ld, lim, gain, e + r * nv, &m) : 0;
+        w[r] = z > 0 ? (float)(1.0 / z) : 0.0f;
+        shift[r] = m == -INFINITY || z <= 0 ? 0.0f : m == INFINITY ? INFINITY : (float)((double)gain * m + log(z));
+    }
+    float agg[CHUNK];
+    uint32_t idx[CHUNK];
+    for (size_t a = 0; a < nv; a += CHUNK) {
+        size_t n = a + CHUNK < nv ? CHUNK : nv - a;
+        ix_mass_combine(e + a, nv, c->nr, c->row_vis, a, n, w, agg);
+        for (size_t i = 0; i < n; i++)
+            if (agg[i] != agg[i]) ix_rows_lse(all + a + i, ld, c->nr, c->row_vis, a + i, 1, gain, shift, agg + i);
+        push_cands(c, o, a, agg, n, hp, idx);
+    }
+}
+
 /* Select by MASS (eg_route_agg): every visible segment's scores (in the
  * cache when there is one, in one buffer when they fit, else scored again
  * chunk by chunk), each row's log-sum-exp over its visible segments, then
@@ -492,6 +523,14 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
     } else if (nv * nr <= IX_CACHE_MAX && !ix_buf_get(&own, IX_SCR_SC, sizeof(float) * (nv ? nv : 1) * nr)) {
         all = own.p;
         for (size_t a = 0; a < nv; a += CHUNK) score_range(c, a, a + CHUNK < nv ? a + CHUNK : nv, all + a, nv);
+    }
+    ix_buf eb = { NULL, 0 };
+    if (all && !ix_buf_get(&eb, IX_SCR_TMP, sizeof(float) * (nv ? nv : 1) * (nr + 1))) {
+        mass_kept(c, o, hp, all, ld_all, (float *)eb.p, shift, gain);
+        ix_buf_put(&eb);
+        ix_buf_put(&own);
+        free(shift); free(M);
+        return nv;
     }
     for (size_t r = 0; r < nr; r++) { M[r] = -INFINITY; Z[r] = 0; }
     for (int pass = 0; pass < 2; pass++) {

@@ -133,6 +133,36 @@ static void rows_lse_portable(const float *sc, size_t ld, int nr, const size_t *
     }
 }
 
+static double exp_row_portable(const float *x, size_t n, float gain, float *e, float *m_out)
+{
+    float m = -INFINITY;
+    for (size_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    *m_out = m;
+    double z = 0;
+    if (m == INFINITY) {   /* the row's mass on its infinite scores */
+        for (size_t i = 0; i < n; i++) { e[i] = x[i] == INFINITY ? 1.0f : 0.0f; z += e[i]; }
+        return z;
+    }
+    float gm = gain * m;
+    for (size_t i = 0; i < n; i++) {
+        float u = m == -INFINITY ? -INFINITY : fmaf(gain, x[i], -gm);
+        e[i] = u < -87.0f ? 0.0f : expf(u);
+        z += e[i];
+    }
+    return z;
+}
+
+static void mass_combine_portable(const float *e, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
+                                  const float *w, float *agg)
+{
+    for (size_t i = 0; i < n; i++) {
+        float acc = 0.0f;
+        for (int r = 0; r < nr; r++)
+            if (vis[r] > a + i) acc = fmaf(e[(size_t)r * ld + i], w[r], acc);
+        agg[i] = acc >= IX_MASS_TINY ? logf(acc) : NAN;
+    }
+}
+
 /* ---- AVX2, FMA, F16C -------------------------------------------------------------------- */
 static void lse_mix_portable(float *o, const float *x, size_t n, size_t m, float tau, float bias,
                              float tau_out)
@@ -427,6 +457,55 @@ AVX2 static void rows_lse_avx2(const float *sc, size_t ld, int nr, const size_t 
     if (n8 < n) rows_lse_portable(sc + n8, ld, nr, vis, a + n8, n - n8, gain, shift, agg + n8);
 }
 
+AVX2 static double exp_row_avx2(const float *x, size_t n, float gain, float *e, float *m_out)
+{
+    size_t n8 = n & ~(size_t)7;
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (size_t i = 0; i < n8; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+    float t[8], m = -INFINITY;
+    _mm256_storeu_ps(t, mv);
+    for (int l = 0; l < 8; l++) m = t[l] > m ? t[l] : m;
+    for (size_t i = n8; i < n; i++) m = x[i] > m ? x[i] : m;
+    if (!(m - m == 0.0f)) return exp_row_portable(x, n, gain, e, m_out);   /* +-inf: the plain loop */
+    *m_out = m;
+    const __m256 g = _mm256_set1_ps(gain), ngm = _mm256_set1_ps(-gain * m);
+    __m256d za = _mm256_setzero_pd(), zb = za;
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 v = exp8(_mm256_fmadd_ps(g, _mm256_loadu_ps(x + i), ngm));
+        _mm256_storeu_ps(e + i, v);
+        za = _mm256_add_pd(za, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        zb = _mm256_add_pd(zb, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    double d[4], z;
+    _mm256_storeu_pd(d, _mm256_add_pd(za, zb));
+    z = (d[0] + d[1]) + (d[2] + d[3]);
+    for (size_t i = n8; i < n; i++) {
+        float u = fmaf(gain, x[i], -gain * m);
+        e[i] = u < -87.0f ? 0.0f : expf(u);
+        z += e[i];
+    }
+    return z;
+}
+
+AVX2 static void mass_combine_avx2(const float *e, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
+                                   const float *w, float *agg)
+{
+    size_t n8 = n & ~(size_t)7, seen = n;
+    for (int r = 0; r < nr; r++) {
+        size_t v = vis[r] <= a ? 0 : vis[r] - a;
+        seen = v < seen ? v : seen;
+    }
+    if (nr == 0 || seen < n8) { mass_combine_portable(e, ld, nr, vis, a, n, w, agg); return; }
+    const __m256 tiny = _mm256_set1_ps(IX_MASS_TINY), nan = _mm256_set1_ps(NAN);
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int r = 0; r < nr; r++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(e + (size_t)r * ld + i), _mm256_set1_ps(w[r]), acc);
+        __m256 ok = _mm256_cmp_ps(acc, tiny, _CMP_GE_OQ);
+        _mm256_storeu_ps(agg + i, _mm256_blendv_ps(nan, log8(_mm256_max_ps(acc, tiny)), ok));
+    }
+    if (n8 < n) mass_combine_portable(e + n8, ld, nr, vis, a + n8, n - n8, w, agg + n8);
+}
+
 AVX2 static size_t at_least_avx2(const float *v, size_t n, float thr, uint32_t *idx)
 {
     size_t k = 0, n8 = n & ~(size_t)7;
@@ -519,18 +598,21 @@ typedef struct {
     size_t (*atleast)(const float *, size_t, float, uint32_t *);
     void (*lsemix)(float *, const float *, size_t, size_t, float, float, float);
     void (*rowslse)(const float *, size_t, int, const size_t *, size_t, size_t, float, const float *, float *);
+    double (*exprow)(const float *, size_t, float, float *, float *);
+    void (*combine)(const float *, size_t, int, const size_t *, size_t, size_t, const float *, float *);
     const char *name;
 } kernel_set;
 
 static const kernel_set k_portable = { score_h_portable, sum_exp_portable, sum_exp_terms_portable,
                                        rows_max_portable, at_least_portable, lse_mix_portable,
-                                       rows_lse_portable, "portable" };
+                                       rows_lse_portable, exp_row_portable, mass_combine_portable, "portable" };
 #ifdef IX_HAVE_AVX2
 static const kernel_set k_avx2 = { score_h_avx2, sum_exp_avx2, sum_exp_terms_avx2, rows_max_avx2, at_least_avx2,
-                                   lse_mix_avx2, rows_lse_avx2, "avx2" };
+                                   lse_mix_avx2, rows_lse_avx2, exp_row_avx2, mass_combine_avx2, "avx2" };
 #endif
 static kernel_set k = { score_h_portable, sum_exp_portable, sum_exp_terms_portable, rows_max_portable,
-                        at_least_portable, lse_mix_portable, rows_lse_portable, "portable" };
+                        at_least_portable, lse_mix_portable, rows_lse_portable, exp_row_portable,
+                        mass_combine_portable, "portable" };
 static int k_cpu_avx2, k_cpu_avx512;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 
@@ -632,4 +714,17 @@ void ix_rows_lse(const float *sc, size_t ld, int nr, const size_t *vis, size_t a
 {
     pthread_once(&k_once, kernels_init);
     k.rowslse(sc, ld, nr, vis, a, n, gain, shift, agg);
+}
+
+double ix_exp_row(const float *x, size_t n, float gain, float *e, float *m)
+{
+    pthread_once(&k_once, kernels_init);
+    return k.exprow(x, n, gain, e, m);
+}
+
+void ix_mass_combine(const float *e, size_t ld, int nr, const size_t *vis, size_t a, size_t n, const float *w,
+                     float *agg)
+{
+    pthread_once(&k_once, kernels_init);
+    k.combine(e, ld, nr, vis, a, n, w, agg);
 }

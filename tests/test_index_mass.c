@@ -208,8 +208,9 @@ static void test_mass_reference(void)
     uint64_t rs = 41;
     double worst = 0;
     int bad = 0, cases = 0;
-    for (size_t zi = 0; zi < sizeof sizes / sizeof *sizes; zi++) {
-        size_t n = sizes[zi], T = n * S;
+    for (size_t zz = 0; zz < 2 * sizeof sizes / sizeof *sizes; zz++) {
+        size_t zi = zz / 2, n = sizes[zi], T = n * S;
+        eg_index_kernels(zz % 2 == 0);   /* every size with the portable kernels, then the best */
         float *k = spiky_keys(T, d, zi + 1);
         uint32_t *tags = malloc(sizeof(uint32_t) * n);
         for (size_t s = 0; s < n; s++) tags[s] = (uint32_t)(s % 3);
@@ -276,6 +277,7 @@ static void test_mass_reference(void)
         free(tags);
         free(k);
     }
+    eg_index_kernels(0);
     eg_learned_free(g_mean8);
     g_mean8 = NULL;
     printf("  %d calls (centroid, outliers, indexer, quest, mean8): worst score error %.2g, %d problems\n", cases,
@@ -309,6 +311,48 @@ static void test_mass_rescored(void)
     eg_route_selection_free(&sel);
     eg_route_table_free(t);
     free(q);
+    free(k);
+}
+
+/* Shares far below f32's range (scores 12 nats apart, 300 segments): the
+ * segments every row gives a share under 1e-30 are ranked exactly all the
+ * same (by their log shares, from the rows' shifts), in the order and with
+ * the scores of the plain loop; with +inf scores in a row too (quest keys
+ * beyond f16), whose mass then sits on those segments. */
+static void test_mass_tiny_shares(void)
+{
+    const int d = 4, S = 16;
+    const size_t n = 300;
+    float *k = calloc(n * S * d, sizeof(float));
+    for (size_t s = 0; s < n; s++)
+        for (int t = 0; t < S; t++) {
+            k[(s * S + t) * d + 0] = 12.0f * (float)(s % 50);         /* row 0: 0, 12, 24 ... nats */
+            k[(s * S + t) * d + 1] = (float)((s * 37) % 300) * 0.5f;  /* row 1: another order */
+        }
+    double worst = 0;
+    int bad = 0;
+    for (int kind = 0; kind < 4; kind++) {
+        eg_index_kernels(kind & 1);                                  /* portable kernels, then the best */
+        if (kind >= 2) k[(7 * S + 3) * d + 2] = 1.0e6f;              /* beyond f16: quest reads +inf */
+        eg_route_table *t = table_of(kind >= 2 ? EG_ROUTER_QUEST : EG_ROUTER_CENTROID, k, n, d, S, NULL, NULL);
+        REQUIRE(t);
+        float q[2 * 4] = { 1, 0, 0, 0, 0, 1, kind >= 2 ? 1.0f : 0, 0 };
+        eg_route_rows rows = { .n_rows = 2, .q = q, .scale = 1.0f };
+        eg_route_opts o;
+        eg_route_opts_init(&o);
+        o.budget_tokens = (int64_t)(n * S);
+        o.aggregate = EG_ROUTE_AGG_MASS;
+        eg_route_selection sel;
+        CHECK_OK(eg_router_select(t, &rows, &o, &sel));
+        if (kind < 2) check_mass(t, &rows, &o, &sel, 1.0, &worst, &bad);
+        else CHECK(sel.n > sel.n_forced && sel.segments[sel.n_forced] == 7);   /* the infinite share first */
+        eg_route_selection_free(&sel);
+        eg_route_table_free(t);
+    }
+    eg_index_kernels(0);
+    printf("  %zu segments, shares down to e^-588, both kernels: worst score error %.2g, %d problems\n", n, worst,
+           bad);
+    CHECK(bad == 0);
     free(k);
 }
 
@@ -469,6 +513,7 @@ int main(void)
 {
     TEST_RUN(test_rows_lse_kernels);
     TEST_RUN(test_mass_versus_max);
+    TEST_RUN(test_mass_tiny_shares);
     TEST_RUN(test_mass_reference);
     TEST_RUN(test_mass_rescored);
     TEST_RUN(test_pq_reps_reference);
