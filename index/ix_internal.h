@@ -181,8 +181,11 @@ void ix_indexer_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t
 int ix_simd_has_avx2(void);
 /* The cap eg_index_kernels set (simd.c). */
 int ix_simd_cap(void);
-/* Member scores of a quest table, f16 or int8 (select.c). */
+/* Member scores of a quest table, f16 or int8 (score.c). */
 void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
+/* Per-row raw scores of segments [s0, s1) of c's table into out (row r at
+ * out + r*ld), for every router kind (score.c); thread-safe on one ctx. */
+void ix_score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
 /* Per-thread scratch (scratch.c): a buffer of at least `bytes` for slot,
  * reused by the next get of the same slot on the same thread, so a caller
  * holds at most one buffer per slot at a time. Larger than IX_SCR_KEEP it

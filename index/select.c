@@ -3,9 +3,6 @@
 #include "ix_internal.h"
 #include <stdlib.h>
 #include <string.h>
-#ifdef __SSE2__
-#include <immintrin.h>
-#endif
 
 #define CHUNK 1024            /* segments scored per kernel call (bounds temp memory) */
 
@@ -29,14 +26,6 @@ void ix_ctx_free(ix_ctx *c)
 {
     free(c->row_vis); free(c->qp); free(c->lut);
     free(c->qq);   /* one allocation with qt, ql1 and qinf (qscan.c) */
-}
-
-void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
-{
-    const eg_route_table *t = c->t;
-    if (s1 <= s0) return;
-    if (ix_quest_q8(t)) ix_q8_scores(c, s0, s1, out, ld);
-    else ix_score_rows_h(t->htab, s0, s1, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
 }
 
 static int check_rows(const eg_route_table *t, const eg_route_rows *rw)
@@ -150,154 +139,6 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
 
 int ix_forced(const ix_ctx *c, size_t s) { return s < c->n_sink || s >= c->recent0; }
 
-/* OUTLIERS: score = log(e^(bias + tau q.mean) + sum_o e^(tau_out q.k_o)),
- * the kernels giving q.mean and q.k_o; segments in slices so that the
- * outliers' scores fit a stack buffer. */
-static void score_outliers(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
-{
-    const eg_route_table *t = c->t;
-    const eg_learned *lw = t->spec.learned;
-    size_t w = (size_t)t->width, m = (size_t)lw->cfg.n_reps;
-    enum { SEGS = 32, ROWS = 16 };
-    float tmp[SEGS * 8 * ROWS];
-    ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
-    for (size_t a = s0; a < s1; a += SEGS) {
-        size_t b = a + SEGS < s1 ? a + SEGS : s1, lt = (b - a) * m;
-        for (int r0 = 0; r0 < c->nr; r0 += ROWS) {
-            int nrs = c->nr - r0 < ROWS ? c->nr - r0 : ROWS;
-            ix_score_rows_h(t->otab, a * m, b * m, w, c->qp + (size_t)r0 * w, nrs, tmp, lt, t->has_inf);
-            for (int r = 0; r < nrs; r++)
-                ix_lse_mix(out + (size_t)(r0 + r) * ld + (a - s0), tmp + (size_t)r * lt, b - a, m, lw->tau,
-                           lw->bias, lw->tau_out);
-        }
-    }
-}
-
-/* PQ: a segment's score is the max over its tokens of the codes' lookup
- * sums. Segments outer, so the codes stream once for all rows; the lookup
- * tables are [m][256][nr4], so one 4-lane load serves four rows of a code
- * (they were [nr][m][256], a scalar load per row, code and token: 10-12
- * times the time to stream the codes at 1M tokens). Each sum runs over j
- * in order from the first code's entry, as before (which added it to 0:
- * the same values but for the sign of a zero). */
-static inline __attribute__((always_inline)) void pq_segment(const uint8_t *cd, const float *lut, size_t S,
-                                                              size_t m, size_t nr4, float *b)
-{
-#ifdef __SSE2__
-    /* four tokens at a time into four maxima (S is a multiple of 16): no
-     * single chain of dependent max through the segment */
-    __m128 b0 = _mm_set1_ps(-INFINITY), b1 = b0, b2 = b0, b3 = b0;
-    for (size_t k = 0; k < S; k += 4) {
-        const uint8_t *p = cd + k * m;
-        __m128 v0 = _mm_loadu_ps(lut + p[0] * nr4), v1 = _mm_loadu_ps(lut + p[m] * nr4);
-        __m128 v2 = _mm_loadu_ps(lut + p[2 * m] * nr4), v3 = _mm_loadu_ps(lut + p[3 * m] * nr4);
-        for (size_t j = 1; j < m; j++) {
-            const float *l = lut + j * IX_PQ_K * nr4;
-            v0 = _mm_add_ps(v0, _mm_loadu_ps(l + p[j] * nr4));
-            v1 = _mm_add_ps(v1, _mm_loadu_ps(l + p[m + j] * nr4));
-            v2 = _mm_add_ps(v2, _mm_loadu_ps(l + p[2 * m + j] * nr4));
-            v3 = _mm_add_ps(v3, _mm_loadu_ps(l + p[3 * m + j] * nr4));
-        }
-        b0 = _mm_max_ps(v0, b0);   /* maxps returns the second operand for NaN: never here */
-        b1 = _mm_max_ps(v1, b1);
-        b2 = _mm_max_ps(v2, b2);
-        b3 = _mm_max_ps(v3, b3);
-    }
-    _mm_storeu_ps(b, _mm_max_ps(_mm_max_ps(b0, b1), _mm_max_ps(b2, b3)));
-#else
-    for (int x = 0; x < 4; x++) b[x] = -INFINITY;
-    for (size_t k = 0; k < S; k++) {
-        float v[4];
-        for (int x = 0; x < 4; x++) v[x] = lut[cd[k * m] * nr4 + (size_t)x];
-        for (size_t j = 1; j < m; j++) {
-            const float *l = lut + (j * IX_PQ_K + cd[k * m + j]) * nr4;
-            for (int x = 0; x < 4; x++) v[x] += l[x];
-        }
-        for (int x = 0; x < 4; x++) b[x] = v[x] > b[x] ? v[x] : b[x];
-    }
-#endif
-}
-
-static void score_pq(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
-{
-    const eg_route_table *t = c->t;
-    size_t S = (size_t)t->spec.seg_tokens, m = (size_t)t->width / IX_PQ_SUB, nr = (size_t)c->nr;
-    size_t nr4 = (nr + 3) & ~(size_t)3;
-    for (size_t i = 0; i < s1 - s0; i++) {
-        const uint8_t *cd = t->codes + (s0 + i) * S * m;
-        for (size_t r0 = 0; r0 < nr; r0 += 4) {
-            float b[4];
-            /* the common shapes with constant strides (r 16 or 32, 4 rows) */
-            if (m == 2 && nr4 == 4) pq_segment(cd, c->lut, S, 2, 4, b);
-            else if (m == 4 && nr4 == 4) pq_segment(cd, c->lut, S, 4, 4, b);
-            else pq_segment(cd, c->lut + r0, S, m, nr4, b);
-            for (size_t x = 0; x < 4 && r0 + x < nr; x++) out[(r0 + x) * ld + i] = b[x];
-        }
-    }
-}
-
-/* REPS: the max over each segment's representatives, scored by the
- * blocked f16 kernel over all of a slice's representatives at once (one
- * call per segment and an f32 dot per row was 3-4 times the stream). */
-static void score_reps(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
-{
-    const eg_route_table *t = c->t;
-    size_t w = (size_t)t->width, m = (size_t)t->spec.learned->cfg.n_reps;
-    if (m == 1) {   /* one representative a segment: its dot is the score */
-        ix_score_rows_h(t->otab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
-        return;
-    }
-    enum { SEGS = 32, ROWS = 16 };
-    float tmp[SEGS * 8 * ROWS];
-    for (size_t a = s0; a < s1; a += SEGS) {
-        size_t b = a + SEGS < s1 ? a + SEGS : s1, lt = (b - a) * m;
-        for (int r0 = 0; r0 < c->nr; r0 += ROWS) {
-            int nrs = c->nr - r0 < ROWS ? c->nr - r0 : ROWS;
-            ix_score_rows_h(t->otab, a * m, b * m, w, c->qp + (size_t)r0 * w, nrs, tmp, lt, t->has_inf);
-            for (int r = 0; r < nrs; r++)
-                for (size_t i = 0; i < b - a; i++) {
-                    const float *x = tmp + (size_t)r * lt + i * m;
-                    float best = x[0];
-                    for (size_t j = 1; j < m; j++) best = x[j] > best ? x[j] : best;
-                    out[(size_t)(r0 + r) * ld + (a - s0) + i] = best;
-                }
-        }
-    }
-}
-
-/* Per-row raw scores of segments [s0, s1): row r at out + r*ld. */
-static void score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
-{
-    const eg_route_table *t = c->t;
-    size_t n = s1 - s0, nr = (size_t)c->nr, w = (size_t)t->width;
-    switch (t->spec.kind) {
-    case EG_ROUTER_QUEST:
-        ix_quest_scores(c, s0, s1, out, ld);
-        break;
-    case EG_ROUTER_CENTROID:
-        ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
-        break;
-    case EG_ROUTER_ORACLE:
-        for (size_t i = 0; i < n; i++)
-            for (size_t r = 0; r < nr; r++) out[r * ld + i] = c->rows->oracle_mass[s0 + i];
-        break;
-    case EG_ROUTER_LEARNED:
-        if (ix_learned_outliers(t))
-            score_outliers(c, s0, s1, out, ld);
-        else if (ix_learned_mean8(t))   /* q.mean; tau comes in as MASS's gain */
-            ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, 0);
-        else if (t->codes)
-            score_pq(c, s0, s1, out, ld);
-        else
-            score_reps(c, s0, s1, out, ld);
-        break;
-    case EG_ROUTER_INDEXER:
-        ix_indexer_scores(c, s0, s1, out, ld);
-        break;
-    default: break;
-    }
-}
-
 /* Aggregate: max over the rows that see segment s (row r's score at p[r*ld]). */
 static float aggregate(const ix_ctx *c, size_t s, const float *p, size_t ld)
 {
@@ -342,7 +183,7 @@ static void push_range(const ix_ctx *c, const eg_route_opts *o, size_t s0, size_
     for (size_t a = s0; a < s1; a += CHUNK) {
         size_t b = a + CHUNK < s1 ? a + CHUNK : s1, ld = k && k->sc ? k->n_vis : CHUNK;
         float *out = k && k->sc ? k->sc + a : buf;
-        if (!scored) score_range(c, a, b, out, ld);
+        if (!scored) ix_score_range(c, a, b, out, ld);
         ix_rows_max(out, ld, c->nr, c->row_vis, a, b - a, agg);
         push_cands(c, o, a, agg, b - a, hp, idx);
     }
@@ -422,7 +263,7 @@ static void score_part(void *arg, int p)
         while (e < b && j->ids[e] == j->ids[e - 1] + 1) e++;
         size_t s0 = (size_t)j->ids[a] * G, s1 = (size_t)j->ids[e - 1] * G + G;
         s1 = s1 < nv ? s1 : nv;
-        score_range(j->c, s0, s1, j->k->sc + s0, j->k->n_vis);
+        ix_score_range(j->c, s0, s1, j->k->sc + s0, j->k->n_vis);
         a = e;
     }
 }
@@ -522,7 +363,7 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
         ld_all = k->n_vis;
     } else if (nv * nr <= IX_CACHE_MAX && !ix_buf_get(&own, IX_SCR_SC, sizeof(float) * (nv ? nv : 1) * nr)) {
         all = own.p;
-        for (size_t a = 0; a < nv; a += CHUNK) score_range(c, a, a + CHUNK < nv ? a + CHUNK : nv, all + a, nv);
+        for (size_t a = 0; a < nv; a += CHUNK) ix_score_range(c, a, a + CHUNK < nv ? a + CHUNK : nv, all + a, nv);
     }
     ix_buf eb = { NULL, 0 };
     if (all && !ix_buf_get(&eb, IX_SCR_TMP, sizeof(float) * (nv ? nv : 1) * (nr + 1))) {
@@ -539,7 +380,7 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
         for (size_t a = 0; a < nv; a += CHUNK) {
             size_t b = a + CHUNK < nv ? a + CHUNK : nv, ld = all ? ld_all : CHUNK;
             float *out = all ? all + a : buf;
-            if (!all) score_range(c, a, b, out, ld);
+            if (!all) ix_score_range(c, a, b, out, ld);
             if (pass == 1) {
                 ix_rows_lse(out, ld, c->nr, c->row_vis, a, b - a, gain, shift, agg);
                 push_cands(c, o, a, agg, b - a, hp, idx);
@@ -766,7 +607,7 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
             for (size_t i = 0; i < d; i++) l1[r] += fabs((double)rows->q[r * d + i]);
     for (size_t a = 0; a < n; a += CHUNK) {
         size_t b = a + CHUNK < n ? a + CHUNK : n;
-        score_range(&c, a, b, buf, CHUNK);
+        ix_score_range(&c, a, b, buf, CHUNK);
         for (size_t s = a; s < b; s++)
             for (size_t r = 0; r < nr; r++) {
                 float v = s < c.row_vis[r] ? buf[r * CHUNK + (s - a)] : -INFINITY;
