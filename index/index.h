@@ -99,7 +99,9 @@ int eg_router_parse(const char *name, eg_router_kind *out);
 typedef struct eg_learned eg_learned;
 
 typedef enum {
-    EG_LEARNED_PQ = 1,    /* per token: r/8 product-quantised codes (8 dims, 256 centroids each) */
+    EG_LEARNED_PQ = 1,    /* per token: r/4 product-quantised 4-bit codes (4 dims, 16 centroids
+                             each), two a byte: r/8 bytes; weights of the 8-bit format of
+                             before (256 centroids of 8 dims) are refused as corrupt */
     EG_LEARNED_REPS = 2,  /* per segment: n_reps int8 vectors of r dims (k-means in projected space) */
     EG_LEARNED_OUTLIERS = 3, /* per segment: f16 mean of the keys but the n_reps farthest (L2) from
                                 the segment's mean, and those n_reps keys as q8; no projection */

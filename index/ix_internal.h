@@ -141,7 +141,12 @@ typedef struct {
     size_t n_sink, recent0;   /* forced: s < n_sink or s >= recent0 (within n_vis) */
     size_t *row_vis;          /* [nr] segments visible to each row */
     float *qp;                /* prepared rows: quest [nr][2d] (q+, q-), centroid [nr][d], learned [nr][r] */
-    float *lut;               /* PQ: [nr][m][256] */
+    /* PQ: per row its lookup tables as bytes, [nr][m][16] (code c of
+     * sub-vector j: lq = round((L_j(c) - min_c L_j) / step)), and per row
+     * base = sum_j min_c L_j and step: a token's score is base + step *
+     * the sum of its codes' bytes (score.c) */
+    uint8_t *lutq;
+    float *lut_base, *lut_step;   /* [nr] each; lut_base heads the allocation of all three */
     /* int8 quest (qscan.c): per row the 12-bit query codes [nr][4 nq],
      * (t/2, t), an infinite flag and |q|_1; one allocation, freed by qq */
     int16_t *qq;
@@ -247,13 +252,14 @@ static inline double ix_coarse_term(double log_uS, double scale, float gscore, i
 }
 
 /* Learned weights internals (learned.c, learned_io.c, summary.c). */
-#define IX_PQ_SUB 8           /* dims per PQ sub-vector */
-#define IX_PQ_K 256           /* centroids per sub-vector */
+#define IX_PQ_SUB 4           /* dims per PQ sub-vector */
+#define IX_PQ_K 16            /* centroids per sub-vector: 4-bit codes, two a byte */
+static inline size_t ix_pq_bytes(int rank) { return (size_t)rank / (2 * IX_PQ_SUB); }   /* per token */
 struct eg_learned {
     eg_learned_config cfg;
     float *wq;                /* [rank][dim] */
     float *wk;                /* [rank][dim] */
-    float *codebook;          /* PQ: [rank/8][256][8] */
+    float *codebook;          /* PQ: [rank/4][16][4] */
     float tau;                /* softmax temperature of segment scores (OUTLIERS: of the mean's) */
     float tau_out, bias;      /* OUTLIERS: the outliers' temperature; log weight of the mean */
     float *step;              /* MEAN8: [dim] per-channel step of the int8 mean (> 0) */
@@ -279,6 +285,7 @@ void ix_mean8_summary(const float *k, int s, int d, const float *st, int8_t *out
 void ix_outliers_summary(const float *k, int s, int d, int m, uint8_t *out, float *mean, float *ok);
 /* Project rows x [n][dim] to out [n][rank] with w ([rank][dim]). */
 void ix_project(const float *w, int rank, int dim, const float *x, size_t n, float *out);
-/* Nearest PQ code of each sub-vector of a projected key. */
+/* Nearest PQ code of each sub-vector of a projected key, packed two a
+ * byte (sub-vector 2i in the low nibble of byte i, 2i + 1 in the high). */
 void ix_pq_encode(const eg_learned *w, const float *pk, uint8_t *codes);
 #endif

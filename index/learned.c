@@ -42,7 +42,7 @@ size_t eg_learned_summary_bytes(const eg_learned *w)
 {
     if (!w) return 0;
     size_t r = (size_t)w->cfg.rank;
-    if (w->cfg.mode == EG_LEARNED_PQ) return (size_t)w->cfg.seg_tokens * (r / IX_PQ_SUB);
+    if (w->cfg.mode == EG_LEARNED_PQ) return (size_t)w->cfg.seg_tokens * ix_pq_bytes((int)r);
     if (w->cfg.mode == EG_LEARNED_OUTLIERS)
         return 2 * (size_t)w->cfg.dim + (size_t)w->cfg.n_reps * (4 + (size_t)w->cfg.dim);
     if (w->cfg.mode == EG_LEARNED_MEAN8) return (size_t)w->cfg.dim;
@@ -59,6 +59,7 @@ void ix_project(const float *w, int rank, int dim, const float *x, size_t n, flo
 void ix_pq_encode(const eg_learned *w, const float *pk, uint8_t *codes)
 {
     int m = w->cfg.rank / IX_PQ_SUB;
+    memset(codes, 0, (size_t)m / 2);
     for (int j = 0; j < m; j++) {
         const float *cb = w->codebook + (size_t)j * IX_PQ_K * IX_PQ_SUB, *x = pk + j * IX_PQ_SUB;
         float bd = INFINITY;
@@ -68,7 +69,7 @@ void ix_pq_encode(const eg_learned *w, const float *pk, uint8_t *codes)
             for (int i = 0; i < IX_PQ_SUB; i++) { float e = x[i] - cb[c * IX_PQ_SUB + i]; dd += e * e; }
             if (dd < bd) { bd = dd; bi = c; }
         }
-        codes[j] = (uint8_t)bi;
+        codes[j / 2] |= (uint8_t)(bi << (4 * (j & 1)));
     }
 }
 
@@ -84,8 +85,8 @@ int ix_learned_check_config(const eg_learned_config *c)
             return ix_fail(EG_IX_ERANK, "rank %d outside %d..%d", c->rank, EG_LEARNED_RANK_MIN, EG_LEARNED_RANK_MAX);
         if (c->rank > c->dim) return ix_fail(EG_IX_ERANK, "rank %d exceeds dim %d", c->rank, c->dim);
     }
-    if (c->mode == EG_LEARNED_PQ && c->rank % IX_PQ_SUB)
-        return ix_fail(EG_IX_ERANK, "PQ rank %d is not a multiple of %d", c->rank, IX_PQ_SUB);
+    if (c->mode == EG_LEARNED_PQ && c->rank % (2 * IX_PQ_SUB))
+        return ix_fail(EG_IX_ERANK, "PQ rank %d is not a multiple of %d", c->rank, 2 * IX_PQ_SUB);
     if ((c->mode == EG_LEARNED_REPS || c->mode == EG_LEARNED_OUTLIERS) && (c->n_reps < 1 || c->n_reps > 8))
         return ix_fail(EG_IX_EINVAL, "n_reps %d outside 1..8", c->n_reps);
     int s = c->seg_tokens;

@@ -3,7 +3,7 @@
  * Layout (little-endian): "EGLW", u32 version (1), u32 dim, rank, mode,
  * n_reps, seg_tokens, n_sink_segments, u64 recent_tokens, f32 tau, then
  * f32 wq [rank][dim], wk [rank][dim], for PQ the codebook
- * [rank/8][256][8] (OUTLIERS: f32 tau_out and bias instead of all three;
+ * [rank/4][16][4] (OUTLIERS: f32 tau_out and bias instead of all three;
  * MEAN8: tau_out, bias and the steps [dim]),
  * and last a u64 XXH64 of everything before it. The
  * training knobs (steps, lr, seed) are not kept: they do not change what

@@ -3,9 +3,6 @@
  * ranks what these return). */
 #include "ix_internal.h"
 #include <string.h>
-#ifdef __SSE2__
-#include <immintrin.h>
-#endif
 
 void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
 {
@@ -51,58 +48,83 @@ static void score_outliers(const ix_ctx *c, size_t s0, size_t s1, float *out, si
     otab_slices(c, s0, s1, out, ld, fold_outliers);
 }
 
-static inline __attribute__((always_inline)) void pq_segment(const uint8_t *cd, const float *lut, size_t S,
-                                                              size_t m, size_t nr4, float *b)
+/* PQ: a segment's score is the max over its tokens of the codes' lookup
+ * sums. The tables are bytes on one step per row (select.c), so a token's
+ * sum is an integer Q and the score base + step * max Q: the max of the
+ * integers is taken first (the grid is monotone), and every kernel gives
+ * the same bits. The codes of a segment are kept byte-major ([jb][S],
+ * table.c): one load gives byte jb of 32 tokens, its two nibbles the
+ * codes of sub-vectors 2 jb and 2 jb + 1, looked up 32 at a time by a
+ * byte shuffle of the 16-entry table in a register (fast-scan). The
+ * first version (256 centroids of 8 dims, f32 tables in memory) read two
+ * table entries per token from L1 or L2: 2.7-4 times the time to stream
+ * the codes from DRAM at 1M tokens. */
+static uint16_t pq_max_portable(const uint8_t *cd, size_t S, size_t m, const uint8_t *lq)
 {
-#ifdef __SSE2__
-    /* four tokens at a time into four maxima (S is a multiple of 16): no
-     * single chain of dependent max through the segment */
-    __m128 b0 = _mm_set1_ps(-INFINITY), b1 = b0, b2 = b0, b3 = b0;
-    for (size_t k = 0; k < S; k += 4) {
-        const uint8_t *p = cd + k * m;
-        __m128 v0 = _mm_loadu_ps(lut + p[0] * nr4), v1 = _mm_loadu_ps(lut + p[m] * nr4);
-        __m128 v2 = _mm_loadu_ps(lut + p[2 * m] * nr4), v3 = _mm_loadu_ps(lut + p[3 * m] * nr4);
-        for (size_t j = 1; j < m; j++) {
-            const float *l = lut + j * IX_PQ_K * nr4;
-            v0 = _mm_add_ps(v0, _mm_loadu_ps(l + p[j] * nr4));
-            v1 = _mm_add_ps(v1, _mm_loadu_ps(l + p[m + j] * nr4));
-            v2 = _mm_add_ps(v2, _mm_loadu_ps(l + p[2 * m + j] * nr4));
-            v3 = _mm_add_ps(v3, _mm_loadu_ps(l + p[3 * m + j] * nr4));
-        }
-        b0 = _mm_max_ps(v0, b0);   /* maxps returns the second operand for NaN: never here */
-        b1 = _mm_max_ps(v1, b1);
-        b2 = _mm_max_ps(v2, b2);
-        b3 = _mm_max_ps(v3, b3);
-    }
-    _mm_storeu_ps(b, _mm_max_ps(_mm_max_ps(b0, b1), _mm_max_ps(b2, b3)));
-#else
-    for (int x = 0; x < 4; x++) b[x] = -INFINITY;
+    uint16_t best = 0;
     for (size_t k = 0; k < S; k++) {
-        float v[4];
-        for (int x = 0; x < 4; x++) v[x] = lut[cd[k * m] * nr4 + (size_t)x];
-        for (size_t j = 1; j < m; j++) {
-            const float *l = lut + (j * IX_PQ_K + cd[k * m + j]) * nr4;
-            for (int x = 0; x < 4; x++) v[x] += l[x];
-        }
-        for (int x = 0; x < 4; x++) b[x] = v[x] > b[x] ? v[x] : b[x];
+        unsigned q = 0;
+        for (size_t j = 0; j < m; j++) q += lq[j * IX_PQ_K + ((cd[(j / 2) * S + k] >> (4 * (j & 1))) & 15)];
+        best = (uint16_t)(q > best ? q : best);
     }
-#endif
+    return best;
 }
 
+#ifdef __x86_64__
+#include <immintrin.h>
+/* Segments [0, n) of codes cd (S a multiple of 32, m <= 8 sub-vectors:
+ * rank <= 32) for one row: out[i] = the segment's largest byte sum. The
+ * u8 lookups are widened to u16 (8 of 255 at most: 2040), in-lane order
+ * (the max does not care which token is which). */
+__attribute__((target("avx2"))) static void pq_max_avx2(const uint8_t *cd, size_t n, size_t S, size_t m,
+                                                       const uint8_t *lq, uint16_t *out)
+{
+    __m256i tab[EG_LEARNED_RANK_MAX / IX_PQ_SUB];
+    for (size_t j = 0; j < m; j++) tab[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lq + j * IX_PQ_K)));
+    const __m256i nib = _mm256_set1_epi8(15), z = _mm256_setzero_si256();
+    size_t mb = m / 2;
+    for (size_t i = 0; i < n; i++, cd += S * mb) {
+        __m256i mx = z;
+        for (size_t k = 0; k < S; k += 32) {
+            __m256i a0 = z, a1 = z;
+            for (size_t jb = 0; jb < mb; jb++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(cd + jb * S + k));
+                __m256i lo = _mm256_shuffle_epi8(tab[2 * jb], _mm256_and_si256(x, nib));
+                __m256i hi = _mm256_shuffle_epi8(tab[2 * jb + 1], _mm256_and_si256(_mm256_srli_epi16(x, 4), nib));
+                a0 = _mm256_add_epi16(a0, _mm256_add_epi16(_mm256_unpacklo_epi8(lo, z), _mm256_unpacklo_epi8(hi, z)));
+                a1 = _mm256_add_epi16(a1, _mm256_add_epi16(_mm256_unpackhi_epi8(lo, z), _mm256_unpackhi_epi8(hi, z)));
+            }
+            mx = _mm256_max_epu16(mx, _mm256_max_epu16(a0, a1));
+        }
+        __m128i h = _mm_max_epu16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+        h = _mm_xor_si128(h, _mm_set1_epi16(-1));             /* max = ~min(~x): one minpos */
+        out[i] = (uint16_t)~_mm_extract_epi16(_mm_minpos_epu16(h), 0);
+    }
+}
+#endif
+
+/* Blocks of 16 segments (2 KB of codes at S 64, rank 16), each row in turn
+ * over a block: the codes come from L1 for every row after the first. */
 static void score_pq(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
 {
     const eg_route_table *t = c->t;
-    size_t S = (size_t)t->spec.seg_tokens, m = (size_t)t->width / IX_PQ_SUB, nr = (size_t)c->nr;
-    size_t nr4 = (nr + 3) & ~(size_t)3;
-    for (size_t i = 0; i < s1 - s0; i++) {
-        const uint8_t *cd = t->codes + (s0 + i) * S * m;
-        for (size_t r0 = 0; r0 < nr; r0 += 4) {
-            float b[4];
-            /* the common shapes with constant strides (r 16 or 32, 4 rows) */
-            if (m == 2 && nr4 == 4) pq_segment(cd, c->lut, S, 2, 4, b);
-            else if (m == 4 && nr4 == 4) pq_segment(cd, c->lut, S, 4, 4, b);
-            else pq_segment(cd, c->lut + r0, S, m, nr4, b);
-            for (size_t x = 0; x < 4 && r0 + x < nr; x++) out[(r0 + x) * ld + i] = b[x];
+    size_t S = (size_t)t->spec.seg_tokens, m = (size_t)t->width / IX_PQ_SUB, mb = m / 2;
+    enum { BLK = 16 };
+    uint16_t q[BLK];
+#ifdef __x86_64__
+    int vec = S % 32 == 0 && ix_simd_has_avx2() && ix_simd_cap() > 0;
+#endif
+    for (size_t a = s0; a < s1; a += BLK) {
+        size_t n = s1 - a < BLK ? s1 - a : BLK;
+        const uint8_t *cd = t->codes + a * S * mb;
+        for (int r = 0; r < c->nr; r++) {
+            const uint8_t *lq = c->lutq + (size_t)r * m * IX_PQ_K;
+#ifdef __x86_64__
+            if (vec) pq_max_avx2(cd, n, S, m, lq, q);
+            else
+#endif
+                for (size_t i = 0; i < n; i++) q[i] = pq_max_portable(cd + i * S * mb, S, m, lq);
+            for (size_t i = 0; i < n; i++) out[(size_t)r * ld + (a - s0) + i] = c->lut_base[r] + c->lut_step[r] * (float)q[i];
         }
     }
 }

@@ -24,7 +24,7 @@ void eg_route_selection_free(eg_route_selection *sel)
 
 void ix_ctx_free(ix_ctx *c)
 {
-    free(c->row_vis); free(c->qp); free(c->lut);
+    free(c->row_vis); free(c->qp); free(c->lut_base);   /* one allocation with lut_step and lutq */
     free(c->qq);   /* one allocation with qt, ql1 and qinf (qscan.c) */
 }
 
@@ -59,6 +59,42 @@ static int check_rows(const eg_route_table *t, const eg_route_rows *rw)
         if (!rw->q) return ix_fail(EG_IX_EINVAL, "rows need q");
         if (!ix_all_finite(rw->q, nr * d)) return ix_fail(EG_IX_ENONFINITE, "NaN or Inf in the queries");
         break;
+    }
+    return 0;
+}
+
+/* PQ: per row the lookup tables of its projected query (c->qp) as bytes
+ * on one step for all sub-vectors, so that the scan adds bytes (score.c).
+ * The byte sums stand for the float sums to within m step / 2, step =
+ * the widest sub-vector table's range / 255. */
+static int pq_tables(ix_ctx *c, const eg_learned *lw)
+{
+    size_t nr = (size_t)c->nr, w = (size_t)lw->cfg.rank, m = w / IX_PQ_SUB;
+    void *mem = malloc(nr * m * IX_PQ_K + 2 * nr * sizeof(float) + sizeof(float));
+    if (!mem) return ix_fail(EG_IX_ENOMEM, "out of memory");
+    c->lut_base = (float *)mem;
+    c->lut_step = c->lut_base + nr;
+    c->lutq = (uint8_t *)(c->lut_step + nr);
+    for (size_t r = 0; r < nr; r++) {
+        float L[(EG_LEARNED_RANK_MAX / IX_PQ_SUB) * IX_PQ_K], lo[EG_LEARNED_RANK_MAX / IX_PQ_SUB], range = 0, base = 0;
+        for (size_t j = 0; j < m; j++) {
+            ix_score_rows(lw->codebook + j * IX_PQ_K * IX_PQ_SUB, IX_PQ_K, IX_PQ_SUB, c->qp + r * w + j * IX_PQ_SUB,
+                          1, L + j * IX_PQ_K);
+            float a = L[j * IX_PQ_K], b = a;
+            for (size_t k = 1; k < IX_PQ_K; k++) { a = fminf(a, L[j * IX_PQ_K + k]); b = fmaxf(b, L[j * IX_PQ_K + k]); }
+            lo[j] = a;
+            base += a;
+            range = fmaxf(range, b - a);
+        }
+        float step = range / 255.0f;
+        if (!(step > 0.0f) || !isfinite(step)) step = 1.0f;   /* every table flat: all bytes 0 */
+        c->lut_base[r] = base;
+        c->lut_step[r] = step;
+        for (size_t j = 0; j < m; j++)
+            for (size_t k = 0; k < IX_PQ_K; k++) {
+                float v = nearbyintf((L[j * IX_PQ_K + k] - lo[j]) / step);
+                c->lutq[(r * m + j) * IX_PQ_K + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
     }
     return 0;
 }
@@ -120,18 +156,7 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
         if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t) && !ix_learned_mean8(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
-            if (lw->cfg.mode == EG_LEARNED_PQ) {   /* lookup tables [m][256][nr4], zero-padded rows */
-                size_t m = w / IX_PQ_SUB, nr4 = (nr + 3) & ~(size_t)3;
-                float col[IX_PQ_K];
-                c->lut = calloc(m * IX_PQ_K * nr4, sizeof(float));
-                if (!c->lut) return ix_fail(EG_IX_ENOMEM, "out of memory");
-                for (size_t r = 0; r < nr; r++)
-                    for (size_t j = 0; j < m; j++) {
-                        ix_score_rows(lw->codebook + j * IX_PQ_K * IX_PQ_SUB, IX_PQ_K, IX_PQ_SUB,
-                                      c->qp + r * w + j * IX_PQ_SUB, 1, col);
-                        for (size_t k = 0; k < IX_PQ_K; k++) c->lut[(j * IX_PQ_K + k) * nr4 + r] = col[k];
-                    }
-            }
+            if (lw->cfg.mode == EG_LEARNED_PQ && (rc = pq_tables(c, lw)) < 0) return rc;
         }
     }
     return 0;

@@ -230,7 +230,7 @@ int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, 
         if (!pk) return ix_fail(EG_IX_ENOMEM, "out of memory projecting keys");
         ix_project(w->wk, r, d, keys, (size_t)s, pk);
         if (w->cfg.mode == EG_LEARNED_PQ)
-            for (int t = 0; t < s; t++) ix_pq_encode(w, pk + (size_t)t * r, o + (size_t)t * (r / IX_PQ_SUB));
+            for (int t = 0; t < s; t++) ix_pq_encode(w, pk + (size_t)t * r, o + (size_t)t * ix_pq_bytes(r));
         else
             reps_summary(w, pk, s, o);
         free(pk);

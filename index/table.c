@@ -94,7 +94,7 @@ size_t eg_route_table_ram_bytes(const eg_route_table *t)
     if (ix_quest_q8(t))
         b += n * (ix_q8_quads(t) * 4 + sizeof(float) + sizeof(int32_t) + 1) +
              (n + EG_IX_GROUP - 1) / EG_IX_GROUP * sizeof(float);
-    if (t->codes) b += n * s * (size_t)(t->spec.learned->cfg.rank / IX_PQ_SUB);
+    if (t->codes) b += n * s * ix_pq_bytes(t->spec.learned->cfg.rank);
     if (t->ikeys) b += n * s * ((size_t)t->spec.dim + sizeof(float));
     return b;
 }
@@ -147,7 +147,7 @@ static int grow_to(eg_route_table *t, size_t cap)
         }
     }
     if (t->spec.kind == EG_ROUTER_LEARNED && t->spec.learned->cfg.mode == EG_LEARNED_PQ &&
-        grow((void **)&t->codes, s * (size_t)(t->width / IX_PQ_SUB), cap)) return -1;
+        grow((void **)&t->codes, s * ix_pq_bytes(t->width), cap)) return -1;
     if (t->spec.kind == EG_ROUTER_INDEXER &&
         (grow((void **)&t->ikeys, s * d, cap) || grow((void **)&t->iscale, s * sizeof(float), cap)))
         return -1;
@@ -343,9 +343,10 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
         }
         break;
     case EG_ROUTER_LEARNED:
-        if (t->codes) {
-            size_t m = w / IX_PQ_SUB;
-            memcpy(t->codes + seg * s * m, row, s * m);
+        if (t->codes) {   /* PQ: byte jb of every token of the segment together, [jb][S] (score.c) */
+            size_t mb = ix_pq_bytes((int)w);
+            for (size_t k = 0; k < s; k++)
+                for (size_t jb = 0; jb < mb; jb++) t->codes[(seg * mb + jb) * s + k] = row[k * mb + jb];
         } else {
             size_t nr = otab_rows(t);   /* REPS: q8 representatives to blocked f16 rows */
             for (size_t k = 0; k < nr; k++) {
