@@ -288,7 +288,7 @@ typedef struct {
 /* How a call's rows (q heads, positions) rank a segment together.
  * MAX ranks by the largest raw score any row gives it. MASS reads each
  * row's scores as log attention mass (times the router's scale: the score
- * scale for quest and centroid, the trained tau for learned PQ and REPS;
+ * scale for quest, centroid and learned MEAN8, the trained tau for PQ and REPS;
  * OUTLIERS scores and index scores are log mass already) and ranks by the
  * segment's share of each row's estimated mass over the row's visible
  * segments, summed over rows: the criterion of the oracle, which sums the
@@ -313,10 +313,11 @@ typedef struct {
 
 /* Select segments: forced ones, then the highest-scoring visible segments
  * that pass the tag filter, until budget_tokens (ties: lower segment
- * first). sel's arrays are malloc'd: release with eg_route_selection_free.
- * Forced segments are kept even when they alone exceed the budget.
- * Errors: EG_IX_EINVAL, EG_IX_EDIM, EG_IX_EBUDGET, EG_IX_ENONFINITE (rows),
- * EG_IX_ERANGE (negative position), EG_IX_ENOMEM. */
+ * first), ranked as o->aggregate says. sel's arrays are malloc'd: release
+ * with eg_route_selection_free. Forced segments are kept even when they
+ * alone exceed the budget. Errors: EG_IX_EINVAL (also an aggregate out of
+ * range), EG_IX_EDIM, EG_IX_EBUDGET, EG_IX_ENONFINITE (rows), EG_IX_ERANGE
+ * (negative position), EG_IX_ENOMEM. */
 int eg_router_select(const eg_route_table *t, const eg_route_rows *rows,
                      const eg_route_opts *o, eg_route_selection *sel);
 void eg_route_selection_free(eg_route_selection *sel);
