@@ -373,13 +373,12 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
     size_t nv = c->n_vis, nr = (size_t)c->nr, G = EG_IX_GROUP, scored = nv;
     float *all = NULL, *shift = malloc(sizeof(float) * nr);
     ix_buf own = { NULL, 0 };   /* per-thread scratch: a malloc'd buffer was mapped and faulted in every call */
-    double *M = malloc(sizeof(double) * 2 * nr), *Z = M + nr;
-    if (!shift || !M) { free(shift); free(M); return (size_t)-1; }
+    if (!shift) return (size_t)-1;
     size_t ld_all = nv;
     if (k && k->sc) {   /* quest with select_bound: every group's scores serve the bound too */
         size_t ng = (nv + G - 1) / G, n_ids = 0;
         uint32_t *ids = malloc(sizeof(uint32_t) * (ng ? ng : 1));
-        if (!ids) { free(shift); free(M); return (size_t)-1; }
+        if (!ids) { free(shift); return (size_t)-1; }
         for (size_t g = 0; g < ng; g++) if (k->done[g] != 1) ids[n_ids++] = (uint32_t)g;
         if (n_ids) score_groups(c, o, k, ids, n_ids);
         free(ids);
@@ -395,9 +394,12 @@ static size_t push_mass(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp, fl
         mass_kept(c, o, hp, all, ld_all, (float *)eb.p, shift, gain);
         ix_buf_put(&eb);
         ix_buf_put(&own);
-        free(shift); free(M);
+        free(shift);
         return nv;
     }
+    double *M = malloc(sizeof(double) * 2 * nr);   /* the two passes: each row's running lse (M, Z) */
+    if (!M) { ix_buf_put(&own); free(shift); return (size_t)-1; }
+    double *Z = M + nr;
     for (size_t r = 0; r < nr; r++) { M[r] = -INFINITY; Z[r] = 0; }
     for (int pass = 0; pass < 2; pass++) {
         float agg[CHUNK];

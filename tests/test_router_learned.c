@@ -159,66 +159,90 @@ static double mass_recall(const wl_workload *wl, int h, const eg_route_table *t,
     return tot / (n ? n : 1);
 }
 
+/* The calibration text of a structured "model" (text_seed 1000, 256
+ * queries) in *cs, and weights of mode for its two kv-heads (a local and
+ * a topic head) trained on their q heads' rows. */
+static int train_structured(eg_learned_mode mode, int steps, wl_spec *cs, eg_learned *w[2])
+{
+    int64_t T = tu_slow() ? 8192 : 32768;
+    wl_spec_init(cs, WL_STRUCTURED);
+    cs->text_seed = 1000;
+    cs->n_tokens = T;
+    cs->n_queries = 256;
+    wl_workload cal;
+    if (wl_generate(cs, &cal) < 0) return -1;
+    int G = cal.n_q_heads / cal.n_kv_heads, d = cal.dim, rc = 0;
+    float *q = malloc(sizeof(float) * (size_t)cs->n_queries * G * d);
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)cs->n_queries * G);
+    for (int h = 0; h < 2; h++) {
+        for (int i = 0; i < cs->n_queries; i++)
+            for (int g = 0; g < G; g++) {
+                memcpy(q + ((size_t)i * G + g) * d, cal.q + ((size_t)i * cal.n_q_heads + h * G + g) * d,
+                       sizeof(float) * d);
+                pos[i * G + g] = cal.q_pos[i];
+            }
+        eg_calibration c = { cal.k + (size_t)h * T * d, T, q, pos, cs->n_queries * G, cal.scale };
+        eg_learned_config cfg;
+        eg_learned_config_init(&cfg, d, 64);
+        cfg.mode = mode;
+        cfg.steps = steps;
+        w[h] = NULL;
+        CHECK_OK(eg_learned_train(&cfg, &c, &w[h], NULL));
+        if (!w[h]) rc = -1;
+    }
+    free(q); free(pos);
+    wl_free(&cal);
+    return rc;
+}
+
+/* On texts 1 and 2 of cs's model (48 queries, both kv-heads): mass recall
+ * at 2048 of a table of kind base and of the learned one (weights w), and
+ * the planted targets each finds (hits of targets). */
+typedef struct { double base, learned; int hb, tb, hl, tl; } text_recall;
+static int recall_on_texts(const wl_spec *cs, eg_router_kind base, eg_learned *const w[2], text_recall out[2])
+{
+    for (int x = 0; x < 2; x++) {
+        wl_spec s = *cs;
+        s.text_seed = (uint64_t)x + 1;
+        s.n_queries = 48;
+        wl_workload wl;
+        if (wl_generate(&s, &wl) < 0) return -1;
+        text_recall *r = &out[x];
+        memset(r, 0, sizeof *r);
+        for (int h = 0; h < 2; h++) {
+            eg_route_table *tb = table_of(&wl, h, base, NULL), *tl = table_of(&wl, h, EG_ROUTER_LEARNED, w[h]);
+            if (tb && tl) {
+                r->base += mass_recall(&wl, h, tb, 2048, &r->hb, &r->tb) / 2;
+                r->learned += mass_recall(&wl, h, tl, 2048, &r->hl, &r->tl) / 2;
+            }
+            eg_route_table_free(tb);
+            eg_route_table_free(tl);
+            if (!tb || !tl) { wl_free(&wl); return -1; }
+        }
+        wl_free(&wl);
+    }
+    return 0;
+}
+
 /* The learned router's outliers mode, trained on one text of a structured
  * "model", selects more of the dense attention mass than centroid on other
  * texts of that model (seeded, both kv-heads: a local and a topic head),
  * and finds more of the planted needles. */
 static void test_outliers_beat_centroid(void)
 {
-    int64_t T = tu_slow() ? 8192 : 32768;
     wl_spec cs;
-    wl_spec_init(&cs, WL_STRUCTURED);
-    cs.text_seed = 1000;
-    cs.n_tokens = T;
-    cs.n_queries = 256;
-    wl_workload cal;
-    REQUIRE(wl_generate(&cs, &cal) == 0);
-    int G = cal.n_q_heads / cal.n_kv_heads, d = cal.dim;
-    float *q = malloc(sizeof(float) * (size_t)cs.n_queries * G * d);
-    int64_t *pos = malloc(sizeof(int64_t) * (size_t)cs.n_queries * G);
     eg_learned *w[2] = { 0 };
-    for (int h = 0; h < 2; h++) {
-        for (int i = 0; i < cs.n_queries; i++)
-            for (int g = 0; g < G; g++) {
-                memcpy(q + ((size_t)i * G + g) * d, cal.q + ((size_t)i * cal.n_q_heads + h * G + g) * d,
-                       sizeof(float) * d);
-                pos[i * G + g] = cal.q_pos[i];
-            }
-        eg_calibration c = { cal.k + (size_t)h * T * d, T, q, pos, cs.n_queries * G, cal.scale };
-        eg_learned_config cfg;
-        eg_learned_config_init(&cfg, d, 64);
-        cfg.mode = EG_LEARNED_OUTLIERS;
-        cfg.steps = 100;
-        CHECK_OK(eg_learned_train(&cfg, &c, &w[h], NULL));
-        REQUIRE(w[h]);
-    }
-    for (uint64_t text = 1; text <= 2; text++) {
-        wl_spec s = cs;
-        s.text_seed = text;
-        s.n_queries = 48;
-        wl_workload wl;
-        REQUIRE(wl_generate(&s, &wl) == 0);
-        double rc = 0, rl = 0;
-        int hc = 0, tc = 0, hl = 0, tl = 0;
-        for (int h = 0; h < 2; h++) {
-            eg_route_table *tcen = table_of(&wl, h, EG_ROUTER_CENTROID, NULL);
-            eg_route_table *tlrn = table_of(&wl, h, EG_ROUTER_LEARNED, w[h]);
-            REQUIRE(tcen && tlrn);
-            rc += mass_recall(&wl, h, tcen, 2048, &hc, &tc) / 2;
-            rl += mass_recall(&wl, h, tlrn, 2048, &hl, &tl) / 2;
-            eg_route_table_free(tcen);
-            eg_route_table_free(tlrn);
-        }
-        printf("  text %llu: mass recall at 2048 centroid %.4f, learned outliers %.4f; needles %d/%d and %d/%d\n",
-               (unsigned long long)text, rc, rl, hc, tc, hl, tl);
-        CHECK(rl > rc + 0.005);
-        CHECK(hl >= hc);
-        wl_free(&wl);
+    text_recall r[2];
+    REQUIRE(train_structured(EG_LEARNED_OUTLIERS, 100, &cs, w) == 0);
+    REQUIRE(recall_on_texts(&cs, EG_ROUTER_CENTROID, w, r) == 0);
+    for (int x = 0; x < 2; x++) {
+        printf("  text %d: mass recall at 2048 centroid %.4f, learned outliers %.4f; needles %d/%d and %d/%d\n",
+               x + 1, r[x].base, r[x].learned, r[x].hb, r[x].tb, r[x].hl, r[x].tl);
+        CHECK(r[x].learned > r[x].base + 0.005);
+        CHECK(r[x].hl >= r[x].hb);
     }
     eg_learned_free(w[0]);
     eg_learned_free(w[1]);
-    free(q); free(pos);
-    wl_free(&cal);
 }
 
 /* MEAN8 keeps a quarter of quest's bytes (the int8 mean on trained
@@ -226,62 +250,22 @@ static void test_outliers_beat_centroid(void)
  * texts it was not trained on (seeded structured model, both kv-heads). */
 static void test_mean8_quarter_of_quest(void)
 {
-    int64_t T = tu_slow() ? 8192 : 32768;
     wl_spec cs;
-    wl_spec_init(&cs, WL_STRUCTURED);
-    cs.text_seed = 1000;
-    cs.n_tokens = T;
-    cs.n_queries = 256;
-    wl_workload cal;
-    REQUIRE(wl_generate(&cs, &cal) == 0);
-    int G = cal.n_q_heads / cal.n_kv_heads, d = cal.dim;
-    float *q = malloc(sizeof(float) * (size_t)cs.n_queries * G * d), curve[60];   /* loss: test_training_lowers_loss */
-    int64_t *pos = malloc(sizeof(int64_t) * (size_t)cs.n_queries * G);
     eg_learned *w[2] = { 0 };
-    for (int h = 0; h < 2; h++) {
-        for (int i = 0; i < cs.n_queries; i++)
-            for (int g = 0; g < G; g++) {
-                memcpy(q + ((size_t)i * G + g) * d, cal.q + ((size_t)i * cal.n_q_heads + h * G + g) * d,
-                       sizeof(float) * d);
-                pos[i * G + g] = cal.q_pos[i];
-            }
-        eg_calibration c = { cal.k + (size_t)h * T * d, T, q, pos, cs.n_queries * G, cal.scale };
-        eg_learned_config cfg;
-        eg_learned_config_init(&cfg, d, 64);
-        cfg.mode = EG_LEARNED_MEAN8;
-        cfg.steps = 60;
-        CHECK_OK(eg_learned_train(&cfg, &c, &w[h], curve));
-        REQUIRE(w[h]);
-    }
+    text_recall r[2];
+    REQUIRE(train_structured(EG_LEARNED_MEAN8, 60, &cs, w) == 0);
+    int d = eg_learned_get_config(w[0])->dim;
     eg_summary_spec sq = { EG_ROUTER_QUEST, d, 64, NULL, 0 }, sm = { EG_ROUTER_LEARNED, d, 64, w[0], 0 };
     printf("  bytes per token: quest %.3g, mean8 %.3g\n", eg_summary_bytes_per_token(&sq),
            eg_summary_bytes_per_token(&sm));
     CHECK(eg_summary_bytes_per_token(&sm) * 4 <= eg_summary_bytes_per_token(&sq));
-    for (uint64_t text = 1; text <= 2; text++) {
-        wl_spec s = cs;
-        s.text_seed = text;
-        s.n_queries = 48;
-        wl_workload wl;
-        REQUIRE(wl_generate(&s, &wl) == 0);
-        double rq = 0, rm = 0;
-        int hq = 0, tq = 0, hm = 0, tm = 0;
-        for (int h = 0; h < 2; h++) {
-            eg_route_table *tqst = table_of(&wl, h, EG_ROUTER_QUEST, NULL);
-            eg_route_table *tm8 = table_of(&wl, h, EG_ROUTER_LEARNED, w[h]);
-            REQUIRE(tqst && tm8);
-            rq += mass_recall(&wl, h, tqst, 2048, &hq, &tq) / 2;
-            rm += mass_recall(&wl, h, tm8, 2048, &hm, &tm) / 2;
-            eg_route_table_free(tqst);
-            eg_route_table_free(tm8);
-        }
-        printf("  text %llu: mass recall at 2048 quest %.4f, learned mean8 %.4f\n", (unsigned long long)text, rq, rm);
-        CHECK(rm >= rq);
-        wl_free(&wl);
+    REQUIRE(recall_on_texts(&cs, EG_ROUTER_QUEST, w, r) == 0);
+    for (int x = 0; x < 2; x++) {
+        printf("  text %d: mass recall at 2048 quest %.4f, learned mean8 %.4f\n", x + 1, r[x].base, r[x].learned);
+        CHECK(r[x].learned >= r[x].base);
     }
     eg_learned_free(w[0]);
     eg_learned_free(w[1]);
-    free(q); free(pos);
-    wl_free(&cal);
 }
 
 static float half_to_float(const uint8_t *p)
