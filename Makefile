@@ -50,7 +50,9 @@ deps:
 	@sh mk/deps.sh
 
 # -MMD: each object depends on the headers it includes, nothing more.
-$(B)/%.o: %.c
+# deps is order-only: under -j it runs (once) before any compile, so a
+# fresh machine's parallel build never compiles before lmdb.h is installed.
+$(B)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
