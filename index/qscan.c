@@ -309,7 +309,6 @@ static inline int64_t quad_of(const int16_t *q)
  * from DRAM (within 4 %, the machine's noise larger). */
 #define PF_BLOCKS 6
 #define MAC_AVX2(a, x, q) _mm256_add_epi32(a, _mm256_madd_epi16(x, q))
-#define MAC_VNNI(a, x, q) _mm256_dpwssd_epi32(a, x, q)
 #define DOT_BLOCK(NAME, TGT, MAC, EPI, U, R)                                                           \
     TGT static void NAME##_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
     {                                                                                          \
@@ -361,7 +360,50 @@ static inline int64_t quad_of(const int16_t *q)
 EPI_STORE(epi_avx2, T_AVX2)
 EPI_STORE(epi_vnni, T_VNNI)
 DOT_BLOCKS(da, T_AVX2, MAC_AVX2, epi_avx2, 1)
-DOT_BLOCKS(dv, T_VNNI, MAC_VNNI, epi_vnni, 2)
+
+/* AVX-512 VNNI on whole 512-bit registers: a quad's 32 codes widened to
+ * 16 bits fill one register (lane i: segment i / 2, channels 2 (i % 2)
+ * and 2 (i % 2) + 1), and a row's 4 query values, broadcast 8 times,
+ * multiply it in one vpdpwssd: per quad and row one instruction, where
+ * the 256-bit kernel took two and a broadcast (a 1M-token decode step
+ * spent half its CPU here). The register's halves are the 256-bit
+ * kernel's two accumulators (segments 0-3, 4-7): the same epilogue, the
+ * same integer sums, the same bits. */
+#define DOTZ_BLOCK(R)                                                                          \
+    T_VNNI static void dv_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
+    {                                                                                          \
+        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
+        const size_t nq = j->nq, bstride = nq * IX_BLK * 4;                                    \
+        for (size_t b = b0; b < b1; b++) {                                                     \
+            const int8_t *blk = j->t->q8 + b * bstride;                                        \
+            __m512i acc[2][R];                                                                 \
+            _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++)                                 \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[u][r] = _mm512_setzero_si512(); \
+            size_t k = 0;                                                                      \
+            for (; k + 2 <= nq; k += 2) {                                                      \
+                _mm_prefetch((const char *)(blk + PF_BLOCKS * bstride + k * 32), _MM_HINT_T0); \
+                _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++) {                           \
+                    __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + (k + u) * 32))); \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                        \
+                        acc[u][r] = _mm512_dpwssd_epi32(                                       \
+                            acc[u][r], x, _mm512_set1_epi64(quad_of(j->qq + (size_t)r * j->qld + (k + u) * 4))); \
+                }                                                                              \
+            }                                                                                  \
+            if (k < nq) {   /* an odd quad count */                                            \
+                __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + k * 32))); \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                            \
+                    acc[0][r] = _mm512_dpwssd_epi32(acc[0][r], x,                              \
+                                                    _mm512_set1_epi64(quad_of(j->qq + (size_t)r * j->qld + k * 4))); \
+            }                                                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
+                __m512i a = _mm512_add_epi32(acc[0][r], acc[1][r]);                            \
+                __m256i lo = _mm512_castsi512_si256(a), hi = _mm512_extracti64x4_epi64(a, 1);  \
+                epi_vnni(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo, hi), order), b * IX_BLK, s0, s1, \
+                         j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                    \
+            }                                                                                  \
+        }                                                                                      \
+    }
+DOTZ_BLOCK(1) DOTZ_BLOCK(2) DOTZ_BLOCK(3) DOTZ_BLOCK(4)
 
 typedef void (*blk_fn)(const q8_job *, size_t, size_t, size_t, size_t, float *, size_t);
 static const blk_fn da_table[4] = {da_1, da_2, da_3, da_4};
