@@ -54,6 +54,8 @@ typedef struct task_buf {
     en_attn_state st, tr;              /* attention (true or remapped), lse at true positions */
     en_wentry **pinned;
     size_t n_pinned, cap_pinned;
+    en_wentry *ahead;               /* pinned and prefetched for the next attend_seg, or NULL */
+    int64_t ahead_seg;
 } task_buf;
 
 static void task_buf_free(task_buf *b)
@@ -333,15 +335,44 @@ static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry *
     return rc;
 }
 
-/* Attend one sealed segment with queries q into st (values only when st
- * accumulates them): pinned from the window, q8 tiles read as stored by
- * the tile kernels (a few rows), other stored tiles decoded into the
- * task's scratch. */
-static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_attn_state *st, const float *q)
+static void prefetch_bytes(const void *p, size_t n)
+{
+    for (size_t i = 0; p && i < n; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
+}
+
+/* Pin segment seg for the next attend_seg and start loading its tiles into
+ * the cache: a routed segment's tiles are cold (the table scan ran
+ * before), and its page-in and the loads of its lines then overlap the
+ * current segment's arithmetic instead of stalling the next one. */
+static int pin_ahead(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg)
 {
     en_wentry *e;
-    en_tile K, V = {0};
     int rc = pin(c, b, kvh, (uint64_t)seg, &e);
+    if (rc) return rc;
+    b->ahead = e;
+    b->ahead_seg = seg;
+    prefetch_bytes(e->kb ? (const void *)e->kb : (const void *)e->k,
+                   e->kb ? e->klen : (size_t)c->v.S * c->v.dk * sizeof(float));
+    prefetch_bytes(e->vb ? (const void *)e->vb : (const void *)e->v,
+                   e->vb ? e->vlen : (size_t)c->v.S * c->v.dv * sizeof(float));
+    return 0;
+}
+
+/* Attend one sealed segment with queries q into st (values only when st
+ * accumulates them): pinned from the window (or by pin_ahead), q8 tiles
+ * read as stored by the tile kernels (a few rows), other stored tiles
+ * decoded into the task's scratch. next >= 0: pin_ahead that segment
+ * first. */
+static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_attn_state *st, const float *q,
+                      int64_t next)
+{
+    en_wentry *e = NULL;
+    en_tile K, V = {0};
+    int rc = 0;
+    if (b->ahead && b->ahead_seg == seg) e = b->ahead;
+    else rc = pin(c, b, kvh, (uint64_t)seg, &e);
+    b->ahead = NULL;
+    if (!rc && next >= 0) rc = pin_ahead(c, b, kvh, next);
     if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, st->nr <= EN_TILE_ROWS, &K, st->acc ? &V : NULL);
     if (!rc) rc = en_attn_block(st, q, c->v.dk, &K, &V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
     return rc;
@@ -384,9 +415,9 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
             en_rope_apply_table(rope, cs, b->qraw, (size_t)b->nr);
             q = b->qraw;
         }
-        rc = attend_seg(c, b, kvh, seg, &b->st, q);
+        rc = attend_seg(c, b, kvh, seg, &b->st, q, -1);
     }
-    for (size_t i = n_sink; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel->segments[i], &b->st, b->qt);
+    for (size_t i = n_sink; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel->segments[i], &b->st, b->qt, -1);
     if (!rc) rc = task_tail(c, b, &b->st, b->qt);
     free(routed);
     return rc;
@@ -407,7 +438,14 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
     if (!lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
     /* Pass at true positions: forced segments, open rows, then routed ones
      * in score order (until the bound holds, with max_lost). */
-    for (size_t i = 0; i < nf && !rc; i++) rc = attend_seg(c, b, kvh, sel.segments[i], T, b->qt);
+    /* The next segment is pinned ahead where it is sure to be attended:
+     * always among the forced ones and, without max_lost (which decides
+     * segment by segment), the routed ones. */
+    int ahead_routed = !(q->max_lost > 0) && n_order > 0;
+    b->ahead = NULL;
+    for (size_t i = 0; i < nf && !rc; i++)
+        rc = attend_seg(c, b, kvh, sel.segments[i], T, b->qt,
+                        i + 1 < nf ? sel.segments[i + 1] : ahead_routed ? sel.segments[nf] : -1);
     if (!rc) rc = task_tail(c, b, T, b->qt);
     while (!rc && n_used < n_order) {
         if (q->max_lost > 0) {
@@ -418,7 +456,8 @@ static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selectio
                     ok = 0;
             if (ok) break;
         }
-        if ((rc = attend_seg(c, b, kvh, sel.segments[nf + n_used], T, b->qt))) break;
+        int64_t next = ahead_routed && n_used + 1 < n_order ? sel.segments[nf + n_used + 1] : -1;
+        if ((rc = attend_seg(c, b, kvh, sel.segments[nf + n_used], T, b->qt, next))) break;
         n_used++;
     }
     if (!rc && remap) rc = task_remap(c, b, kvh, &sel, n_used);
