@@ -55,7 +55,6 @@ typedef struct task_buf {
     en_wentry **pinned;
     size_t n_pinned, cap_pinned;
     en_wentry *ahead;               /* pinned and prefetched for the next attend_seg, or NULL */
-    int64_t ahead_seg;
 } task_buf;
 
 static void task_buf_free(task_buf *b)
@@ -350,7 +349,6 @@ static int pin_ahead(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg)
     int rc = pin(c, b, kvh, (uint64_t)seg, &e);
     if (rc) return rc;
     b->ahead = e;
-    b->ahead_seg = seg;
     prefetch_bytes(e->kb ? (const void *)e->kb : (const void *)e->k,
                    e->kb ? e->klen : (size_t)c->v.S * c->v.dk * sizeof(float));
     prefetch_bytes(e->vb ? (const void *)e->vb : (const void *)e->v,
@@ -369,7 +367,7 @@ static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_at
     en_wentry *e = NULL;
     en_tile K, V = {0};
     int rc = 0;
-    if (b->ahead && b->ahead_seg == seg) e = b->ahead;
+    if (b->ahead && b->ahead->seg == (uint64_t)seg) e = b->ahead;
     else rc = pin(c, b, kvh, (uint64_t)seg, &e);
     b->ahead = NULL;
     if (!rc && next >= 0) rc = pin_ahead(c, b, kvh, next);

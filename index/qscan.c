@@ -297,69 +297,44 @@ static inline int64_t quad_of(const int16_t *q)
             if (first + l >= s0 && first + l < s1) dst[first + l - s0] = res[l];                              \
     }
 
-/* R rows of blocks [b0, b1): a quad's 32 codes widened to 16 bits in two
- * registers (segments 0-3, 4-7), multiplied by a row's 4 query values in
- * pairs summed into 32 bits (AVX2: vpmaddwd then an add; AVX-512 VNNI:
- * vpdpwssd, both in one), a segment's two pair sums added at the end.
- * VNNI's multiply-add is one long dependency per accumulator, so it keeps
- * U = 2 sets (even and odd quads), added at the end: integer sums, the
- * same bits. AVX2's chain is the add alone and has 16 registers: U = 1.
- * (Two blocks per 512-bit register measured slower from DRAM on Zen 4.) */
 /* Blocks ahead of the scan that it prefetches: 2 to 8 measured alike here
  * from DRAM (within 4 %, the machine's noise larger). */
 #define PF_BLOCKS 6
-#define MAC_AVX2(a, x, q) _mm256_add_epi32(a, _mm256_madd_epi16(x, q))
-#define DOT_BLOCK(NAME, TGT, MAC, EPI, U, R)                                                           \
-    TGT static void NAME##_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
+
+/* AVX2, R rows of blocks [b0, b1): a quad's 32 codes widened to 16 bits in
+ * two registers (segments 0-3, 4-7), multiplied by a row's 4 query values
+ * in pairs summed into 32 bits (vpmaddwd, then an add: the chain is the
+ * add alone, so one accumulator pair a row), a segment's two pair sums
+ * added at the end. */
+#define DA_BLOCK(R)                                                                            \
+    T_AVX2 static void da_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
     {                                                                                          \
         const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
         const size_t nq = j->nq, bstride = nq * IX_BLK * 4;                                    \
         for (size_t b = b0; b < b1; b++) {                                                     \
             const int8_t *blk = j->t->q8 + b * bstride;                                        \
-            __m256i lo[U][R], hi[U][R];                                                        \
-            _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)                                 \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[u][r] = hi[u][r] = _mm256_setzero_si256(); \
-            size_t k = 0;                                                                      \
-            for (; k + U <= nq; k += U) {                                                      \
-                if ((k & 1) == 0 || U > 1) /* a line of the block after the next */            \
+            __m256i lo[R], hi[R];                                                              \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256(); \
+            for (size_t k = 0; k < nq; k++) {                                                  \
+                if ((k & 1) == 0) /* a line of a block ahead */                                \
                     _mm_prefetch((const char *)(blk + PF_BLOCKS * bstride + k * 32), _MM_HINT_T0); \
-                _Pragma("GCC unroll 2") for (int u = 0; u < U; u++) {                           \
-                    const __m128i *p = (const __m128i *)(blk + (k + u) * IX_BLK * 4);          \
-                    __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                     \
-                    __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                 \
-                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                      \
-                        __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + (k + u) * 4)); \
-                        lo[u][r] = MAC(lo[u][r], x0, qv);                                      \
-                        hi[u][r] = MAC(hi[u][r], x1, qv);                                      \
-                    }                                                                          \
-                }                                                                              \
-            }                                                                                  \
-            for (; k < nq; k++) {   /* an odd quad count */                                    \
                 const __m128i *p = (const __m128i *)(blk + k * IX_BLK * 4);                    \
                 __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));                         \
                 __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));                     \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                          \
                     __m256i qv = _mm256_set1_epi64x(quad_of(j->qq + (size_t)r * j->qld + k * 4)); \
-                    lo[0][r] = MAC(lo[0][r], x0, qv);                                          \
-                    hi[0][r] = MAC(hi[0][r], x1, qv);                                          \
+                    lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(x0, qv));                \
+                    hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(x1, qv));                \
                 }                                                                              \
             }                                                                                  \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {  /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
-                _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) {                           \
-                    lo[0][r] = _mm256_add_epi32(lo[0][r], lo[u][r]);                           \
-                    hi[0][r] = _mm256_add_epi32(hi[0][r], hi[u][r]);                           \
-                }                                                                              \
-                EPI(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[0][r], hi[0][r]), order), b * IX_BLK, s0, s1, \
-                    j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                          \
-            }                                                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)  /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
+                epi_avx2(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
+                         j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                     \
         }                                                                                      \
     }
-#define DOT_BLOCKS(NAME, TGT, MAC, EPI, U) \
-    DOT_BLOCK(NAME, TGT, MAC, EPI, U, 1) DOT_BLOCK(NAME, TGT, MAC, EPI, U, 2) \
-    DOT_BLOCK(NAME, TGT, MAC, EPI, U, 3) DOT_BLOCK(NAME, TGT, MAC, EPI, U, 4)
 EPI_STORE(epi_avx2, T_AVX2)
 EPI_STORE(epi_vnni, T_VNNI)
-DOT_BLOCKS(da, T_AVX2, MAC_AVX2, epi_avx2, 1)
+DA_BLOCK(1) DA_BLOCK(2) DA_BLOCK(3) DA_BLOCK(4)
 
 /* AVX-512 VNNI on whole 512-bit registers: a quad's 32 codes widened to
  * 16 bits fill one register (lane i: segment i / 2, channels 2 (i % 2)
@@ -368,7 +343,10 @@ DOT_BLOCKS(da, T_AVX2, MAC_AVX2, epi_avx2, 1)
  * the 256-bit kernel took two and a broadcast (a 1M-token decode step
  * spent half its CPU here). The register's halves are the 256-bit
  * kernel's two accumulators (segments 0-3, 4-7): the same epilogue, the
- * same integer sums, the same bits. */
+ * same integer sums, the same bits. vpdpwssd's multiply-add is one long
+ * dependency per accumulator, so it keeps two sets (even and odd quads),
+ * added at the end. (Two blocks per register measured slower from DRAM on
+ * a Zen 4.) */
 #define DOTZ_BLOCK(R)                                                                          \
     T_VNNI static void dv_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
     {                                                                                          \
