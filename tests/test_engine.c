@@ -307,6 +307,14 @@ static void t_max_lost(void)
     eg_attend_req_init(&r);
     r.n_queries = 1; r.q = q; r.pos = &pos; r.budget_tokens = 1024; r.recent_tokens = 0;
     float out[2 * 16], lse[2], lost[2];
+    /* On a cold window, a call that stops early pages in only what it
+     * attends: no segment is pinned ahead of the bound's decision. */
+    r.max_lost = 0.2;
+    eg_attend_result cold = {out, lse, lost, 0, 0, 0, 0};
+    CHECK_EN(eg_engine_attend(f.s, &r, &cold));
+    CHECK(cold.segments < 1024 / 16);
+    CHECK_EQ_INT(cold.page_ins, cold.segments);
+    r.max_lost = 0;
     eg_attend_result full = {out, lse, lost, 0, 0, 0, 0};
     CHECK_EN(eg_engine_attend(f.s, &r, &full));
     CHECK(full.worst_lost <= 1e-6);
