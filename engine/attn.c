@@ -38,16 +38,10 @@ int en_attn_block(en_attn_state *st, const float *q, uint32_t dk, const en_tile 
         }
         if (lim == 0) { memset(row, 0, n * sizeof(float)); continue; }
         any = 1;
-        float mx = row[0];
-        for (uint32_t j = 1; j < lim; j++) mx = row[j] > mx ? row[j] : mx;
-        float m_new = mx > st->m[r] ? mx : st->m[r];
+        float m_new;
+        double sum;
+        eg_tile_softmax(row, lim, st->m[r], &m_new, &sum);   /* row, lim and outputs valid: cannot fail */
         double corr = st->m[r] == -INFINITY ? 0.0 : exp((double)st->m[r] - m_new);
-        double sum = 0;
-        for (uint32_t j = 0; j < lim; j++) {
-            float p = expf(row[j] - m_new);
-            row[j] = p;
-            sum += p;
-        }
         if (lim < n) memset(row + lim, 0, (n - lim) * sizeof(float));
         st->l[r] = st->l[r] * corr + sum;
         st->m[r] = m_new;

@@ -136,6 +136,14 @@ int eg_tile_dot(int codec, const void *tile, size_t len, uint32_t n, uint32_t d,
                 float alpha, float *out);
 int eg_tile_axpy(int codec, const void *tile, size_t len, uint32_t n, uint32_t d, const float *p, uint32_t nr,
                  float *acc);
+/* The softmax weights between the two products, one row in place:
+ * *m = the larger of m_floor and max x[0..n), x[t] := exp(x[t] - *m),
+ * *sum = their sum in double. The AVX-512 kernel's exp is within 2e-7
+ * relative of libm's expf (the portable and AVX2 kernels call expf), and
+ * gives 0 below e^-87 (expf a subnormal): at most n e^-87 of a sum that
+ * holds e^0. x finite (an infinite *m takes the portable loop, libm's
+ * NaN and all). Errors: EG_EINVAL (x, m or sum NULL, n zero). */
+int eg_tile_softmax(float *x, uint32_t n, float m_floor, float *m, double *sum);
 /* The tile kernels in use, as eg_codec_kernels: 0 the best ("avx512",
  * "avx2-fma" or "portable"), 1 portable, 2 AVX2 at most; -1 only asks. */
 const char *eg_tile_kernels(int which);

@@ -303,6 +303,57 @@ T_AVX2 static void axpy_avx2(const tile *t, const float *p, uint32_t nr, float *
 #endif
 
 #ifdef TA_X86
+/* ---- softmax weights (AVX-512) ------------------------------------------------------ */
+/* exp(x) for 16 lanes of x <= 0: x = k ln2 + r with |r| <= ln2/2 (ln2 in
+ * two parts, k ln2hi exact for |k| <= 2^8), e^r by its Taylor series to
+ * r^7 (truncation below 6e-9 relative) in Horner's fma, times 2^k by
+ * vscalefps; below -87, 0. */
+T_AVX512 static inline __m512 exp16_neg(__m512 x)
+{
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    x = _mm512_max_ps(_mm512_set1_ps(-88.0f), x);   /* NaN stays NaN (max returns its second operand) */
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, k));
+}
+
+/* A decode step took 256 scalar expf a segment and head here (7 % of its
+ * CPU at 1M tokens of 32/8/128). Lanes past n load as -inf: weight 0.
+ * The max skips NaN as the portable loop does. Returns -1, having written
+ * nothing, when the max is not finite. */
+T_AVX512 static int softmax_avx512(float *x, uint32_t n, float m_floor, float *m, double *sum)
+{
+    __m512 vmx = _mm512_set1_ps(m_floor);
+    for (uint32_t i = 0; i < n; i += 16) {
+        __mmask16 k = lanes_below(n, i);
+        vmx = _mm512_max_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + i), vmx);
+    }
+    float mx = _mm512_reduce_max_ps(vmx);
+    if (!isfinite(mx)) return -1;
+    *m = mx;
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    __m512 vm = _mm512_set1_ps(mx);
+    for (uint32_t i = 0; i < n; i += 16) {
+        __mmask16 k = lanes_below(n, i);
+        __m512 e = exp16_neg(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + i), vm));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    *sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    return 0;
+}
+
 /* The scale check of tile_open, 16 scales at a time; returns how many it
  * covered (the rest are checked by the caller's loop). */
 T_AVX512 static size_t scales_avx512(const unsigned char *sc, size_t n, uint32_t lim, uint32_t *all, uint32_t *top)
@@ -436,6 +487,31 @@ int eg_tile_dot(int codec, const void *src, size_t len, uint32_t n, uint32_t d, 
     pthread_once(&t_once, t_init);
     t_cur->dot(&t, q, nr, alpha, out);
     free(own);
+    return 0;
+}
+
+static void softmax_portable(float *x, uint32_t n, float m_floor, float *m, double *sum)
+{
+    float mx = m_floor;
+    for (uint32_t j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    double s = 0;
+    for (uint32_t j = 0; j < n; j++) {
+        float p = expf(x[j] - mx);
+        x[j] = p;
+        s += p;
+    }
+    *m = mx;
+    *sum = s;
+}
+
+int eg_tile_softmax(float *x, uint32_t n, float m_floor, float *m, double *sum)
+{
+    if (!x || !m || !sum || n == 0) return eg_mem_fail(EG_EINVAL, "tile softmax: NULL row or result, or n zero");
+    pthread_once(&t_once, t_init);
+#ifdef TA_X86
+    if (t_cur == &t_avx512 && softmax_avx512(x, n, m_floor, m, sum) == 0) return 0;
+#endif
+    softmax_portable(x, n, m_floor, m, sum);
     return 0;
 }
 

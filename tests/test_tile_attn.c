@@ -1,7 +1,7 @@
 /* test_tile_attn.c: eg_tile_dot and eg_tile_axpy (memory/tile_attn.c):
  * a q8 tile and the f32 rows of its decode give the same bits on every
  * kernel version, both are within float rounding of a plain double loop,
- * and bad tiles are refused. */
+ * and bad tiles are refused; eg_tile_softmax against exp in double. */
 #include "memory.h"
 #include "testutil.h"
 #include <float.h>
@@ -152,9 +152,72 @@ static void test_tile_bad_input(void)
     free(x2);
 }
 
+/* eg_tile_softmax on every kernel version against a double loop: the max
+ * (the floor's when it is larger), each weight within 2e-7 of exp (0 or
+ * a subnormal below e^-87), the sum within 1e-6; a row with an infinite
+ * score as libm's loop does it; bad arguments refused. */
+static void test_tile_softmax(void)
+{
+    static const uint32_t ns[] = {1, 5, 15, 16, 17, 64, 200};
+    uint64_t rs = 2024;
+    double worst = 0;
+    long cases = 0;
+    for (int w = 0; w < 3; w++) {
+        eg_tile_kernels(w == 0 ? 0 : w);
+        for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+            for (int kind = 0; kind < 4; kind++) {
+                uint32_t n = ns[ni];
+                float *x = malloc(sizeof(float) * n), *x0 = malloc(sizeof(float) * n);
+                for (uint32_t i = 0; i < n; i++) {
+                    x0[i] = (kind == 2 ? 40.0f : 8.0f) * tu_randn(&rs);   /* kind 2: many below e^-87 */
+                    if (kind == 3) x0[i] = x0[i] * 1e-3f + 1e4f;           /* large, close together */
+                }
+                float floor_m = kind == 1 ? 30.0f : -INFINITY, m = NAN;
+                memcpy(x, x0, sizeof(float) * n);
+                double sum = -1, ref = 0, mx = floor_m;
+                CHECK_OK(eg_tile_softmax(x, n, floor_m, &m, &sum));
+                for (uint32_t i = 0; i < n; i++) mx = x0[i] > mx ? x0[i] : mx;
+                CHECK(m == (float)mx);
+                int bad = 0;
+                for (uint32_t i = 0; i < n; i++) {
+                    double e = exp((double)(x0[i] - m));   /* of the difference in float, as both kernels take it */
+                    ref += e;
+                    double err = fabs((double)x[i] - e);
+                    if (e < 1e-37) bad += !(err < 2e-38);   /* flushed, or expf's subnormal */
+                    else {
+                        bad += !(err <= 2e-7 * e);
+                        worst = err / e > worst ? err / e : worst;
+                    }
+                    cases++;
+                }
+                CHECK(bad == 0);
+                CHECK(fabs(sum - ref) <= 1e-6 * ref);
+                free(x);
+                free(x0);
+            }
+        float inf_row[20];
+        for (int i = 0; i < 20; i++) inf_row[i] = (float)i;
+        inf_row[17] = INFINITY;
+        float m;
+        double sum;
+        CHECK_OK(eg_tile_softmax(inf_row, 20, -INFINITY, &m, &sum));
+        CHECK(m == INFINITY && inf_row[3] == 0.0f && isnan(inf_row[17]));
+    }
+    float one = 1, m;
+    double sum;
+    CHECK(eg_tile_softmax(NULL, 1, 0, &m, &sum) == EG_EINVAL);
+    CHECK(eg_tile_softmax(&one, 0, 0, &m, &sum) == EG_EINVAL);
+    CHECK(eg_tile_softmax(&one, 1, 0, NULL, &sum) == EG_EINVAL);
+    CHECK(eg_tile_softmax(&one, 1, 0, &m, NULL) == EG_EINVAL);
+    eg_tile_kernels(0);
+    printf("  %ld weights on 3 kernel choices (best here: %s); worst relative error %.2g\n", cases,
+           eg_tile_kernels(-1), worst);
+}
+
 int main(void)
 {
     TEST_RUN(test_tile_kernels_agree);
     TEST_RUN(test_tile_bad_input);
+    TEST_RUN(test_tile_softmax);
     TEST_END();
 }
