@@ -36,7 +36,9 @@ static inline void en_cpu_pause(void)
 #endif
 }
 typedef struct en_pool en_pool;
-int en_pool_create(int n_threads, en_pool **out);
+/* n_threads in all (the callers count as one); idle workers poll every
+ * poll_us for poll_ms after their last task (0: sleep until signalled). */
+int en_pool_create(int n_threads, int poll_us, int poll_ms, en_pool **out);
 void en_pool_destroy(en_pool *p);
 /* Run fn(arg, i) for i in 0..n-1 on the workers and the calling thread;
  * returns when all are done. Safe to call from many threads at once. */

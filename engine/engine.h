@@ -58,6 +58,8 @@ const char *eg_engine_last_error(void);
 #define EG_EN_QUERIES_MAX 4096   /* query positions per call */
 #define EG_EN_TRAIN_ROWS_MAX 4096 /* router training: queries x q heads per kv-head */
 #define EG_EN_THREADS_MAX 64
+#define EG_EN_POLL_US_MAX 100000  /* idle_poll_us */
+#define EG_EN_POLL_MS_MAX 60000   /* idle_poll_ms */
 
 /* ---- engine ------------------------------------------------------------- */
 typedef struct eg_engine eg_engine;
@@ -78,6 +80,16 @@ typedef struct {
                                 0 (default): int8 codes rounded outward (a little
                                 looser, half the bytes, integer kernels). See
                                 eg_summary_spec.quest_f16 */
+    int idle_poll_us;        /* an idle worker checks for work this often (a timed
+                                wait) for idle_poll_ms after its last task, then
+                                sleeps until a call signals it. A call finding every
+                                worker polling signals none: waking a sleeping
+                                thread cost the caller 20-50 us on a VM, a tenth of
+                                a 1M-token decode step of 9/3/64. Costs a timer
+                                wakeup per interval while polling. 0 = 50;
+                                -1 = never poll (sleep at once, as before). */
+    int idle_poll_ms;        /* 0 = 20. Errors at open: EG_EN_EINVAL outside
+                                -1..EG_EN_POLL_US_MAX or 0..EG_EN_POLL_MS_MAX. */
 } eg_engine_options;
 void eg_engine_options_init(eg_engine_options *o);
 

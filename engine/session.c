@@ -65,13 +65,24 @@ int eg_engine_open(const char *path, const eg_engine_options *opt, eg_engine **o
     }
     if (e->opt.n_threads > EG_EN_THREADS_MAX) e->opt.n_threads = EG_EN_THREADS_MAX;
     if (!e->opt.window_bytes) e->opt.window_bytes = (size_t)256 << 20;
+    if (e->opt.idle_poll_us < -1 || e->opt.idle_poll_us > EG_EN_POLL_US_MAX || e->opt.idle_poll_ms < 0 ||
+        e->opt.idle_poll_ms > EG_EN_POLL_MS_MAX) {
+        int us = e->opt.idle_poll_us, ms = e->opt.idle_poll_ms;
+        free(e);
+        return en_fail(EG_EN_EINVAL, "idle_poll_us %d (-1..%d) or idle_poll_ms %d (0..%d) out of range", us,
+                       EG_EN_POLL_US_MAX, ms, EG_EN_POLL_MS_MAX);
+    }
+    if (!e->opt.idle_poll_us) e->opt.idle_poll_us = 50;
+    if (!e->opt.idle_poll_ms) e->opt.idle_poll_ms = 20;
     pthread_mutex_init(&e->mu, NULL);
     /* Our pool runs heads in parallel; BLAS threads on top would fight it. */
     openblas_set_num_threads(1);
     int rc = eg_store_open(path, &e->opt.store, &e->st);
     if (rc) { rc = en_pass(rc, "open store"); goto fail; }
     if ((rc = eg_store_set_seal_hook(e->st, seal_hook, e))) { rc = en_pass(rc, "seal hook"); goto fail; }
-    if ((rc = en_pool_create(e->opt.n_threads, &e->pool))) goto fail;
+    if ((rc = en_pool_create(e->opt.n_threads, e->opt.idle_poll_us > 0 ? e->opt.idle_poll_us : 0,
+                             e->opt.idle_poll_ms, &e->pool)))
+        goto fail;
     *out = e;
     return 0;
 fail:

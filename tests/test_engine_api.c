@@ -640,6 +640,88 @@ static void t_threads(void)
     tm_free(&m2);
 }
 
+/* ---- idle workers: polling, then sleeping ------------------------------------------ */
+typedef struct { eg_engine_session *s; const float *q; int64_t *pos; const float *want; int mism, err, seed; } poll_ctx;
+
+static void nap_us(long us)
+{
+    struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
+    nanosleep(&ts, NULL);
+}
+
+/* Calls with gaps that cross every idle state of the pool's worker:
+ * spinning (none), polling (0.2 ms), and, past a 1 ms poll window,
+ * asleep (5 ms), where a call must signal it. */
+static void *poll_thr(void *arg)
+{
+    poll_ctx *c = arg;
+    static const long gaps[] = { 0, 200, 5000, 0, 1500, 50 };
+    float out[128];
+    for (int i = 0; i < 12; i++) {
+        nap_us(gaps[(i + c->seed) % 6]);
+        int k = (i + c->seed) % NQ;
+        one(c->s, c->q + k * 256, &c->pos[k], out, &c->err);
+        if (memcmp(out, c->want + (size_t)k * 128, sizeof out)) c->mism++;
+    }
+    return NULL;
+}
+
+static void t_idle_poll(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 8, 32, 16, 16, EG_CODEC_Q8);   /* as t_threads: one() and its buffers */
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 900, 702);
+    REQUIRE(fx_open(&f, "eng-poll", &c) == 0);
+    CHECK_EN(tm_append(&m, f.s, 900, -1, 0));
+    float q[NQ * 256], want[NQ * 128];
+    int64_t pos[NQ];
+    tm_queries(q, NQ * 256, 78, 0.6f);
+    for (int i = 0; i < NQ; i++) pos[i] = 899 - i * 37;
+    int err = 0;
+    for (int i = 0; i < NQ; i++) one(f.s, q + i * 256, &pos[i], want + (size_t)i * 128, &err);   /* defaults: polling */
+    CHECK_EQ_INT(err, 0);
+    /* out-of-range settings are refused */
+    eg_engine_options o;
+    eg_engine *e2 = NULL;
+    int bad[4][2] = { { -2, 0 }, { EG_EN_POLL_US_MAX + 1, 0 }, { 0, -1 }, { 0, EG_EN_POLL_MS_MAX + 1 } };
+    for (int b = 0; b < 4; b++) {
+        eg_engine_options_init(&o);
+        o.idle_poll_us = bad[b][0];
+        o.idle_poll_ms = bad[b][1];
+        CHECK_CODE(eg_engine_open(f.dir, &o, &e2), EG_EN_EINVAL);
+    }
+    /* never polling, and polling 1 ms: the same answers from 3 threads */
+    int settings[2][2] = { { -1, 0 }, { 20, 1 } };
+    for (int v = 0; v < 2; v++) {
+        eg_engine_close(f.e);
+        eg_engine_options_init(&o);
+        o.store.sync_mode = EG_SYNC_NONE;
+        o.n_threads = 2;
+        o.idle_poll_us = settings[v][0];
+        o.idle_poll_ms = settings[v][1];
+        REQUIRE(eg_engine_open(f.dir, &o, &f.e) == 0);
+        REQUIRE(eg_engine_session_open(f.e, "s", NULL, &f.s) == 0);
+        poll_ctx pc[3];
+        pthread_t th[3];
+        for (int t = 0; t < 3; t++) {
+            pc[t] = (poll_ctx){ f.s, q, pos, want, 0, 0, t * 2 + v };
+            pthread_create(&th[t], NULL, poll_thr, &pc[t]);
+        }
+        for (int t = 0; t < 3; t++) {
+            pthread_join(th[t], NULL);
+            CHECK_EQ_INT(pc[t].err, 0);
+            CHECK_EQ_INT(pc[t].mism, 0);
+        }
+        poll_ctx one_thread = { f.s, q, pos, want, 0, 0, v };
+        poll_thr(&one_thread);   /* alone: the worker idles between calls */
+        CHECK_EQ_INT(one_thread.err + one_thread.mism, 0);
+    }
+    fx_close(&f);
+    tm_free(&m);
+}
+
 /* ---- bad input -------------------------------------------------------------- */
 static void t_bad_input(void)
 {
@@ -740,6 +822,7 @@ int main(void)
     TEST_RUN(t_resume_snapshot);
     TEST_RUN(t_lifecycle);
     TEST_RUN(t_threads);
+    TEST_RUN(t_idle_poll);
     TEST_RUN(t_bad_input);
     TEST_END();
 }

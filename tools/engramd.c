@@ -29,6 +29,9 @@ static void usage(FILE *f)
         "  --idle-timeout S      close connections idle this long (default 300)\n"
         "  --workers N           threads running requests (default 8)\n"
         "  --threads N           engine threads for heads (default: online cores)\n"
+        "  --idle-poll-us N      idle engine threads check for work every N us for\n"
+        "                        20 ms after their last task, so that a call need not\n"
+        "                        wake them (default 50; -1: sleep at once, no polling)\n"
         "  --sync full|none      commit durability (default full: acknowledged = on disk)\n"
         "  --ready-file FILE     write the bound addresses there once listening\n"
         "  --quiet               no log lines\n"
@@ -113,6 +116,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--threads")) {
             if (num(a, v, 1, EG_EN_THREADS_MAX, &n)) return 2;
             o.engine.n_threads = (int)n;
+        } else if (!strcmp(a, "--idle-poll-us")) {
+            if (num(a, v, -1, EG_EN_POLL_US_MAX, &n)) return 2;
+            o.engine.idle_poll_us = n ? (int)n : -1;   /* 0 would mean the default: none asked for */
         } else {
             fprintf(stderr, "engramd: unknown option %s (see --help)\n", a);
             return 2;
