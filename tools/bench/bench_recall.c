@@ -114,7 +114,73 @@ typedef struct {
     const char *wname;
     double membw;
     acc a[NR][NB];
+    /* Bound geometry (design evidence, not a router): per segment the
+     * box of quest (max and min per channel) and a ball (mean and
+     * radius); per row, how far each one's bound of the whole visible
+     * mass (nothing selected) lies above the true log-mass. */
+    const float *gbox, *gmu, *grad;   /* [nseg][2d], [nseg][d], [nseg] of the head being evaluated */
+    double box_excess, ball_excess;
+    long geo_rows;
 } run;
+
+/* The box and ball of every segment of one kv-head's keys K [T][d]. */
+static void geometry(const float *K, size_t nseg, int d, float *box, float *mu, float *rad)
+{
+    for (size_t s = 0; s < nseg; s++) {
+        const float *k = K + s * S * (size_t)d;
+        for (int c = 0; c < d; c++) {
+            float a = -INFINITY, b = INFINITY;
+            double m = 0;
+            for (int t = 0; t < S; t++) {
+                float x = k[(size_t)t * d + c];
+                a = x > a ? x : a;
+                b = x < b ? x : b;
+                m += x;
+            }
+            box[s * 2 * d + c] = a;
+            box[s * 2 * d + d + c] = b;
+            mu[s * d + c] = (float)(m / S);
+        }
+        double r = 0;
+        for (int t = 0; t < S; t++) {
+            double z = 0;
+            for (int c = 0; c < d; c++) {
+                double e = (double)k[(size_t)t * d + c] - mu[s * d + c];
+                z += e * e;
+            }
+            r = z > r ? z : r;
+        }
+        rad[s] = (float)sqrt(r);
+    }
+}
+
+/* One row (query qr, n whole visible segments, true log-mass lt of their
+ * tokens): log sum_s S e^(scale U_s) - lt for U the box's bound
+ * sum_c max(q_c max_c, q_c min_c) and the ball's q.mu + |q| r. */
+static void geometry_row(run *R, const float *qr, size_t n, double scale, double lt)
+{
+    int d = R->w->dim;
+    double qn = 0;
+    for (int c = 0; c < d; c++) qn += (double)qr[c] * qr[c];
+    qn = sqrt(qn);
+    double mb = -INFINITY, ml = -INFINITY, zb = 0, zl = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t s = 0; s < n; s++) {
+            const float *bx = R->gbox + s * 2 * (size_t)d, *mu = R->gmu + s * (size_t)d;
+            double ub = 0, ul = 0;
+            for (int c = 0; c < d; c++) {
+                ub += qr[c] > 0 ? (double)qr[c] * bx[c] : (double)qr[c] * bx[d + c];
+                ul += (double)qr[c] * mu[c];
+            }
+            ub *= scale;
+            ul = scale * (ul + qn * R->grad[s]);
+            if (pass == 0) { mb = ub > mb ? ub : mb; ml = ul > ml ? ul : ml; }
+            else { zb += exp(ub - mb); zl += exp(ul - ml); }
+        }
+    R->box_excess += mb + log(zb) + log((double)S) - lt;
+    R->ball_excess += ml + log(zl) + log((double)S) - lt;
+    R->geo_rows++;
+}
 
 /* One query position and kv-head: dense truth, then every router and budget. */
 static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg, double *seg_m,
@@ -135,6 +201,12 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
         double mx = -INFINITY, z = 0;
         for (int64_t j = 0; j <= p; j++) mx = lg[j] > mx ? lg[j] : mx;
         for (int64_t j = 0; j <= p; j++) { double e = exp(lg[j] - mx); lg[j] = (float)e; z += e; }
+        size_t nfull = (size_t)((p + 1) / S) < nseg ? (size_t)((p + 1) / S) : nseg;
+        if (R->gbox && nfull > 0) {
+            double zf = 0;
+            for (size_t j = 0; j < nfull * S; j++) zf += lg[j];
+            geometry_row(R, qr, nfull, w->scale, mx + log(zf));
+        }
         for (size_t s = 0; s < nvis; s++) {
             int64_t a = (int64_t)s * S, b = a + S - 1 < p ? a + S - 1 : p;
             double m = 0;
@@ -278,6 +350,17 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
 static void report(run *R, size_t T, double *bpt, const char *extra)
 {
     char params[256];
+    if (R->geo_rows) {
+        double bx = R->box_excess / (double)R->geo_rows, bl = R->ball_excess / (double)R->geo_rows;
+        if (!R->o->json)
+            printf("  bound of the whole visible mass over the true mass (mean of %ld rows): box (quest's) "
+                   "%.2f nats, ball (mean + radius, d + 1 numbers) %.2f nats\n", R->geo_rows, bx, bl);
+        for (int k = 0; k < 2 && R->o->json; k++) {
+            snprintf(params, sizeof params, "\"summary\":\"%s\",\"workload\":\"%s\",\"tokens\":%zu%s",
+                     k ? "ball" : "box", R->wname, T, extra);
+            bench_figure(R->o, "recall", "bound_excess", k ? bl : bx, "nats", 0, params);
+        }
+    }
     for (int ri = 0; ri < NR; ri++)
         for (int bi = 0; bi < NB; bi++) {
             acc *A = &R->a[ri][bi];
@@ -355,7 +438,16 @@ static void eval_workload(const bench_opts *o, const char *wname, const wl_workl
             bpt[ri] = eg_summary_bytes_per_token(&sp);
         }
         if (!tab[0]) { fprintf(stderr, "recall: quest table failed: %s\n", eg_index_last_error()); break; }
+        float *gbox = malloc(sizeof(float) * nseg * 3 * d + sizeof(float) * nseg + 1);
+        if (gbox) {
+            geometry(K, nseg, d, gbox, gbox + nseg * 2 * d, gbox + nseg * 3 * d);
+            R->gbox = gbox;
+            R->gmu = gbox + nseg * 2 * d;
+            R->grad = gbox + nseg * 3 * d;
+        }
         for (int qi = 0; qi < w->n_queries; qi++) eval_group(R, qi, h, tab, nseg, seg_m, seg_lse, seg_o, lg);
+        R->gbox = R->gmu = R->grad = NULL;
+        free(gbox);
         for (int ri = 0; ri < NR; ri++)
             if (twin[ri] < 0) { eg_route_table_free(tab[ri]); eg_learned_free(lw[ri]); }
     }
