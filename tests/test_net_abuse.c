@@ -319,6 +319,19 @@ static void test_limits_timeout_auth(void)
     const char *open_secret[] = {"--listen", "0.0.0.0:0", "--secret-file", secret_path, NULL};
     CHECK(nt_start(&t, dir, open_secret) == 0);
     CHECK_EQ_INT(nt_stop(&t, SIGTERM), 0);
+    /* the engine's idle polling: -1 (off) and a value serve; out of range is a bad flag */
+    const char *poll_off[] = {"--idle-poll-us", "-1", NULL}, *poll_200[] = {"--idle-poll-us", "200", NULL};
+    const char *poll_bad[] = {"--idle-poll-us", "-5", NULL};
+    for (int k = 0; k < 2; k++) {
+        CHECK(nt_start(&t, dir, k ? poll_200 : poll_off) == 0);
+        eg_client *pc = NULL;
+        CHECK_NET(nt_client(&t, 0, NULL, &pc));
+        if (pc) CHECK_NET(eg_client_ping(pc));
+        eg_client_close(pc);
+        CHECK_EQ_INT(nt_stop(&t, SIGTERM), 0);
+    }
+    CHECK(nt_start(&t, dir, poll_bad) != 0);
+    CHECK(WIFEXITED(t.status) && WEXITSTATUS(t.status) == 2);
     /* a second server on the same data directory is refused */
     CHECK(nt_start(&t, dir, NULL) == 0);
     char dir2[512];
