@@ -121,7 +121,14 @@ typedef struct {
     const float *gbox, *gmu, *grad;   /* [nseg][2d], [nseg][d], [nseg] of the head being evaluated */
     double box_excess, ball_excess;
     long geo_rows;
+    /* and each ranking's top GEO_K segments: per segment the max over a
+     * position's rows of the bound (scratch [nseg] each), the summed
+     * mass recall of the rows */
+    double *agg_box, *agg_ball;
+    double box_recall, ball_recall;
+    long rec_rows;
 } run;
+#define GEO_K (2048 / S)
 
 /* The box and ball of every segment of one kv-head's keys K [T][d]. */
 static void geometry(const float *K, size_t nseg, int d, float *box, float *mu, float *rad)
@@ -174,12 +181,47 @@ static void geometry_row(run *R, const float *qr, size_t n, double scale, double
             }
             ub *= scale;
             ul = scale * (ul + qn * R->grad[s]);
-            if (pass == 0) { mb = ub > mb ? ub : mb; ml = ul > ml ? ul : ml; }
-            else { zb += exp(ub - mb); zl += exp(ul - ml); }
+            if (pass == 0) {
+                mb = ub > mb ? ub : mb;
+                ml = ul > ml ? ul : ml;
+                R->agg_box[s] = ub > R->agg_box[s] ? ub : R->agg_box[s];
+                R->agg_ball[s] = ul > R->agg_ball[s] ? ul : R->agg_ball[s];
+            } else {
+                zb += exp(ub - mb);
+                zl += exp(ul - ml);
+            }
         }
     R->box_excess += mb + log(zb) + log((double)S) - lt;
     R->ball_excess += ml + log(zl) + log((double)S) - lt;
     R->geo_rows++;
+}
+
+/* Indices of the k largest of v[0..n) (ties: lower index) into out. */
+typedef struct { double v; size_t i; } geo_item;
+static int geo_cmp(const void *a, const void *b)
+{
+    const geo_item *x = a, *y = b;
+    return x->v != y->v ? (x->v < y->v) - (x->v > y->v) : (x->i > y->i) - (x->i < y->i);
+}
+
+/* Mass recall of the rows of one position when the GEO_K segments of
+ * the largest box bounds, and of the largest ball bounds, are taken. */
+static void geometry_recall(run *R, size_t n, const double *seg_m, size_t nseg, int G)
+{
+    geo_item *it = malloc(sizeof(geo_item) * (n ? n : 1));
+    if (!it) return;
+    for (int k = 0; k < 2; k++) {
+        const double *agg = k ? R->agg_ball : R->agg_box;
+        for (size_t s = 0; s < n; s++) it[s] = (geo_item){ agg[s], s };
+        qsort(it, n, sizeof *it, geo_cmp);
+        for (int g = 0; g < G; g++) {
+            double m = 0;
+            for (size_t i = 0; i < n && i < GEO_K; i++) m += seg_m[(size_t)g * nseg + it[i].i];
+            *(k ? &R->ball_recall : &R->box_recall) += m;
+        }
+    }
+    R->rec_rows += G;
+    free(it);
 }
 
 /* One query position and kv-head: dense truth, then every router and budget. */
@@ -195,13 +237,14 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
     nvis = nvis < nseg ? nvis : nseg;
     /* Dense truth per row: per-segment mass, lse and weighted value sums. */
     float ofull[64 * 256];
+    size_t nfull = (size_t)((p + 1) / S) < nseg ? (size_t)((p + 1) / S) : nseg;
+    for (size_t s = 0; R->gbox && s < nfull; s++) R->agg_box[s] = R->agg_ball[s] = -INFINITY;
     for (int g = 0; g < G; g++) {
         const float *qr = q + (size_t)g * d;
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(p + 1), d, w->scale, K, d, qr, 1, 0.0f, lg, 1);
         double mx = -INFINITY, z = 0;
         for (int64_t j = 0; j <= p; j++) mx = lg[j] > mx ? lg[j] : mx;
         for (int64_t j = 0; j <= p; j++) { double e = exp(lg[j] - mx); lg[j] = (float)e; z += e; }
-        size_t nfull = (size_t)((p + 1) / S) < nseg ? (size_t)((p + 1) / S) : nseg;
         if (R->gbox && nfull > 0) {
             double zf = 0;
             for (size_t j = 0; j < nfull * S; j++) zf += lg[j];
@@ -222,6 +265,7 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
             ofull[g * d + i] = (float)acc_o;
         }
     }
+    if (R->gbox && nfull > 0) geometry_recall(R, nfull, seg_m, nseg, G);
     float *omass = malloc(sizeof(float) * nseg);
     for (size_t s = 0; s < nseg; s++) {
         double m = 0;
@@ -352,13 +396,17 @@ static void report(run *R, size_t T, double *bpt, const char *extra)
     char params[256];
     if (R->geo_rows) {
         double bx = R->box_excess / (double)R->geo_rows, bl = R->ball_excess / (double)R->geo_rows;
+        double rx = R->rec_rows ? R->box_recall / (double)R->rec_rows : NAN;
+        double rl = R->rec_rows ? R->ball_recall / (double)R->rec_rows : NAN;
         if (!R->o->json)
             printf("  bound of the whole visible mass over the true mass (mean of %ld rows): box (quest's) "
-                   "%.2f nats, ball (mean + radius, d + 1 numbers) %.2f nats\n", R->geo_rows, bx, bl);
+                   "%.2f nats, ball (mean + radius, d + 1 numbers) %.2f nats; mass recall of the top %d "
+                   "segments by each bound alone: box %.4f, ball %.4f\n", R->geo_rows, bx, bl, GEO_K, rx, rl);
         for (int k = 0; k < 2 && R->o->json; k++) {
             snprintf(params, sizeof params, "\"summary\":\"%s\",\"workload\":\"%s\",\"tokens\":%zu%s",
                      k ? "ball" : "box", R->wname, T, extra);
             bench_figure(R->o, "recall", "bound_excess", k ? bl : bx, "nats", 0, params);
+            bench_figure(R->o, "recall", "bound_topk_recall", k ? rl : rx, "fraction", 0, params);
         }
     }
     for (int ri = 0; ri < NR; ri++)
@@ -439,7 +487,11 @@ static void eval_workload(const bench_opts *o, const char *wname, const wl_workl
         }
         if (!tab[0]) { fprintf(stderr, "recall: quest table failed: %s\n", eg_index_last_error()); break; }
         float *gbox = malloc(sizeof(float) * nseg * 3 * d + sizeof(float) * nseg + 1);
+        double *aggs = malloc(sizeof(double) * 2 * (nseg ? nseg : 1));
+        if (!aggs) { free(gbox); gbox = NULL; }
         if (gbox) {
+            R->agg_box = aggs;
+            R->agg_ball = aggs + nseg;
             geometry(K, nseg, d, gbox, gbox + nseg * 2 * d, gbox + nseg * 3 * d);
             R->gbox = gbox;
             R->gmu = gbox + nseg * 2 * d;
@@ -448,6 +500,7 @@ static void eval_workload(const bench_opts *o, const char *wname, const wl_workl
         for (int qi = 0; qi < w->n_queries; qi++) eval_group(R, qi, h, tab, nseg, seg_m, seg_lse, seg_o, lg);
         R->gbox = R->gmu = R->grad = NULL;
         free(gbox);
+        free(aggs);
         for (int ri = 0; ri < NR; ri++)
             if (twin[ri] < 0) { eg_route_table_free(tab[ri]); eg_learned_free(lw[ri]); }
     }
