@@ -43,7 +43,7 @@ BENCH_OBJ  := $(patsubst %.c,$(B)/%.o,$(BENCH_SRC))
 PROG_SRC   := $(wildcard tools/*.c)
 PROG_BIN   := $(patsubst tools/%.c,$(B)/bin/%,$(PROG_SRC))
 
-.PHONY: all deps test asan bench run clean fuzz
+.PHONY: all deps test asan tsan bench run clean fuzz
 all: deps $(LIBS) $(PROG_BIN) $(TEST_BIN)
 
 deps:
@@ -84,6 +84,15 @@ asan:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    EG_TEST_SCALE=asan sh tests/run.sh build-asan/tests
 
+# ThreadSanitizer (clang: gcc's target_clones resolvers run before its
+# runtime starts). OpenBLAS is uninstrumented: one thread, so that its own
+# workers' writes are not reported as races.
+tsan:
+	@sh mk/deps.sh
+	@command -v clang >/dev/null || { echo "make tsan needs clang (apt-get install clang)"; exit 1; }
+	$(MAKE) CC=clang B=build-tsan OPT="-O1 -g -fsanitize=thread" all
+	@TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=1 EG_TEST_SCALE=asan sh tests/run.sh build-tsan/tests
+
 bench: all
 	$(B)/bin/engram-bench all
 
@@ -105,4 +114,4 @@ fuzz: deps
 	$(B)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(B)/fuzz/corpus tests/fuzz/corpus
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan

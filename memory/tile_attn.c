@@ -482,9 +482,9 @@ int eg_tile_dot(int codec, const void *src, size_t len, uint32_t n, uint32_t d, 
     if (!q || !out || nr == 0) return eg_mem_fail(EG_EINVAL, "tile dot: NULL queries or output, or no rows");
     tile t;
     float *own;
+    pthread_once(&t_once, t_init);   /* before tile_open, which reads the level (a race ThreadSanitizer found) */
     int rc = tile_open(codec, src, len, n, d, &t, &own);
     if (rc < 0) return rc;
-    pthread_once(&t_once, t_init);
     t_cur->dot(&t, q, nr, alpha, out);
     free(own);
     return 0;
@@ -521,9 +521,9 @@ int eg_tile_axpy(int codec, const void *src, size_t len, uint32_t n, uint32_t d,
     if (!p || !acc || nr == 0) return eg_mem_fail(EG_EINVAL, "tile axpy: NULL weights or accumulator, or no rows");
     tile t;
     float *own;
+    pthread_once(&t_once, t_init);
     int rc = tile_open(codec, src, len, n, d, &t, &own);
     if (rc < 0) return rc;
-    pthread_once(&t_once, t_init);
     t_cur->axpy(&t, p, nr, acc);
     free(own);
     return 0;
