@@ -135,7 +135,9 @@ int en_pool_create(int n, int poll_us, int poll_ms, en_pool **out)
     pthread_mutex_init(&p->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    /* timed waits measure CLOCK_MONOTONIC deadlines: without that clock
+     * (not on glibc) no polling, rather than waits that end at once */
+    if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0) p->poll_ns = 0;
     pthread_cond_init(&p->work, &ca);
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&p->fin, NULL);
