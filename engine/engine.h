@@ -86,7 +86,7 @@ typedef struct {
                                 worker polling signals none: waking a sleeping
                                 thread cost the caller 20-50 us on a VM, a tenth of
                                 a 1M-token decode step of 9/3/64. Costs a timer
-                                wakeup per interval while polling. 0 = 50;
+                                wakeup per interval while polling. 0 = 100;
                                 -1 = never poll (sleep at once, as before). */
     int idle_poll_ms;        /* 0 = 20. Errors at open: EG_EN_EINVAL outside
                                 -1..EG_EN_POLL_US_MAX or 0..EG_EN_POLL_MS_MAX. */

@@ -116,10 +116,13 @@ static void *worker(void *arg)
         en_job *j = take(p, TAKE_ANY, NULL, &i);
         if (j) { run_task(p, j, i); idle_since = -1; continue; }
         if (p->stop) break;
-        pthread_mutex_unlock(&p->mu);
-        for (int r = 0; r < SPIN_ROUNDS && !atomic_load_explicit(&p->queued, memory_order_relaxed); r++) en_cpu_pause();
-        pthread_mutex_lock(&p->mu);
-        if (idle_since < 0) idle_since = mono_s();
+        if (idle_since < 0) {   /* just out of work: spin a little first (not after every poll) */
+            pthread_mutex_unlock(&p->mu);
+            for (int r = 0; r < SPIN_ROUNDS && !atomic_load_explicit(&p->queued, memory_order_relaxed); r++)
+                en_cpu_pause();
+            pthread_mutex_lock(&p->mu);
+            idle_since = mono_s();
+        }
         if (!p->jobs && !p->stop) idle_wait(p, idle_since);
     }
     pthread_mutex_unlock(&p->mu);

@@ -72,7 +72,7 @@ int eg_engine_open(const char *path, const eg_engine_options *opt, eg_engine **o
         return en_fail(EG_EN_EINVAL, "idle_poll_us %d (-1..%d) or idle_poll_ms %d (0..%d) out of range", us,
                        EG_EN_POLL_US_MAX, ms, EG_EN_POLL_MS_MAX);
     }
-    if (!e->opt.idle_poll_us) e->opt.idle_poll_us = 50;
+    if (!e->opt.idle_poll_us) e->opt.idle_poll_us = 100;
     if (!e->opt.idle_poll_ms) e->opt.idle_poll_ms = 20;
     pthread_mutex_init(&e->mu, NULL);
     /* Our pool runs heads in parallel; BLAS threads on top would fight it. */

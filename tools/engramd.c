@@ -31,7 +31,7 @@ static void usage(FILE *f)
         "  --threads N           engine threads for heads (default: online cores)\n"
         "  --idle-poll-us N      idle engine threads check for work every N us for\n"
         "                        20 ms after their last task, so that a call need not\n"
-        "                        wake them (default 50; -1: sleep at once, no polling)\n"
+        "                        wake them (default 100; -1: sleep at once, no polling)\n"
         "  --sync full|none      commit durability (default full: acknowledged = on disk)\n"
         "  --ready-file FILE     write the bound addresses there once listening\n"
         "  --quiet               no log lines\n"
