@@ -125,6 +125,7 @@ typedef struct {
      * position's rows of the bound (scratch [nseg] each), the summed
      * mass recall of the rows */
     double *agg_box, *agg_ball;
+    double *u_box, *u_ball;           /* one row's scaled bounds [nseg] each (scratch) */
     double box_recall, ball_recall;
     long rec_rows;
 } run;
@@ -171,32 +172,32 @@ static void geometry_row(run *R, const float *qr, size_t n, double scale, double
     for (int c = 0; c < d; c++) qn += (double)qr[c] * qr[c];
     qn = sqrt(qn);
     double mb = -INFINITY, ml = -INFINITY, zb = 0, zl = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t s = 0; s < n; s++) {
-            const float *bx = R->gbox + s * 2 * (size_t)d, *mu = R->gmu + s * (size_t)d;
-            double ub = 0, ul = 0;
-            for (int c = 0; c < d; c++) {
-                ub += qr[c] > 0 ? (double)qr[c] * bx[c] : (double)qr[c] * bx[d + c];
-                ul += (double)qr[c] * mu[c];
-            }
-            ub *= scale;
-            ul = scale * (ul + qn * R->grad[s]);
-            if (pass == 0) {
-                mb = ub > mb ? ub : mb;
-                ml = ul > ml ? ul : ml;
-                R->agg_box[s] = ub > R->agg_box[s] ? ub : R->agg_box[s];
-                R->agg_ball[s] = ul > R->agg_ball[s] ? ul : R->agg_ball[s];
-            } else {
-                zb += exp(ub - mb);
-                zl += exp(ul - ml);
-            }
+    for (size_t s = 0; s < n; s++) {
+        const float *bx = R->gbox + s * 2 * (size_t)d, *mu = R->gmu + s * (size_t)d;
+        double ub = 0, ul = 0;
+        for (int c = 0; c < d; c++) {
+            ub += qr[c] > 0 ? (double)qr[c] * bx[c] : (double)qr[c] * bx[d + c];
+            ul += (double)qr[c] * mu[c];
         }
+        ub *= scale;
+        ul = scale * (ul + qn * R->grad[s]);
+        R->u_box[s] = ub;
+        R->u_ball[s] = ul;
+        mb = ub > mb ? ub : mb;
+        ml = ul > ml ? ul : ml;
+        R->agg_box[s] = ub > R->agg_box[s] ? ub : R->agg_box[s];
+        R->agg_ball[s] = ul > R->agg_ball[s] ? ul : R->agg_ball[s];
+    }
+    for (size_t s = 0; s < n; s++) {
+        zb += exp(R->u_box[s] - mb);
+        zl += exp(R->u_ball[s] - ml);
+    }
     R->box_excess += mb + log(zb) + log((double)S) - lt;
     R->ball_excess += ml + log(zl) + log((double)S) - lt;
     R->geo_rows++;
 }
 
-/* Indices of the k largest of v[0..n) (ties: lower index) into out. */
+/* A segment's bound and index, ordered by bound descending, then index. */
 typedef struct { double v; size_t i; } geo_item;
 static int geo_cmp(const void *a, const void *b)
 {
@@ -487,11 +488,13 @@ static void eval_workload(const bench_opts *o, const char *wname, const wl_workl
         }
         if (!tab[0]) { fprintf(stderr, "recall: quest table failed: %s\n", eg_index_last_error()); break; }
         float *gbox = malloc(sizeof(float) * nseg * 3 * d + sizeof(float) * nseg + 1);
-        double *aggs = malloc(sizeof(double) * 2 * (nseg ? nseg : 1));
+        double *aggs = malloc(sizeof(double) * 4 * (nseg ? nseg : 1));
         if (!aggs) { free(gbox); gbox = NULL; }
         if (gbox) {
             R->agg_box = aggs;
             R->agg_ball = aggs + nseg;
+            R->u_box = aggs + 2 * nseg;
+            R->u_ball = aggs + 3 * nseg;
             geometry(K, nseg, d, gbox, gbox + nseg * 2 * d, gbox + nseg * 3 * d);
             R->gbox = gbox;
             R->gmu = gbox + nseg * 2 * d;
