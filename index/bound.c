@@ -48,7 +48,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
     const eg_route_table *t = c->t;
     const eg_route_rows *rows = c->rows;
     size_t n = t->n, nr = (size_t)c->nr, S = (size_t)t->spec.seg_tokens, G = EG_IX_GROUP;
-    size_t w = (size_t)t->width, d = w / 2, nv = c->n_vis, ng = (nv + G - 1) / G;
+    size_t d = (size_t)t->spec.dim, nv = c->n_vis, ng = (nv + G - 1) / G;
     size_t n_order = sel->n - sel->n_forced;
     int cached = k && k->sc, rc = 0;
     size_t run = cached ? (nv ? nv : 1) : RUN_SEGS, ldr = cached ? k->n_vis : RUN_SEGS;
@@ -98,7 +98,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
     #define TERM(r, s, score, g) (logS + ((s) == pseg[r] ? lpart[r] : 0.0) + \
         scale * ((double)(score) + ix_quest_slack((int)d, ql1[r], t->gabs[g])))
     /* Coarse terms per group and row, over the row's visible unselected segments. */
-    if (gsc) ix_score_rows_h(t->hgtab, 0, ng, w, c->qp, c->nr, gsc, ng, t->has_inf);
+    if (gsc) ix_group_scores(c, 0, ng, gsc, ng);
     double best = -INFINITY, lgS[EG_IX_GROUP + 1];   /* log(u S) for u unselected: no log per group and row */
     for (size_t u = 1; u <= G; u++) lgS[u] = log((double)(u * S));
     for (size_t g = 0; g < ng; g++)
@@ -129,6 +129,9 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
                     for (size_t s = a; s < b; s++) k->sc[r * k->n_vis + s] = -INFINITY;
         } else if (cached && !done) {
             ix_quest_scores(c, a, b, k->sc + a, k->n_vis);
+            ix_ball_lift(c, a, b, k->sc + a, k->n_vis);
+        } else if (cached) {   /* select's centre scores (ball) become bounds */
+            ix_ball_lift(c, a, b, k->sc + a, k->n_vis);
         }
     }
     for (size_t a0 = 0; a0 < nv; a0 += run) {
@@ -138,9 +141,10 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             for (size_t g = a0 / G; g * G < b0; g++)
             {
                 size_t a = g * G, b = a + G < nv ? a + G : nv;
-                if (refine[g])
+                if (refine[g]) {
                     ix_quest_scores(c, a, b, tmp + (a - a0), RUN_SEGS);
-                else
+                    ix_ball_lift(c, a, b, tmp + (a - a0), RUN_SEGS);
+                } else
                     for (size_t r = 0; r < nr; r++)
                         for (size_t s = a; s < b; s++) tmp[r * RUN_SEGS + (s - a0)] = -INFINITY;
             }
@@ -173,7 +177,10 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
         size_t s = (size_t)sel->segments[sel->n_forced + i];
         if (cached && s < k->n_vis && k->done[s / G])
             for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
-        else ix_quest_scores(c, s, s + 1, sc + i, n_order);
+        else {
+            ix_quest_scores(c, s, s + 1, sc + i, n_order);
+            ix_ball_lift(c, s, s + 1, sc + i, n_order);
+        }
     }
     for (size_t r = 0; r < nr; r++) {
         double *o = log_ub + r * (n_order + 1);
@@ -208,8 +215,8 @@ int eg_route_unselected_bound(const eg_route_table *t, const eg_route_rows *rows
                               const eg_route_selection *sel, double *log_ub)
 {
     if (!t || !sel || !log_ub) return ix_fail(EG_IX_EINVAL, "table, selection or output is NULL");
-    if (t->spec.kind != EG_ROUTER_QUEST)
-        return ix_fail(EG_IX_EKIND, "the bound needs a quest table, not %s", eg_router_name(t->spec.kind));
+    if (!ix_bound_table(t))
+        return ix_fail(EG_IX_EKIND, "the bound needs a quest or ball table, not %s", eg_router_name(t->spec.kind));
     int rc = check_selection(t, sel);
     if (rc < 0) return rc;
     ix_ctx c;
@@ -224,8 +231,9 @@ int eg_router_select_bound(const eg_route_table *t, const eg_route_rows *rows, c
 {
     if (!log_ub) return ix_fail(EG_IX_EINVAL, "log_ub is NULL");
     *log_ub = NULL;
-    if (t && t->spec.kind != EG_ROUTER_QUEST)
-        return ix_fail(EG_IX_EKIND, "select_bound needs a quest table, not %s", eg_router_name(t->spec.kind));
+    if (t && !ix_bound_table(t))
+        return ix_fail(EG_IX_EKIND, "select_bound needs a quest or ball table, not %s",
+                       eg_router_name(t->spec.kind));
     ix_cache k = { 1, 0, { NULL, 0 }, NULL, NULL, NULL, 0 };
     ix_ctx c;
     int rc = ix_select(t, rows, o, sel, &k, &c);

@@ -36,18 +36,18 @@ const char *eg_index_strerror(int code)
     }
 }
 
-static const char *const names[] = { NULL, "quest", "centroid", "learned", "indexer", "oracle" };
+static const char *const names[] = { NULL, "quest", "centroid", "learned", "indexer", "oracle", "ball" };
 
 const char *eg_router_name(eg_router_kind kind)
 {
-    return (int)kind >= 1 && (int)kind <= 5 ? names[kind] : NULL;
+    return (int)kind >= 1 && (int)kind <= 6 ? names[kind] : NULL;
 }
 
 int eg_router_parse(const char *name, eg_router_kind *out)
 {
-    for (int k = 1; name && out && k <= 5; k++)
+    for (int k = 1; name && out && k <= 6; k++)
         if (strcmp(name, names[k]) == 0) { *out = (eg_router_kind)k; return 0; }
-    return ix_fail(EG_IX_EKIND, "unknown router '%s' (quest, centroid, learned, indexer, oracle)",
+    return ix_fail(EG_IX_EKIND, "unknown router '%s' (quest, ball, centroid, learned, indexer, oracle)",
                    name ? name : "(null)");
 }
 

@@ -12,8 +12,17 @@
  *  quest     per-channel min and max of the segment's keys, stored as f16
  *            rounded outward; score = sum_c max(q_c min_c, q_c max_c), an
  *            upper bound of q.k for every key of the segment. 4*dim/S bytes
- *            per token. The only router whose scores are bounds: the
- *            lost-mass bound always uses a quest table.
+ *            per token.
+ *  ball      quest's box and one f32: the radius r of the segment's keys
+ *            around the box's centre c, rounded up ((4*dim + 4)/S bytes
+ *            per token stored). Held in RAM as the centre's int8 codes and
+ *            r: d + 13 bytes a segment against quest's 2d + 9, the bytes
+ *            a decode step streams. Score = q.c, ranked by MASS as
+ *            centroid's; its bound q.c + |q| r holds for every key
+ *            (Cauchy-Schwarz). A negative stored radius means "not
+ *            measured": the box's half-diagonal serves, a looser ball.
+ *            Quest and ball are the routers whose tables bound the mass:
+ *            the lost-mass bound uses one of them.
  *  centroid  the mean key (f16); score = q.mean. 2*dim/S bytes per token.
  *  learned   per (layer, kv-head) trained projections of queries and keys to
  *            r dims (16..32); a segment keeps product-quantised codes of its
@@ -89,8 +98,9 @@ typedef enum {
     EG_ROUTER_LEARNED = 3,
     EG_ROUTER_INDEXER = 4,
     EG_ROUTER_ORACLE = 5,
+    EG_ROUTER_BALL = 6,
 } eg_router_kind;
-/* "quest", "centroid", "learned", "indexer", "oracle"; NULL if unknown. */
+/* "quest", "centroid", "learned", "indexer", "oracle", "ball"; NULL if unknown. */
 const char *eg_router_name(eg_router_kind kind);
 /* Returns EG_IX_EKIND for an unknown name. */
 int eg_router_parse(const char *name, eg_router_kind *out);
@@ -184,7 +194,8 @@ typedef struct {
      * scales, rounded outward from the stored halves (2d + 9 bytes a
      * segment instead of 4d; scores a little looser, still upper bounds;
      * integer kernels); 1 keeps the stored f16 halves and scores in f32.
-     * The stored summary bytes are the same either way. */
+     * The stored summary bytes are the same either way. Ball tables are
+     * always int8 (this field is ignored for them). */
     int quest_f16;
 } eg_summary_spec;
 
@@ -228,16 +239,16 @@ int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n,
  * with a known count (a session resumed) grows once instead of doubling.
  * Errors: EG_IX_EINVAL, EG_IX_ENOMEM (the table is unchanged). */
 int eg_route_table_reserve(eg_route_table *t, size_t n);
-/* An int8 quest table (the default quest table) as bytes, to be stored and
- * loaded instead of rebuilding it from the summaries: magic, version,
- * byte order, spec, the codes, scales, L1 sums, flags, tags and channel
- * weights, and a checksum. *bytes malloc'd: the caller frees it.
+/* An int8 quest table (the default quest table) or a ball table as bytes,
+ * to be stored and loaded instead of rebuilding it from the summaries:
+ * magic, version, byte order, spec, the codes, scales, L1 sums, flags,
+ * tags and channel weights (ball: and radii), and a checksum. *bytes malloc'd: the caller frees it.
  * Errors: EG_IX_EINVAL, EG_IX_EKIND (another kind of table), EG_IX_ENOMEM. */
 int eg_route_table_save(const eg_route_table *t, void **bytes, size_t *len);
 /* The table saved in bytes, for spec (borrowed; it must equal the saved
  * one). The group rows are recomputed from the codes, and the L1 sums,
- * scales and weights are checked against what the encoder makes, so a
- * table loaded stays a bound. *out freed with eg_route_table_free.
+ * scales, weights (and radii: finite, not negative) are checked against
+ * what the encoder makes, so a table loaded stays a bound. *out freed with eg_route_table_free.
  * Errors: EG_IX_EINVAL, EG_IX_EVERSION (another version or byte order),
  * EG_IX_ECORRUPT (checksum, length, another spec, codes or scales the
  * encoder does not make), EG_IX_EKIND, EG_IX_ENOMEM. */
@@ -325,7 +336,8 @@ void eg_route_selection_free(eg_route_selection *sel);
 /* Raw scores of every segment for every row into out [n_rows][segments]
  * (segments invisible to a row get -inf). For tests and tools. Quest
  * scores include the rounding slack of f32 arithmetic, so each is at least
- * the exact max of q.k over the segment's keys. */
+ * the exact max of q.k over the segment's keys; ball scores are the
+ * centre's (q.c, at least that of the decoded centre), not bounds. */
 int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, float *out);
 
 /* ---- lost-mass bound ---------------------------------------------------------- */
@@ -333,13 +345,14 @@ int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, floa
  * log_ub[r*(n_order+1) + i] = log of an upper bound on sum exp(scale q_r.k)
  * over the row's visible sealed tokens outside the forced segments and
  * routed[0..i). n_order = sel->n - sel->n_forced. quest must be a quest
- * table over the same segments (the selection may come from any router).
+ * or ball table over the same segments (the selection may come from any
+ * router); a ball table bounds each segment by q.c + |q| r.
  * -inf when nothing is left out. Cost: one group scan plus the groups that
  * can matter. */
 int eg_route_unselected_bound(const eg_route_table *quest, const eg_route_rows *rows,
                               const eg_route_selection *sel, double *log_ub);
 /* eg_router_select and eg_route_unselected_bound in one call on a quest
- * table: each summary is scored once and serves both, so a decode step
+ * or ball table: each summary is scored once and serves both, so a decode step
  * streams the table once. The selection equals eg_router_select's; *log_ub
  * ([n_rows][sel->n - sel->n_forced + 1], malloc'd: the caller frees it with
  * free()) is a bound like eg_route_unselected_bound's. On error nothing is

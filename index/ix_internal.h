@@ -121,6 +121,14 @@ struct eg_route_table {
     int32_t *q8l1;
     uint8_t *q8inf;
     float *gl1;
+    /* ball (qscan.c): the int8 rows above hold the centre on d channels
+     * (nearest codes); per segment the radius around the centre as the
+     * codes give it (the stored radius plus the codes' distance from the
+     * stored centre, rounded up; 0 where the segment is infinite), per
+     * group the radius of a ball around the group row (hgtab, width d)
+     * that holds every member's ball (+inf with an infinite member). */
+    float *q8rad;
+    float *gR;
     int8_t q8w[EG_IX_DIM_MAX];
     float q8wf[EG_IX_DIM_MAX], q8wi[EG_IX_DIM_MAX];   /* 2^q8w and 2^-q8w */
     int q8w_set;
@@ -153,11 +161,31 @@ typedef struct {
     float *qt;
     uint8_t *qinf;
     double *ql1;              /* [nr] |q|_1 of each row (the hierarchy's slack) */
+    float *qn;                /* [nr] |q|_2 of each row rounded up (ball tables) */
 } ix_ctx;
 
 /* ---- int8 quest tables (qscan.c) ----------------------------------------------- */
 static inline int ix_quest_q8(const eg_route_table *t)
 { return t->spec.kind == EG_ROUTER_QUEST && !t->spec.quest_f16; }
+static inline int ix_ball(const eg_route_table *t) { return t->spec.kind == EG_ROUTER_BALL; }
+/* Tables of int8 rows scored by the kernels below: quest's box, the ball's centre. */
+static inline int ix_q8_table(const eg_route_table *t) { return ix_quest_q8(t) || ix_ball(t); }
+/* Tables whose scores bound q.k and that carry group rows: quest, ball. */
+static inline int ix_bound_table(const eg_route_table *t)
+{ return t->spec.kind == EG_ROUTER_QUEST || t->spec.kind == EG_ROUTER_BALL; }
+/* Ball: codes of segment s from its box v [2d] (max then min) and the
+ * stored radius (negative: unknown, the box's half-diagonal serves). */
+void ix_q8_put_ball(eg_route_table *t, size_t s, const float *v, float radius);
+/* Group rows and radii of a ball table from segment `from` on. */
+void ix_ball_regroup(eg_route_table *t, size_t from);
+/* Scores of groups [g0, g1) of a quest or ball table into out[r*ld + g -
+ * g0]: each at least the exact q.k of every key of the group, up to the
+ * f32 rounding ix_quest_slack covers (ball: q.centre + |q| R rounded up). */
+void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t ld);
+/* Ball: raise the centre scores of segments [s0, s1) in out (row r at
+ * out + r*ld) to bounds, + |q_r| radius_s (two f32 roundings, within
+ * ix_quest_slack); quest: nothing to do. */
+void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
 size_t ix_q8_quads(const eg_route_table *t);
 /* Codes of segment s from its quest row v [2d] (max then min, as f32 of
  * the stored halves); the first call sets the channel weights. */
@@ -170,7 +198,7 @@ float ix_q8_value(const eg_route_table *t, size_t s, size_t c);
  * dequantized value of the max channels (c < d), mn[c] the smallest of
  * the min channels (c >= d); +-inf where a segment is infinite. */
 void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float *mn);
-/* Quantize c's prepared rows (c->qp) for the table. */
+/* Quantize c's prepared rows (c->qp) for the table (and |q|_2 for a ball). */
 int ix_q8_rows(ix_ctx *c);
 /* Scores of segments [s0, s1): out[r*ld + s - s0], each an upper bound of
  * the exact quest score (+inf for a segment or row out of range). */
@@ -240,7 +268,9 @@ int ix_forced(const ix_ctx *c, size_t s);
 int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o);
 
 /* Largest rounding error of a computed quest score against exact
- * arithmetic, plus that of a caller's own f32 q.k (bound.c). */
+ * arithmetic, plus that of a caller's own f32 q.k (bound.c); a ball's
+ * lift adds two roundings of at most 2^-24 |q|_1 gabs each, inside it.
+ * gabs: the largest |key channel| the group's rows allow. */
 double ix_quest_slack(int d, double q_l1, float gabs);
 /* A group's coarse term for one row: log(u S) for its u unselected
  * segments' tokens, plus the scaled group score and its slack. The bound

@@ -64,7 +64,7 @@ static int list_groups(eg_route_prep *p)
     const eg_route_table *t = c->t;
     const eg_route_rows *rows = c->rows;
     size_t nr = (size_t)c->nr, nv = c->n_vis, G = EG_IX_GROUP, ng = (nv + G - 1) / G;
-    size_t w = (size_t)t->width, d = w / 2, S = (size_t)t->spec.seg_tokens;
+    size_t d = (size_t)t->spec.dim, S = (size_t)t->spec.seg_tokens;
     double *term = malloc(sizeof(double) * ng), *ql1 = calloc(nr, sizeof(double));
     p->items = malloc(sizeof(uint32_t) * ng);
     if (!term || !ql1 || !p->items) {
@@ -72,7 +72,7 @@ static int list_groups(eg_route_prep *p)
         free(ql1);
         return ix_fail(EG_IX_ENOMEM, "out of memory");
     }
-    ix_score_rows_h(t->hgtab, 0, ng, w, c->qp, c->nr, p->k.gsc, ng, t->has_inf);
+    ix_group_scores(c, 0, ng, p->k.gsc, ng);
     p->k.gsc_ready = 1;
     for (size_t r = 0; r < nr; r++)
         for (size_t i = 0; i < d; i++) ql1[r] += fabs((double)rows->q[r * d + i]);
@@ -104,8 +104,8 @@ int eg_route_prep_begin(const eg_route_table *t, const eg_route_rows *rows, cons
     if (!out) return ix_fail(EG_IX_EINVAL, "prep is NULL");
     *out = NULL;
     if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
-    if (t->spec.kind != EG_ROUTER_QUEST)
-        return ix_fail(EG_IX_EKIND, "prep needs a quest table, not %s", eg_router_name(t->spec.kind));
+    if (!ix_bound_table(t))
+        return ix_fail(EG_IX_EKIND, "prep needs a quest or ball table, not %s", eg_router_name(t->spec.kind));
     if (!o) return ix_fail(EG_IX_EINVAL, "options are NULL");
     if (o->budget_tokens <= 0) return ix_fail(EG_IX_EBUDGET, "budget of %lld tokens", (long long)o->budget_tokens);
     if (o->n_tags > 0 && !o->tags) return ix_fail(EG_IX_EINVAL, "n_tags %d with tags NULL", o->n_tags);

@@ -132,9 +132,61 @@ void ix_q8_put_row(eg_route_table *t, size_t s, const float *v)
     t->q8inf[s] = (uint8_t)inf;
 }
 
+/* Ball: the centre m = (max + min) / 2 of the stored box (in double, as
+ * the summary's radius was measured from it), as nearest codes on the
+ * table's weights and a power-of-two scale; the radius grows by the
+ * codes' distance from m, so the ball around the decoded centre still
+ * holds every key: |k - c'| <= |k - m| + |m - c'|. */
+void ix_q8_put_ball(eg_route_table *t, size_t s, const float *v, float radius)
+{
+    size_t d = (size_t)t->spec.dim, nq = ix_q8_quads(t);
+    if (!t->q8w_set) set_weights(t, v);
+    double m[EG_IX_DIM_MAX], x[EG_IX_DIM_MAX], amax = 0, hw2 = 0;
+    int8_t code[EG_IX_DIM_MAX + 4];
+    int inf = !(radius <= FLT_MAX) && radius == radius;   /* +inf: keys beyond any bound */
+    for (size_t c = 0; c < d; c++) {
+        inf |= !(fabsf(v[c]) <= FLT_MAX) || !(fabsf(v[d + c]) <= FLT_MAX);
+        m[c] = 0.5 * ((double)v[c] + (double)v[d + c]);
+        double h = 0.5 * ((double)v[c] - (double)v[d + c]);
+        hw2 += h * h;
+        x[c] = m[c] * t->q8wi[c];
+        amax = fabs(x[c]) > amax ? fabs(x[c]) : amax;
+    }
+    int e = amax > 0 && !inf ? exp_for(amax, 127.0) : EXP_MIN;
+    e = e < EXP_MIN ? EXP_MIN : e > EXP_MAX ? EXP_MAX : e;
+    double inv = ldexp(1.0, -e), sc = ldexp(1.0, e), err2 = 0;
+    memset(code, 0, sizeof code);
+    for (size_t c = 0; c < d && !inf; c++) {
+        double y = nearbyint(x[c] * inv);                 /* |x / s| <= 127 */
+        y = y > 127 ? 127 : y < -127 ? -127 : y;
+        code[c] = (int8_t)y;
+        double dv = m[c] - y * sc * t->q8wf[c];
+        err2 += dv * dv;
+    }
+    /* A radius not measured (negative; NaN is refused at append): the
+     * half-diagonal of the box, which holds every key of it. */
+    double r = radius >= 0 ? (double)radius : sqrt(hw2);
+    r = (r + sqrt(err2)) * (1.0 + 0x1p-40);               /* the double roundings, outward */
+    float rf = (float)r;
+    if ((double)rf < r) rf = nextafterf(rf, INFINITY);
+    int32_t l1 = 0;
+    int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
+    for (size_t k = 0; k < nq; k++)
+        for (int j = 0; j < 4; j++) {
+            int8_t q = code[k * 4 + j];
+            blk[k * IX_BLK * 4 + j] = q;
+            l1 += q < 0 ? -q : q;
+        }
+    t->q8s[s] = ldexpf(1.0f, e);
+    t->q8l1[s] = l1;
+    t->q8inf[s] = (uint8_t)inf;
+    t->q8rad[s] = inf || !(rf <= FLT_MAX) ? 0.0f : rf;
+    if (!inf && !(rf <= FLT_MAX)) t->q8inf[s] = 1;
+}
+
 float ix_q8_value(const eg_route_table *t, size_t s, size_t c)
 {
-    if (t->q8inf[s]) return c < (size_t)t->spec.dim ? INFINITY : -INFINITY;
+    if (t->q8inf[s]) return ix_ball(t) ? NAN : c < (size_t)t->spec.dim ? INFINITY : -INFINITY;
     return (float)ix_q8_code(t, s, c) * t->q8s[s] * t->q8wf[c % (size_t)t->spec.dim];   /* exact */
 }
 
@@ -188,26 +240,33 @@ void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float
 int ix_q8_rows(ix_ctx *c)
 {
     const eg_route_table *t = c->t;
-    size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t), nr = (size_t)c->nr, nc = nq * 4;
+    size_t d = (size_t)t->spec.dim, w = (size_t)t->width, nq = ix_q8_quads(t), nr = (size_t)c->nr, nc = nq * 4;
     /* one allocation: codes [nr][nc] int16, then (t/2, t) [nr][2] f32, |q|_1
-     * [nr] double, flags [nr] */
+     * [nr] double, |q|_2 [nr] f32, flags [nr] */
     size_t b_codes = nr * nc * sizeof(int16_t), b_qt = nr * 2 * sizeof(float), b_l1 = nr * sizeof(double);
     size_t off_qt = (b_codes + 7) & ~(size_t)7, off_l1 = off_qt + ((b_qt + 7) & ~(size_t)7);
-    unsigned char *mem = calloc(1, off_l1 + b_l1 + nr);
+    size_t off_qn = off_l1 + b_l1, off_inf = off_qn + nr * sizeof(float);
+    unsigned char *mem = calloc(1, off_inf + nr);
     if (!mem) return ix_fail(EG_IX_ENOMEM, "out of memory");
     c->qq = (int16_t *)mem;
     c->qt = (float *)(mem + off_qt);
     c->ql1 = (double *)(mem + off_l1);
-    c->qinf = mem + off_l1 + b_l1;
+    c->qn = (float *)(mem + off_qn);
+    c->qinf = mem + off_inf;
     for (size_t r = 0; r < nr; r++) {
-        for (size_t i = 0; i < d; i++) c->ql1[r] += fabs((double)c->rows->q[r * d + i]);
+        double l2 = 0;
+        for (size_t i = 0; i < d; i++) {
+            double x = c->rows->q[r * d + i];
+            c->ql1[r] += fabs(x);
+            l2 += x * x;   /* exact products; the sum's rounding is far below the margin */
+        }
+        double qn = sqrt(l2) * (1.0 + 0x1p-40);
+        float f = (float)qn;
+        c->qn[r] = (double)f < qn ? nextafterf(f, INFINITY) : f;
         const float *qp = c->qp + r * w;
         int16_t *q = c->qq + r * nc;
         double u[2 * EG_IX_DIM_MAX], amax = 0;
-        for (size_t i = 0; i < d; i++) {   /* u = qp * w: exact (powers of two) */
-            u[i] = (double)qp[i] * t->q8wf[i];
-            u[d + i] = (double)qp[d + i] * t->q8wf[i];
-        }
+        for (size_t i = 0; i < w; i++) u[i] = (double)qp[i] * t->q8wf[i % d];   /* exact (powers of two) */
         for (size_t i = 0; i < w; i++) amax = fabs(u[i]) > amax ? fabs(u[i]) : amax;
         int e = amax > 0 ? exp_for(amax, QMAX) : EXP_MIN;
         c->qinf[r] = e > EXP_MAX;   /* |q| beyond 2^45: scores are +inf (still bounds) */

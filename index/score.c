@@ -8,7 +8,7 @@ void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t l
 {
     const eg_route_table *t = c->t;
     if (s1 <= s0) return;
-    if (ix_quest_q8(t)) ix_q8_scores(c, s0, s1, out, ld);
+    if (ix_q8_table(t)) ix_q8_scores(c, s0, s1, out, ld);
     else ix_score_rows_h(t->htab, s0, s1, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
 }
 
@@ -159,6 +159,7 @@ void ix_score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld
     size_t n = s1 - s0, nr = (size_t)c->nr, w = (size_t)t->width;
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
+    case EG_ROUTER_BALL:   /* the centre's score */
         ix_quest_scores(c, s0, s1, out, ld);
         break;
     case EG_ROUTER_CENTROID:

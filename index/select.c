@@ -137,7 +137,7 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
     }
     /* Prepared query rows. */
     eg_router_kind k = t->spec.kind;
-    if (k == EG_ROUTER_QUEST || k == EG_ROUTER_CENTROID || k == EG_ROUTER_LEARNED) {
+    if (k == EG_ROUTER_QUEST || k == EG_ROUTER_BALL || k == EG_ROUTER_CENTROID || k == EG_ROUTER_LEARNED) {
         size_t w = (size_t)t->width;
         c->qp = malloc(sizeof(float) * nr * w);
         if (!c->qp) return ix_fail(EG_IX_ENOMEM, "out of memory");
@@ -149,10 +149,10 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
                     o2[i] = q[i] > 0.0f ? q[i] : 0.0f;       /* pairs with max */
                     o2[d + i] = q[i] < 0.0f ? q[i] : 0.0f;   /* pairs with min */
                 }
-            else if (k == EG_ROUTER_CENTROID || ix_learned_outliers(t) || ix_learned_mean8(t))
+            else if (k == EG_ROUTER_BALL || k == EG_ROUTER_CENTROID || ix_learned_outliers(t) || ix_learned_mean8(t))
                 memcpy(o2, q, sizeof(float) * d);
         }
-        if (ix_quest_q8(t) && (rc = ix_q8_rows(c)) < 0) return rc;
+        if (ix_q8_table(t) && (rc = ix_q8_rows(c)) < 0) return rc;
         if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t) && !ix_learned_mean8(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
@@ -231,7 +231,7 @@ static void cache_alloc(const ix_ctx *c, ix_cache *k)
     k->sc = k->gsc = NULL;
     k->done = NULL;
     size_t nr = (size_t)c->nr, ng = (c->n_vis + EG_IX_GROUP - 1) / EG_IX_GROUP;
-    if (!k->want || c->t->spec.kind != EG_ROUTER_QUEST || !c->n_vis || c->n_vis * nr > IX_CACHE_MAX) return;
+    if (!k->want || !ix_bound_table(c->t) || !c->n_vis || c->n_vis * nr > IX_CACHE_MAX) return;
     k->n_vis = c->n_vis;
     k->sc = ix_buf_get(&k->scb, IX_SCR_SC, sizeof(float) * c->n_vis * nr) ? NULL : k->scb.p;
     k->done = calloc(ng, 1);
@@ -315,6 +315,7 @@ static float mass_gain(const ix_ctx *c)
     const eg_route_table *t = c->t;
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
+    case EG_ROUTER_BALL:
     case EG_ROUTER_CENTROID: return c->rows->scale;
     case EG_ROUTER_LEARNED:   /* OUTLIERS scores are log mass; MEAN8 is a mean as centroid's (learned.c) */
         return ix_learned_outliers(t) ? 1.0f : ix_learned_mean8(t) ? c->rows->scale : t->spec.learned->tau;
@@ -469,9 +470,9 @@ static size_t hierarchical(const ix_ctx *c, const eg_route_opts *o, ix_heap *hp,
         size_t b = a + CHUNK < ng ? a + CHUNK : ng;
         float *out = gb ? gb : k->gsc + a;
         size_t ld = gb ? CHUNK : ng;
-        if (gb || !k->gsc_ready) ix_score_rows_h(t->hgtab, a, b, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
+        if (gb || !k->gsc_ready) ix_group_scores(c, a, b, out, ld);
         for (size_t g = a; g < b; g++) {
-            bnd[g] = ix_quest_q8(t) ? group_bound_q8(c, g, out + (g - a), ld) : aggregate(c, g * G, out + (g - a), ld);
+            bnd[g] = ix_q8_table(t) ? group_bound_q8(c, g, out + (g - a), ld) : aggregate(c, g * G, out + (g - a), ld);
             gs[g] = group_key(bnd[g], g);
         }
     }
@@ -575,7 +576,7 @@ int ix_select_ctx(const ix_ctx *cp, const eg_route_opts *o, eg_route_selection *
         } else if (kc && kc->sc && nd == ngv) {
             push_range(&c, o, 0, c.n_vis, &hp, buf, kc, 1);
             scored = ngv;
-        } else if (o->hierarchical && t->spec.kind == EG_ROUTER_QUEST) {
+        } else if (o->hierarchical && ix_bound_table(t)) {
             scored = hierarchical(&c, o, &hp, buf, kc);
             if (scored == (size_t)-1) {
                 free(hp.h); free(buf); eg_route_selection_free(sel);

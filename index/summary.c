@@ -3,6 +3,9 @@
  * Layouts (little-endian, per segment; S tokens, d dims):
  *  quest     f16 max[d], then f16 min[d]; max rounded up, min down, so the
  *            f32 values read back bound every key from above and below.
+ *  ball      quest's box, then f32 radius: the largest distance of a key
+ *            from the box's centre (max + min) / 2 of the stored halves,
+ *            in double, rounded up.
  *  centroid  f16 mean[d] (nearest).
  *  indexer   per token: f32 scale, int8 key[d] (symmetric q8).
  *  learned   PQ: per token rank/8 one-byte codes; REPS: per vector f32
@@ -16,7 +19,7 @@
 static int spec_check(const eg_summary_spec *sp)
 {
     if (!sp) return ix_fail(EG_IX_EINVAL, "summary spec is NULL");
-    if (sp->kind < EG_ROUTER_QUEST || sp->kind > EG_ROUTER_ORACLE)
+    if (sp->kind < EG_ROUTER_QUEST || sp->kind > EG_ROUTER_BALL)
         return ix_fail(EG_IX_EKIND, "unknown router kind %d", (int)sp->kind);
     int s = sp->seg_tokens;
     if (s < 16 || s > 256 || (s & (s - 1)))
@@ -42,6 +45,7 @@ int eg_summary_bytes(const eg_summary_spec *sp, size_t *bytes)
     size_t d = (size_t)sp->dim, s = (size_t)sp->seg_tokens;
     switch (sp->kind) {
     case EG_ROUTER_QUEST: *bytes = 4 * d; break;
+    case EG_ROUTER_BALL: *bytes = 4 * d + 4; break;
     case EG_ROUTER_CENTROID: *bytes = 2 * d; break;
     case EG_ROUTER_INDEXER: *bytes = s * (4 + d); break;
     case EG_ROUTER_LEARNED: *bytes = eg_learned_summary_bytes(sp->learned); break;
@@ -71,6 +75,31 @@ static void quest_summary(const float *k, int s, int d, uint8_t *out)
         put_f16(out + 2 * c, ix_f32_to_f16_dir(mx, 1));
         put_f16(out + 2 * ((size_t)d + c), ix_f32_to_f16_dir(mn, -1));
     }
+}
+
+/* The radius of the keys around the centre of the box in out (as stored:
+ * f16), written after it. */
+static void ball_radius(const float *k, int s, int d, uint8_t *out)
+{
+    double m[EG_IX_DIM_MAX], r2 = 0;
+    for (int c = 0; c < d; c++) {
+        uint16_t hx = (uint16_t)(out[2 * c] | out[2 * c + 1] << 8);
+        uint16_t hn = (uint16_t)(out[2 * (d + c)] | out[2 * (d + c) + 1] << 8);
+        m[c] = 0.5 * ((double)ix_f16_to_f32(hx) + (double)ix_f16_to_f32(hn));
+    }
+    for (int t = 0; t < s; t++) {
+        double e2 = 0;
+        for (int c = 0; c < d; c++) {
+            double e = (double)k[(size_t)t * d + c] - m[c];
+            e2 += e * e;
+        }
+        r2 = e2 > r2 ? e2 : r2;
+    }
+    double r = sqrt(r2) * (1.0 + 0x1p-40);   /* the double roundings, outward */
+    float f = (float)r;
+    if ((double)f < r) f = nextafterf(f, INFINITY);
+    if (r != r) f = INFINITY;                /* a box half beyond f16 (inf - inf): no bound */
+    memcpy(out + 4 * (size_t)d, &f, 4);
 }
 
 static void centroid_summary(const float *k, int s, int d, uint8_t *out)
@@ -211,6 +240,10 @@ int eg_summary_compute(const eg_summary_spec *sp, const float *keys, void *out, 
     uint8_t *o = out;
     switch (sp->kind) {
     case EG_ROUTER_QUEST: quest_summary(keys, s, d, o); break;
+    case EG_ROUTER_BALL:
+        quest_summary(keys, s, d, o);
+        ball_radius(keys, s, d, o);
+        break;
     case EG_ROUTER_CENTROID: centroid_summary(keys, s, d, o); break;
     case EG_ROUTER_INDEXER:
         for (int t = 0; t < s; t++) q8_row(keys + (size_t)t * d, d, o + (size_t)t * (4 + d));

@@ -47,6 +47,7 @@ int eg_route_table_create(const eg_summary_spec *spec, eg_route_table **out)
     t->row_bytes = rb;
     switch (spec->kind) {
     case EG_ROUTER_QUEST: t->width = 2 * spec->dim; break;
+    case EG_ROUTER_BALL: t->width = spec->dim; break;
     case EG_ROUTER_CENTROID: t->width = spec->dim; break;
     case EG_ROUTER_LEARNED:
         t->width = spec->learned->cfg.mode == EG_LEARNED_OUTLIERS || spec->learned->cfg.mode == EG_LEARNED_MEAN8
@@ -62,7 +63,7 @@ void eg_route_table_free(eg_route_table *t)
 {
     if (!t) return;
     free(t->htab); free(t->otab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
-    free(t->q8); free(t->q8s); free(t->q8l1); free(t->q8inf); free(t->gl1);
+    free(t->q8); free(t->q8s); free(t->q8l1); free(t->q8inf); free(t->gl1); free(t->q8rad); free(t->gR);
     free(t);
 }
 
@@ -89,11 +90,10 @@ size_t eg_route_table_ram_bytes(const eg_route_table *t)
 {
     if (!t) return 0;
     size_t n = t->n, s = (size_t)t->spec.seg_tokens, b = n * (htab_rows(t) + otab_rows(t)) * t->width * sizeof(uint16_t);
-    if (t->spec.kind == EG_ROUTER_QUEST)
-        b += (n + EG_IX_GROUP - 1) / EG_IX_GROUP * (t->width * sizeof(uint16_t) + sizeof(float));
-    if (ix_quest_q8(t))
-        b += n * (ix_q8_quads(t) * 4 + sizeof(float) + sizeof(int32_t) + 1) +
-             (n + EG_IX_GROUP - 1) / EG_IX_GROUP * sizeof(float);
+    size_t ng = (n + EG_IX_GROUP - 1) / EG_IX_GROUP;
+    if (ix_bound_table(t)) b += ng * (t->width * sizeof(uint16_t) + sizeof(float));
+    if (ix_q8_table(t)) b += n * (ix_q8_quads(t) * 4 + sizeof(float) + sizeof(int32_t) + 1) + ng * sizeof(float);
+    if (ix_ball(t)) b += n * sizeof(float) + ng * sizeof(float);
     if (t->codes) b += n * s * ix_pq_bytes(t->spec.learned->cfg.rank);
     if (t->ikeys) b += n * s * ((size_t)t->spec.dim + sizeof(float));
     return b;
@@ -128,10 +128,10 @@ static int grow_to(eg_route_table *t, size_t cap)
     if (htab_rows(t) && grow_blocked(&t->htab, w, t->cap, cap)) return -1;
     size_t m = otab_rows(t);
     if (m && grow_blocked(&t->otab, w, t->cap * m, cap * m)) return -1;
-    if (t->spec.kind == EG_ROUTER_QUEST &&
+    if (ix_bound_table(t) &&
         (grow_blocked(&t->hgtab, w, (t->cap + G - 1) / G, (cap + G - 1) / G) ||
          grow((void **)&t->gabs, sizeof(float), (cap + EG_IX_GROUP - 1) / EG_IX_GROUP))) return -1;
-    if (ix_quest_q8(t)) {
+    if (ix_q8_table(t)) {
         /* Per-segment arrays in whole blocks (the kernels read a block's
          * lanes at once), new parts zeroed: no uninitialised lanes. */
         size_t bb = ix_q8_quads(t) * IX_BLK * 4, ob = (t->cap + IX_BLK - 1) / IX_BLK, nb = (cap + IX_BLK - 1) / IX_BLK;
@@ -139,6 +139,10 @@ static int grow_to(eg_route_table *t, size_t cap)
             grow((void **)&t->q8l1, sizeof(int32_t) * IX_BLK, nb) || grow((void **)&t->q8inf, IX_BLK, nb) ||
             grow((void **)&t->gl1, sizeof(float), (cap + G - 1) / G))
             return -1;
+        if (ix_ball(t) && (grow((void **)&t->q8rad, sizeof(float) * IX_BLK, nb) ||
+                           grow((void **)&t->gR, sizeof(float), (cap + G - 1) / G)))
+            return -1;
+        if (ix_ball(t) && nb > ob) memset(t->q8rad + ob * IX_BLK, 0, (nb - ob) * IX_BLK * sizeof(float));
         if (nb > ob) {
             memset(t->q8 + ob * bb, 0, (nb - ob) * bb);
             memset(t->q8s + ob * IX_BLK, 0, (nb - ob) * IX_BLK * sizeof(float));
@@ -211,6 +215,7 @@ static void regroup_q8(eg_route_table *t, size_t from)
  * mins, lane by lane over the group's blocks of IX_BLK segments. */
 static void regroup(eg_route_table *t, size_t from)
 {
+    if (ix_ball(t)) { ix_ball_regroup(t, from); return; }
     if (ix_quest_q8(t)) { regroup_q8(t, from); return; }
     size_t w = (size_t)t->width, d = w / 2;
     for (size_t g = from / EG_IX_GROUP; g * EG_IX_GROUP < t->n; g++) {
@@ -264,7 +269,13 @@ static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
     for (size_t i = 0; i < n; i++) {
         const uint8_t *row = p + i * t->row_bytes;
         switch (t->spec.kind) {
+        case EG_ROUTER_BALL:
         case EG_ROUTER_QUEST:
+            if (t->spec.kind == EG_ROUTER_BALL) {   /* its radius, then the box as quest's */
+                float r;
+                memcpy(&r, row + 4 * d, 4);
+                if (r != r) return ix_fail(EG_IX_ECORRUPT, "ball summary %zu: radius is NaN", i);
+            }
             for (size_t c = 0; c < d; c++) {
                 uint16_t hx = get_h(row + 2 * c), hn = get_h(row + 2 * (d + c));
                 if (hnan(hx) || hnan(hn) || hkey(hn) > hkey(hx))
@@ -303,10 +314,15 @@ static int validate(const eg_route_table *t, const uint8_t *p, size_t n)
 static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
 {
     size_t d = (size_t)t->spec.dim, s = (size_t)t->spec.seg_tokens, w = (size_t)t->width;
-    if (ix_quest_q8(t)) {   /* the stored halves (inf kept) into codes */
-        float v[2 * EG_IX_DIM_MAX];
-        for (size_t c = 0; c < w; c++) v[c] = half_f32(get_h(row + 2 * c));
-        ix_q8_put_row(t, seg, v);
+    if (ix_q8_table(t)) {   /* the stored halves (inf kept) into codes */
+        float v[2 * EG_IX_DIM_MAX], r;
+        for (size_t c = 0; c < 2 * d; c++) v[c] = half_f32(get_h(row + 2 * c));
+        if (ix_ball(t)) {
+            memcpy(&r, row + 4 * d, 4);
+            ix_q8_put_ball(t, seg, v, r);
+        } else {
+            ix_q8_put_row(t, seg, v);
+        }
         return;
     }
     if (ix_learned_mean8(t)) {   /* int8 codes on the weights' steps, read as f16 (finite: |code| <= 127) */
@@ -382,7 +398,7 @@ int eg_route_table_append(eg_route_table *t, const void *summaries, size_t n, co
     }
     size_t from = t->n;
     t->n += n;
-    if (t->spec.kind == EG_ROUTER_QUEST) regroup(t, from);
+    if (ix_bound_table(t)) regroup(t, from);
     return 0;
 }
 
@@ -399,7 +415,7 @@ int eg_route_table_truncate(eg_route_table *t, size_t n)
     if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
     if (n > t->n) return ix_fail(EG_IX_ERANGE, "truncate to %zu segments of %zu", n, t->n);
     t->n = n;
-    if (t->spec.kind == EG_ROUTER_QUEST && n) regroup(t, n - 1);
+    if (ix_bound_table(t) && n) regroup(t, n - 1);
     if (!n) t->q8w_set = 0;   /* the next segment 0 sets the weights again */
     return 0;
 }

@@ -1,15 +1,16 @@
-/* table_io.c: an int8 quest table to and from bytes, so that a resumed
+/* table_io.c: an int8 quest or ball table to and from bytes, so that a resumed
  * session loads its table instead of rebuilding it from every summary.
  *
  * Layout: "EGRT", u32 version (1), u32 byte-order mark 0x01020304 (the
  * arrays are host order; a host of the other order refuses the bytes and
  * rebuilds), u32 kind, dim, seg_tokens, quest_f16, u64 n, then i8 weight
  * exponents [dim], u32 tags [n], the code blocks [ceil(n/8)][4 nq][8]... as
- * table.c keeps them, f32 scales [n], i32 L1 [n], u8 infinite flags [n], and
- * last a u64 XXH64 of everything before it. Group rows are not kept: they
+ * table.c keeps them, f32 scales [n], i32 L1 [n], u8 infinite flags [n],
+ * for a ball table f32 radii [n], and last a u64 XXH64 of everything before it. Group rows are not kept: they
  * are recomputed from the codes at load, which keeps the rule that a group
  * bounds its segments independent of what the bytes say. */
 #include "ix_internal.h"
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -30,13 +31,13 @@ static size_t code_bytes(const eg_route_table *t, size_t n)
 static size_t blob_bytes(const eg_route_table *t, size_t n)
 {
     size_t d = (size_t)t->spec.dim;
-    return HEAD + d + n * 4 + code_bytes(t, n) + n * 4 + n * 4 + n + 8;
+    return HEAD + d + n * 4 + code_bytes(t, n) + n * 4 + n * 4 + n + (ix_ball(t) ? n * 4 : 0) + 8;
 }
 
 int eg_route_table_save(const eg_route_table *t, void **bytes, size_t *len)
 {
     if (!t || !bytes || !len) return ix_fail(EG_IX_EINVAL, "table or outputs are NULL");
-    if (!ix_quest_q8(t)) return ix_fail(EG_IX_EKIND, "only int8 quest tables are saved");
+    if (!ix_q8_table(t)) return ix_fail(EG_IX_EKIND, "only int8 quest tables and ball tables are saved");
     size_t n = t->n, d = (size_t)t->spec.dim, total = blob_bytes(t, n);
     uint8_t *b = malloc(total);
     if (!b) return ix_fail(EG_IX_ENOMEM, "out of memory (%zu bytes)", total);
@@ -57,6 +58,7 @@ int eg_route_table_save(const eg_route_table *t, void **bytes, size_t *len)
     memcpy(p, t->q8s, n * 4); p += n * 4;
     memcpy(p, t->q8l1, n * 4); p += n * 4;
     memcpy(p, t->q8inf, n); p += n;
+    if (ix_ball(t)) { memcpy(p, t->q8rad, n * 4); p += n * 4; }
     uint64_t h = XXH64(b, total - 8, 0);
     memcpy(p, &h, 8);
     *bytes = b;
@@ -92,7 +94,10 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
     eg_route_table *t;
     int rc = eg_route_table_create(spec, &t);
     if (rc < 0) return rc;
-    if (!ix_quest_q8(t)) { eg_route_table_free(t); return ix_fail(EG_IX_EKIND, "only int8 quest tables load"); }
+    if (!ix_q8_table(t)) {
+        eg_route_table_free(t);
+        return ix_fail(EG_IX_EKIND, "only int8 quest tables and ball tables load");
+    }
     uint64_t n64;
     memcpy(&n64, b + 28, 8);
     size_t d = (size_t)spec->dim;
@@ -108,7 +113,8 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
     memcpy(t->q8, p, code_bytes(t, n)); p += code_bytes(t, n);
     memcpy(t->q8s, p, n * 4); p += n * 4;
     memcpy(t->q8l1, p, n * 4); p += n * 4;
-    memcpy(t->q8inf, p, n);
+    memcpy(t->q8inf, p, n); p += n;
+    if (ix_ball(t)) memcpy(t->q8rad, p, n * 4);
     t->q8w_set = get32(b + 36) != 0;
     /* What the bound rests on is checked, not trusted: weights and scales
      * the encoder could have made, and each L1 against its codes. */
@@ -136,6 +142,7 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
             size_t s = bi * IX_BLK + l;
             int32_t l1 = acc[l * 4] + acc[l * 4 + 1] + acc[l * 4 + 2] + acc[l * 4 + 3];
             bad |= l1 != t->q8l1[s] || t->q8inf[s] > 1 || (t->q8inf[s] && l1) || !scale_ok(t->q8s[s]);
+            if (ix_ball(t)) bad |= !(t->q8rad[s] >= 0.0f && t->q8rad[s] <= FLT_MAX) || (t->q8inf[s] && t->q8rad[s] != 0.0f);
         }
     }
     if (bad) {

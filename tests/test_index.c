@@ -43,6 +43,9 @@ static void make_queries(float *q, int nr, int d, uint64_t seed, float amp)
 /* Quest tables of the tests: int8 in RAM (0, the default) or f16 (1); the
  * quest tests run with both. */
 static int g_quest_f16;
+/* The bound table of the tests that take either: quest's box or the ball;
+ * the tests run with both. */
+static eg_router_kind g_bound = EG_ROUTER_QUEST;
 
 /* A table of kind over nseg segments of keys [nseg*S][d]. */
 static eg_route_table *build(eg_router_kind kind, const float *keys, size_t nseg, int d, int S,
@@ -131,7 +134,7 @@ static void test_table_save_load(void)
     float *k = make_keys(PAT_OUTLIER, (n0 + n1) * S, d, 77);
     uint32_t tags[370];
     for (size_t i = 0; i < n0 + n1; i++) tags[i] = (uint32_t)(i % 5);
-    eg_summary_spec sp = { EG_ROUTER_QUEST, d, S, NULL, 0 };
+    eg_summary_spec sp = { g_bound, d, S, NULL, 0 };
     size_t sb;
     REQUIRE(eg_summary_bytes(&sp, &sb) == 0);
     uint8_t *sum = malloc(sb * (n0 + n1));
@@ -196,12 +199,14 @@ static void test_table_save_load(void)
     /* Checksum-valid bytes the encoder would not make: an L1 that is not
      * its codes' sum, a scale that is not a power of two. Offsets follow
      * the layout of index/table_io.c. */
-    size_t nq = (2 * (size_t)d + 3) / 4, codes = (n0 + 7) / 8 * nq * 8 * 4;
-    size_t off_s = 40 + (size_t)d + n0 * 4 + codes, off_l1 = off_s + n0 * 4;
-    for (int what = 0; what < 2; what++) {
+    size_t width = g_bound == EG_ROUTER_BALL ? (size_t)d : 2 * (size_t)d;
+    size_t nq = (width + 3) / 4, codes = (n0 + 7) / 8 * nq * 8 * 4;
+    size_t off_s = 40 + (size_t)d + n0 * 4 + codes, off_l1 = off_s + n0 * 4, off_r = off_l1 + n0 * 4 + n0;
+    for (int what = 0; what < (g_bound == EG_ROUTER_BALL ? 4 : 2); what++) {
         memcpy(c, bytes, len);
         if (what == 0) c[off_l1 + 4 * 7]++;
-        else { float v; memcpy(&v, c + off_s + 4 * 9, 4); v *= 1.5f; memcpy(c + off_s + 4 * 9, &v, 4); }
+        else if (what == 1) { float v; memcpy(&v, c + off_s + 4 * 9, 4); v *= 1.5f; memcpy(c + off_s + 4 * 9, &v, 4); }
+        else { float v = what == 2 ? -1.0f : NAN; memcpy(c + off_r + 4 * 11, &v, 4); }   /* ball: a radius */
         uint64_t hsum = XXH64(c, len - 8, 0);
         memcpy(c + len - 8, &hsum, 8);
         CHECK_EQ_INT(eg_route_table_load(&sp, c, len, &t), EG_IX_ECORRUPT);
@@ -211,6 +216,7 @@ static void test_table_save_load(void)
     CHECK_EQ_INT(eg_route_table_load(NULL, bytes, len, &t), EG_IX_EINVAL);
     /* Only int8 quest tables save. */
     eg_summary_spec f16 = sp;
+    f16.kind = EG_ROUTER_QUEST;   /* ball tables are int8 whatever quest_f16 says */
     f16.quest_f16 = 1;
     eg_route_table *h;
     REQUIRE(eg_route_table_create(&f16, &h) == 0);
@@ -270,7 +276,7 @@ static eg_route_table *tagged_quest(int pat, size_t n, int d, int S, uint64_t se
     *keys = make_keys(pat, n * S, d, seed);
     *tags = malloc(sizeof(uint32_t) * n);
     for (size_t s = 0; s < n; s++) (*tags)[s] = (uint32_t)(s % 3);
-    return build(EG_ROUTER_QUEST, *keys, n, d, S, *tags, NULL);
+    return build(g_bound, *keys, n, d, S, *tags, NULL);
 }
 
 /* Options of a random call: budget of 1..40 segments, 0..2 sinks, a
@@ -310,6 +316,7 @@ static void test_hierarchy_equals_flat(void)
                 uint32_t want = 1;
                 if (trial == 4) { o.tags = &want; o.n_tags = 1; }
                 eg_route_selection a, b;
+                o.aggregate = EG_ROUTE_AGG_MAX;   /* the hierarchy ranks by MAX (ball's own is MASS) */
                 o.hierarchical = 0;
                 CHECK_OK(eg_router_select(t, &rows, &o, &a));
                 o.hierarchical = 1;
@@ -481,7 +488,7 @@ static void test_lost_mass_bound(void)
     for (int pat = 0; pat < PAT_COUNT; pat++)
         for (int trial = 0; trial < 4; trial++) {
             float *k = make_keys(pat, nseg * S, d, (uint64_t)pat * 7 + (uint64_t)trial);
-            eg_route_table *quest = build(EG_ROUTER_QUEST, k, nseg, d, S, NULL, NULL);
+            eg_route_table *quest = build(g_bound, k, nseg, d, S, NULL, NULL);
             eg_route_table *cent = build(EG_ROUTER_CENTROID, k, nseg, d, S, NULL, NULL);
             REQUIRE(quest && cent);
             int nr = 4;
@@ -546,7 +553,7 @@ static void test_bound_needle_left_out(void)
     float q[16];
     make_queries(q, 1, d, 9, 1.0f);
     for (int c = 0; c < d; c++) k[(17 * S + 5) * d + c] = 6.0f * q[c];   /* needle in segment 17 */
-    eg_route_table *quest = build(EG_ROUTER_QUEST, k, nseg, d, S, NULL, NULL);
+    eg_route_table *quest = build(g_bound, k, nseg, d, S, NULL, NULL);
     eg_route_table *cent = build(EG_ROUTER_CENTROID, k, nseg, d, S, NULL, NULL);
     REQUIRE(quest && cent);
     eg_route_rows rows = { .n_rows = 1, .q = q, .scale = 0.25f };
@@ -804,6 +811,13 @@ int main(void)
     TEST_RUN(test_bound_needle_left_out);
     TEST_RUN(test_prep_equals_select_bound);
     g_quest_f16 = 0;
+    g_bound = EG_ROUTER_BALL;   /* the same with ball tables */
+    TEST_RUN(test_hierarchy_equals_flat);
+    TEST_RUN(test_lost_mass_bound);
+    TEST_RUN(test_bound_needle_left_out);
+    TEST_RUN(test_prep_equals_select_bound);
+    TEST_RUN(test_table_save_load);
+    g_bound = EG_ROUTER_QUEST;
     TEST_RUN(test_table_save_load);
     TEST_RUN(test_table_reserve);
     TEST_RUN(test_indexer_reference);

@@ -1,0 +1,99 @@
+/* ball.c: the ball router's group rows and bounds.
+ *
+ * A ball table keeps per segment its centre c (int8 codes, qscan.c) and a
+ * radius r with |k - c| <= r for every key k of the segment, so that
+ * q.k <= q.c + |q| r (Cauchy-Schwarz): d + 1 numbers where quest's box
+ * keeps 2d, and on most heads a tighter bound (docs/index.md). Selection
+ * ranks by q.c (the centre's score, as centroid does); the bound adds
+ * |q| r. Groups of EG_IX_GROUP segments get a ball of their own: its
+ * centre g (f16, the midpoint of the members' centres per channel) and
+ * R = max over members of |c - g| + r, which holds every member's ball,
+ * so the group's score bounds every key of the group and every member's
+ * centre score. */
+#include "ix_internal.h"
+#include <float.h>
+#include <string.h>
+
+/* Round a non-negative double up to a float. */
+static float up_f32(double x)
+{
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
+void ix_ball_regroup(eg_route_table *t, size_t from)
+{
+    size_t d = (size_t)t->spec.dim, G = EG_IX_GROUP;
+    for (size_t g = from / G; g * G < t->n; g++) {
+        size_t s0 = g * G, s1 = s0 + G < t->n ? s0 + G : t->n;
+        float lo[EG_IX_DIM_MAX], hi[EG_IX_DIM_MAX], l1 = 0.0f;
+        int any = 0, inf = 0;
+        for (size_t c = 0; c < d; c++) { lo[c] = INFINITY; hi[c] = -INFINITY; }
+        for (size_t s = s0; s < s1; s++) {
+            /* + 32: the J + 64 of qscan.c's rounding up of large sums */
+            float v = t->q8inf[s] ? INFINITY : t->q8s[s] * (float)(t->q8l1[s] + 32);
+            l1 = v > l1 ? v : l1;
+            if (t->q8inf[s]) { inf = 1; continue; }
+            any = 1;
+            for (size_t c = 0; c < d; c++) {
+                float x = ix_q8_value(t, s, c);   /* exact */
+                lo[c] = x < lo[c] ? x : lo[c];
+                hi[c] = x > hi[c] ? x : hi[c];
+            }
+        }
+        double gc[EG_IX_DIM_MAX], gmax = 0;
+        for (size_t c = 0; c < d; c++) {
+            /* |centres| <= 65504 (decoded from f16 boxes): the half is finite */
+            uint16_t h = any ? ix_f32_to_f16_dir(0.5f * lo[c] + 0.5f * hi[c], 0) : 0;
+            t->hgtab[ix_hidx(g, c, d)] = h;
+            gc[c] = ix_f16_to_f32(h);
+            gmax = fabs(gc[c]) > gmax ? fabs(gc[c]) : gmax;
+        }
+        double R = 0, kmax = gmax;
+        for (size_t s = s0; s < s1; s++) {
+            if (t->q8inf[s]) continue;
+            double e2 = 0, cmax = 0;
+            for (size_t c = 0; c < d; c++) {
+                double x = ix_q8_value(t, s, c), e = x - gc[c];
+                e2 += e * e;
+                cmax = fabs(x) > cmax ? fabs(x) : cmax;
+            }
+            double rs = sqrt(e2) + t->q8rad[s];
+            R = rs > R ? rs : R;
+            kmax = cmax + t->q8rad[s] > kmax ? cmax + t->q8rad[s] : kmax;   /* |k_c| <= |c_c| + r */
+        }
+        t->gR[g] = inf ? INFINITY : up_f32(R * (1.0 + 0x1p-40));
+        float ga = up_f32(kmax * (1.0 + 0x1p-40));
+        t->gabs[g] = ga <= FLT_MAX ? ga : FLT_MAX;
+        t->gl1[g] = l1;
+    }
+}
+
+void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    if (g1 <= g0) return;
+    ix_score_rows_h(t->hgtab, g0, g1, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
+    if (!ix_ball(t)) return;
+    for (int r = 0; r < c->nr; r++) {
+        float *o = out + (size_t)r * ld;
+        double qn = c->qn[r];
+        for (size_t g = g0; g < g1; g++) {
+            double v = (double)o[g - g0] + qn * (double)t->gR[g];
+            o[g - g0] = c->qinf[r] || !(t->gR[g] <= FLT_MAX) || v != v ? INFINITY : up_f32(v);
+        }
+    }
+}
+
+void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+{
+    const eg_route_table *t = c->t;
+    if (!ix_ball(t) || s1 <= s0) return;
+    const float *rad = t->q8rad + s0;
+    size_t n = s1 - s0;
+    for (int r = 0; r < c->nr; r++) {
+        float *o = out + (size_t)r * ld, qn = c->qn[r];
+        /* Infinite segments score +inf already, with radius 0. */
+        for (size_t i = 0; i < n; i++) o[i] += qn * rad[i];
+    }
+}
