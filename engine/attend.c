@@ -697,14 +697,16 @@ static int call_setup(en_sess *s, const eg_attend_req *q, int dense, int want_ta
         if (q->remap_positions && s->cfg.rope_mode == EG_ROPE_NONE)
             return en_fail(EG_EN_EOPTION, "remap_positions needs a session that stores keys before "
                            "RoPE (rope_mode half or interleaved)");
-        if (q->router != EG_ROUTER_QUEST && q->router != EG_ROUTER_CENTROID && q->router != EG_ROUTER_LEARNED &&
-            q->router != EG_ROUTER_ORACLE)
-            return en_fail(EG_EN_EROUTER, "router %d is not served by ATTEND (quest, centroid, learned, "
+        if (q->router != EG_ROUTER_QUEST && q->router != EG_ROUTER_BALL && q->router != EG_ROUTER_CENTROID &&
+            q->router != EG_ROUTER_LEARNED && q->router != EG_ROUTER_ORACLE)
+            return en_fail(EG_EN_EROUTER, "router %d is not served by ATTEND (quest, ball, centroid, learned, "
                            "oracle)", (int)q->router);
         if (q->router == EG_ROUTER_ORACLE && !q->oracle_mass)
             return en_fail(EG_EN_EROUTER, "the oracle router needs oracle_mass");
         if (v->n_sealed) {
-            if ((rc = en_tables(s, q->layer, EG_ROUTER_QUEST, &c->quest))) return rc;
+            /* The bound's table: the ball's own when it routes, else quest's. */
+            eg_router_kind bk = q->router == EG_ROUTER_BALL ? EG_ROUTER_BALL : EG_ROUTER_QUEST;
+            if ((rc = en_tables(s, q->layer, bk, &c->quest))) return rc;
             c->route = c->quest;
             if ((q->router == EG_ROUTER_CENTROID || q->router == EG_ROUTER_LEARNED) &&
                 (rc = en_tables(s, q->layer, q->router, &c->route)))
@@ -760,7 +762,8 @@ static int run_call(eg_engine_session *h, const eg_attend_req *q, eg_attend_resu
         c.toks = c.segs + H;
         /* Quest routing over sealed segments: one pipelined job; else (dense,
          * other routers, nothing sealed) one task per kv-head. */
-        if (!dense && c.v.n_sealed && q->router == EG_ROUTER_QUEST && c.route == c.quest)
+        if (!dense && c.v.n_sealed && (q->router == EG_ROUTER_QUEST || q->router == EG_ROUTER_BALL) &&
+            c.route == c.quest)
             rc = run_shared(&c);
         else
             en_pool_run(s->e->pool, (int)H, task_fn, &c);

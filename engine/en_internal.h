@@ -88,6 +88,11 @@ void en_window_counters(en_window *w, uint64_t *hits, uint64_t *bytes, uint64_t 
 #define EN_REC_QUEST 1u      /* record: u32 tag of the segment's first token, quest summary */
 #define EN_REC_CENTROID 2u   /* record: centroid summary */
 #define EN_REC_OUTLIERS 3u   /* record: learned outliers summary (1 outlier key) */
+/* record: f32 radius of the segment's keys around the centre of its quest
+ * box (the ball router's summary is the quest record's box and this).
+ * Segments sealed before radii were stored have none: their balls use the
+ * box's half-diagonal. */
+#define EN_REC_RADIUS 5u
 /* Session record (index 0) per (layer, kv-head): the learned router's
  * weights blob (eg_learned_save); kept by truncate, copied by fork. */
 #define EN_REC_WEIGHTS (1u | EG_RECORD_KEEP)
@@ -98,9 +103,12 @@ void en_window_counters(en_window *w, uint64_t *hits, uint64_t *bytes, uint64_t 
  * EG_RECORD_KEEP) and a fork does not copy them, so segments [0, n) of a
  * snapshot of n segments are still the session's. */
 #define EN_REC_SNAP 4u
+#define EN_REC_SNAP_BALL 6u   /* the same for the ball table */
 #define EN_SNAP_CHUNK ((size_t)32 << 20)
 #define EN_SNAP_MIN 512       /* segments: below this a rebuild is quick */
-#define EN_KINDS 3           /* table kinds: 0 quest, 1 centroid, 2 learned */
+#define EN_KINDS 4           /* table kinds: 0 quest, 1 centroid, 2 learned, 3 ball */
+/* Snapshot slot of table kind ki (quest 0, ball 1), -1 for kinds not snapshotted. */
+static inline int en_snap_slot(int ki) { return ki == 0 ? 0 : ki == 3 ? 1 : -1; }
 
 /* Route tables of one layer, loaded on first use. */
 typedef struct {
@@ -108,7 +116,7 @@ typedef struct {
     int loaded[EN_KINDS];
     eg_route_table **tab[EN_KINDS];  /* [n_kv_heads] each */
     eg_learned **w;           /* [n_kv_heads]: the learned tables' weights */
-    uint64_t *snap;           /* [n_kv_heads]: segments of the quest snapshot stored */
+    uint64_t *snap[2];        /* [n_kv_heads]: segments of the quest (0) and ball (1) snapshots stored */
 } en_layer_tabs;
 
 typedef struct en_sess {

@@ -15,9 +15,11 @@ void eg_engine_options_init(eg_engine_options *o)
 /* ---- seal hook ------------------------------------------------------------ */
 /* Runs on the store's writer thread inside the sealing transaction: finds
  * the session's RoPE settings, rotates the decoded keys as the window will,
- * and stores the quest (with the segment's tag), centroid and learned
- * outliers summaries (the last under untrained weights: its bytes do not
- * depend on training, so weights trained later route the same records). */
+ * and stores the quest (with the segment's tag), ball radius, centroid and
+ * learned outliers summaries (the last under untrained weights: its bytes
+ * do not depend on training, so weights trained later route the same
+ * records). The ball's summary is the quest box and the radius: one
+ * computation gives both records. */
 static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
 {
     eg_engine *e = user;
@@ -26,7 +28,7 @@ static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     for (s = e->sessions; s && s->id != v->session_id; s = s->next) {}
     pthread_mutex_unlock(&e->mu);
     if (!s) return EG_EN_ECLOSED; /* appended outside the engine: refuse, nothing stored */
-    eg_summary_spec sq = {EG_ROUTER_QUEST, (int)v->head_dim_k, (int)v->n_tokens, NULL, 0};
+    eg_summary_spec sq = {EG_ROUTER_BALL, (int)v->head_dim_k, (int)v->n_tokens, NULL, 0};
     eg_summary_spec sc = {EG_ROUTER_CENTROID, (int)v->head_dim_k, (int)v->n_tokens, NULL, 0};
     eg_summary_spec sl = {EG_ROUTER_LEARNED, (int)v->head_dim_k, (int)v->n_tokens, s->seal_w, 0};
     size_t bq, bc, bl;
@@ -41,8 +43,9 @@ static int seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     memcpy(k, v->keys, nk * sizeof(float));
     en_rope_run(&s->rope, k, v->n_tokens, (int64_t)(v->segment * v->n_tokens));
     memcpy(buf, &v->tags[0], 4);
-    rc = eg_summary_compute(&sq, k, buf + 4, bq);
-    if (!rc) rc = eg_seal_put_record(ctx, EN_REC_QUEST, buf, 4 + bq);
+    rc = eg_summary_compute(&sq, k, buf + 4, bq);   /* box [bq - 4], radius [4] */
+    if (!rc) rc = eg_seal_put_record(ctx, EN_REC_QUEST, buf, bq);
+    if (!rc) rc = eg_seal_put_record(ctx, EN_REC_RADIUS, buf + bq, 4);
     if (!rc) rc = eg_summary_compute(&sc, k, buf + 4 + bq, bc);
     if (!rc) rc = eg_seal_put_record(ctx, EN_REC_CENTROID, buf + 4 + bq, bc);
     if (!rc) rc = eg_summary_compute(&sl, k, buf + 4 + bq + bc, bl);
@@ -107,7 +110,8 @@ static void sess_free(en_sess *s)
             if (s->layers[l].w)
                 for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) eg_learned_free(s->layers[l].w[h]);
             free(s->layers[l].w);
-            free(s->layers[l].snap);
+            free(s->layers[l].snap[0]);
+            free(s->layers[l].snap[1]);
             pthread_mutex_destroy(&s->layers[l].mu);
         }
         free(s->layers);
@@ -297,10 +301,10 @@ int eg_engine_session_stats_get(eg_engine_session *h, eg_engine_session_stats *o
 /* ---- route tables ----------------------------------------------------------------- */
 static int kind_index(eg_router_kind k)
 {
-    return k == EG_ROUTER_CENTROID ? 1 : k == EG_ROUTER_LEARNED ? 2 : 0;
+    return k == EG_ROUTER_CENTROID ? 1 : k == EG_ROUTER_LEARNED ? 2 : k == EG_ROUTER_BALL ? 3 : 0;
 }
 
-static const uint32_t rec_kind[EN_KINDS] = {EN_REC_QUEST, EN_REC_CENTROID, EN_REC_OUTLIERS};
+static const uint32_t rec_kind[EN_KINDS] = {EN_REC_QUEST, EN_REC_CENTROID, EN_REC_OUTLIERS, EN_REC_QUEST};
 
 void en_learned_config(const en_sess *s, eg_learned_config *c)
 {
@@ -312,12 +316,14 @@ void en_learned_config(const en_sess *s, eg_learned_config *c)
 /* Tables of kind ki for every kv-head (learned: with its weights). */
 static int tables_create(en_sess *s, en_layer_tabs *L, uint32_t layer, int ki)
 {
-    static const eg_router_kind kinds[EN_KINDS] = {EG_ROUTER_QUEST, EG_ROUTER_CENTROID, EG_ROUTER_LEARNED};
+    static const eg_router_kind kinds[EN_KINDS] = {EG_ROUTER_QUEST, EG_ROUTER_CENTROID, EG_ROUTER_LEARNED,
+                                                   EG_ROUTER_BALL};
     uint32_t H = s->cfg.n_kv_heads;
     int rc = 0;
     if (ki == 2 && !L->w && !(L->w = calloc(H, sizeof *L->w)))
         return en_fail(EG_EN_ENOMEM, "tables: out of memory");
-    if (ki == 0 && !L->snap && !(L->snap = calloc(H, sizeof *L->snap)))
+    int slot = en_snap_slot(ki);
+    if (slot >= 0 && !L->snap[slot] && !(L->snap[slot] = calloc(H, sizeof *L->snap[slot])))
         return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     if (!(L->tab[ki] = calloc(H, sizeof *L->tab[ki]))) return en_fail(EG_EN_ENOMEM, "tables: out of memory");
     for (uint32_t h = 0; h < H && !rc; h++) {
@@ -345,14 +351,14 @@ static int sync_head(en_sess *s, eg_route_table **tp, uint32_t layer, uint32_t h
     size_t sb;
     int rc = en_pass(eg_summary_bytes(eg_route_table_spec(t), &sb), "summary size");
     uint64_t have = eg_route_table_segments(t);
-    if (!rc && ki == 0 && have == 0) {   /* resuming: the snapshot, when there is one */
+    if (!rc && en_snap_slot(ki) >= 0 && have == 0) {   /* resuming: the snapshot, when there is one */
         uint64_t n_snap;
         eg_route_table *snap = en_snap_load(s, layer, h, eg_route_table_spec(t), n_sealed, &n_snap);
         if (snap) {
             eg_route_table_free(t);
             *tp = t = snap;
             have = n_snap;
-            s->layers[layer].snap[h] = n_snap;
+            s->layers[layer].snap[en_snap_slot(ki)][h] = n_snap;
         }
         pthread_mutex_lock(&s->st_mu);
         if (snap) s->snap_loads++;
@@ -362,10 +368,14 @@ static int sync_head(en_sess *s, eg_route_table **tp, uint32_t layer, uint32_t h
     if (!rc && have > n_sealed) return en_pass(eg_route_table_truncate(t, n_sealed), "table truncate");
     if (rc || have == n_sealed) return rc;
     enum { BATCH = 2048 };
-    size_t rl = ki ? sb : sb + 4;
-    unsigned char *buf = malloc(BATCH * rl), *sum = ki ? NULL : malloc(BATCH * sb);
-    uint32_t *tags = ki ? NULL : malloc(BATCH * sizeof *tags);
-    if (!buf || (!ki && (!sum || !tags))) rc = en_fail(EG_EN_ENOMEM, "tables: out of memory");
+    /* Quest and ball rows come from the tagged quest records (tag, box);
+     * ball rows add the radius records. */
+    int tagged = ki == 0 || ki == 3, ball = ki == 3;
+    size_t box = ball ? sb - 4 : sb, rl = tagged ? box + 4 : sb;
+    unsigned char *buf = malloc(BATCH * rl), *sum = tagged ? malloc(BATCH * sb) : NULL;
+    uint32_t *tags = tagged ? malloc(BATCH * sizeof *tags) : NULL;
+    float *rad = ball ? malloc(BATCH * sizeof *rad) : NULL;
+    if (!buf || (tagged && (!sum || !tags)) || (ball && !rad)) rc = en_fail(EG_EN_ENOMEM, "tables: out of memory");
     if (!rc) rc = en_pass(eg_route_table_reserve(t, n_sealed), "table reserve");
     while (!rc && have < n_sealed) {
         size_t n = n_sealed - have < BATCH ? (size_t)(n_sealed - have) : BATCH;
@@ -374,16 +384,26 @@ static int sync_head(en_sess *s, eg_route_table **tp, uint32_t layer, uint32_t h
             rc = en_fail(EG_EN_EROUTER, "layer %u kv-head %u: segments sealed by an engine before the "
                          "learned router have no learned summaries; use quest or centroid", layer, h);
         else rc = en_pass(rc, "router summaries");
-        for (size_t i = 0; !rc && !ki && i < n; i++) {
+        int rr = !rc && ball ? eg_record_get_range(s->ms, layer, h, have, n, EN_REC_RADIUS, 4, rad) : 0;
+        if (rr && rr != EG_ENOTFOUND) rc = en_pass(rr, "ball radii");
+        if (rr == EG_ENOTFOUND)
+            for (size_t i = 0; !rc && i < n; i++) {   /* sealed before radii were stored: -1, unknown */
+                int r1 = eg_record_get_range(s->ms, layer, h, have + i, 1, EN_REC_RADIUS, 4, &rad[i]);
+                if (r1 == EG_ENOTFOUND) rad[i] = -1.0f;
+                else rc = en_pass(r1, "ball radii");
+            }
+        for (size_t i = 0; !rc && tagged && i < n; i++) {
             memcpy(&tags[i], buf + i * rl, 4);
-            memcpy(sum + i * sb, buf + i * rl + 4, sb);
+            memcpy(sum + i * sb, buf + i * rl + 4, box);
+            if (ball) memcpy(sum + i * sb + box, &rad[i], 4);
         }
-        if (!rc) rc = en_pass(eg_route_table_append(t, ki ? buf : sum, n, tags), "table append");
+        if (!rc) rc = en_pass(eg_route_table_append(t, tagged ? sum : buf, n, tags), "table append");
         have += n;
     }
     free(buf);
     free(sum);
     free(tags);
+    free(rad);
     return rc;
 }
 
@@ -501,7 +521,9 @@ int eg_engine_session_truncate(eg_engine_session *h, uint64_t n_tokens)
     /* The truncate removed the quest snapshots with the session's other
      * token records: none is stored now. */
     for (uint32_t l = 0; !rc && l < s->cfg.n_layers; l++)
-        if (s->layers[l].snap) memset(s->layers[l].snap, 0, s->cfg.n_kv_heads * sizeof *s->layers[l].snap);
+        for (int slot = 0; slot < 2; slot++)
+            if (s->layers[l].snap[slot])
+                memset(s->layers[l].snap[slot], 0, s->cfg.n_kv_heads * sizeof *s->layers[l].snap[slot]);
     pthread_rwlock_unlock(&s->rw);
     return rc;
 }

@@ -94,6 +94,10 @@ static void t_sparse_equals_dense(void)
             r.include_self = 1;
             check_call(&f, &m, &r, 0, 1e-5, "include_self");
             pos[0] = 188;
+            r.include_self = 0;
+            r.router = EG_ROUTER_BALL;
+            check_call(&f, &m, &r, 0, 1e-5, "full budget, ball");
+            r.router = EG_ROUTER_QUEST;
         }
         /* Again over the reopened store. */
         CHECK_EN(eg_engine_close(f.e));
@@ -202,7 +206,7 @@ static uint8_t *sel_mask(const eg_select_result *sr, uint32_t h, uint64_t T, uin
 
 /* The bound is never below the true lost mass (decoded keys, double), for
  * random and adversarial keys and every codec; the attended set is exactly
- * SELECT's choice (quest ranking by MAX and by MASS, centroid); max_lost
+ * SELECT's choice (quest ranking by MAX and by MASS, ball, centroid); max_lost
  * meets its target when the budget allows. */
 static void t_lost_bound(void)
 {
@@ -225,22 +229,23 @@ static void t_lost_bound(void)
                 CHECK_EN(eg_engine_fetch(f.s, 0, h, sg, K[h] + sg * S * 32, V[h] + sg * S * 16, &rows));
             }
         }
-        for (int trial = 0; trial < 6; trial++) {
+        for (int trial = 0; trial < 8; trial++) {
             float q[2 * 4 * 32];
             /* adversarial: queries along the spike channel and the topic mean */
             tm_queries(q, sizeof q / 4, 70 + trial * 5 + codec, trial % 2 ? 1.5f : 0.3f);
-            if (trial >= 4) for (int i = 0; i < 8; i++) q[i * 32 + 1] = 8.0f;
+            if (trial >= 4 && trial < 7) for (int i = 0; i < 8; i++) q[i * 32 + 1] = 8.0f;
             int64_t pos[2] = {650, 300 + trial * 40};
             eg_attend_req r;
             eg_attend_req_init(&r);
             r.n_queries = 2; r.q = q; r.pos = pos;
             r.budget_tokens = S * (2 + trial);
             r.recent_tokens = trial % 3 ? 32 : 0;
-            r.max_lost = trial == 5 ? 0.02 : 0;
+            r.max_lost = trial == 5 || trial == 7 ? 0.02 : 0;
             /* rows ranking by MASS: quest asked for it (the shared decode
              * path, flat), and centroid by default */
             if (trial == 1 || trial == 5) r.aggregate = EG_ROUTE_AGG_MASS;
             if (trial == 2) r.router = EG_ROUTER_CENTROID;
+            if (trial >= 6) r.router = EG_ROUTER_BALL;   /* its own table bounds */
             float out[2 * 4 * 16], lse[8], lost[8];
             eg_attend_result res = {out, lse, lost, 0, 0, 0, 0};
             eg_select_result sr;
@@ -285,7 +290,7 @@ static void t_lost_bound(void)
         tm_free(&m);
     }
     CHECK_EQ_INT(violations, 0);
-    CHECK(checked >= 4 * 6 * 8);
+    CHECK(checked >= 4 * 8 * 8);
 }
 
 /* max_lost: the bound holds at the target while attending fewer segments

@@ -430,7 +430,12 @@ static void t_lifecycle(void)
     tm_free(&m);
 }
 
-/* ---- resume: quest snapshots --------------------------------------------------- */
+/* ---- resume: quest and ball snapshots ---------------------------------------------- */
+/* The router of the snapshot test and its snapshot record kind (engine's
+ * EN_REC_SNAP, EN_REC_SNAP_BALL): the test runs with both. */
+static eg_router_kind g_snap_router = EG_ROUTER_QUEST;
+static uint32_t g_snap_kind = 4u;
+
 static int reopen(fx *f)
 {
     eg_engine_close(f->e);
@@ -454,6 +459,7 @@ static void snap_attend(fx *f, int64_t T, float *out, float *lost)
         eg_attend_req r;
         eg_attend_req_init(&r);
         r.layer = l; r.n_queries = 2; r.q = q; r.pos = pos; r.budget_tokens = 16 * 24;
+        r.router = g_snap_router;
         eg_attend_result a = {out + l * 2 * 4 * 16, NULL, lost + l * 8, 0, 0, 0, 0};
         CHECK_EN(eg_engine_attend(f->s, &r, &a));
     }
@@ -478,7 +484,7 @@ static int snap_count(fx *f, const char *name)
         for (uint32_t h = 0; h < 2; h++) {
             void *b = NULL;
             size_t len;
-            if (eg_record_get_session(ms, l, h, 4u, 0, &b, &len) == 0) n++;
+            if (eg_record_get_session(ms, l, h, g_snap_kind, 0, &b, &len) == 0) n++;
             free(b);
         }
     eg_session_close(ms);
@@ -522,7 +528,7 @@ static void t_resume_snapshot(void)
     unsigned char junk[64];
     memset(junk, 0x5a, sizeof junk);
     for (uint32_t l = 0; l < 2; l++)
-        for (uint32_t h = 0; h < 2; h++) CHECK_OK(eg_record_put_session(ms, l, h, 4u, 0, junk, sizeof junk));
+        for (uint32_t h = 0; h < 2; h++) CHECK_OK(eg_record_put_session(ms, l, h, g_snap_kind, 0, junk, sizeof junk));
     eg_session_close(ms);
     REQUIRE(reopen(&f) == 0);
     snap_attend(&f, T, o2, l2);
@@ -542,6 +548,77 @@ static void t_resume_snapshot(void)
     CHECK(memcmp(o1, o2, sizeof o1) == 0 && memcmp(l1, l2, sizeof l1) == 0);
     fx_close(&f);
     tm_free(&m);
+}
+
+static void t_resume_snapshot_ball(void)
+{
+    g_snap_router = EG_ROUTER_BALL;
+    g_snap_kind = 6u;
+    t_resume_snapshot();
+    g_snap_router = EG_ROUTER_QUEST;
+    g_snap_kind = 4u;
+}
+
+/* A seal hook as engines before the ball router had: the quest record
+ * (engine's EN_REC_QUEST, kind 1: u32 tag, then the box) and no radius. */
+static int old_seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
+{
+    (void)user;
+    eg_summary_spec sq = {EG_ROUTER_QUEST, (int)v->head_dim_k, (int)v->n_tokens, NULL, 0};
+    size_t bq;
+    int rc = eg_summary_bytes(&sq, &bq);
+    unsigned char *buf = rc ? NULL : malloc(4 + bq);
+    if (!buf) return -1;
+    memcpy(buf, &v->tags[0], 4);
+    rc = eg_summary_compute(&sq, v->keys, buf + 4, bq);
+    if (!rc) rc = eg_seal_put_record(ctx, 1u, buf, 4 + bq);
+    free(buf);
+    return rc;
+}
+
+/* Segments sealed before radii were stored route by the ball all the
+ * same: their balls are the boxes' half-diagonals (looser), the newer
+ * ones' measured; the bound still holds the true lost mass, and it is
+ * looser than with every radius measured. */
+static void t_ball_without_radii(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 4, 32, 16, 16, EG_CODEC_Q8);
+    fx f, g;
+    tm_model m, m2;
+    tm_init(&m, &c, 16 * 70, 901);
+    tm_init(&m2, &c, 16 * 70, 901);
+    REQUIRE(fx_open(&f, "eng-oldball", &c) == 0 && fx_open(&g, "eng-newball", &c) == 0);
+    CHECK_OK(eg_store_set_seal_hook(eg_engine_store(f.e), old_seal_hook, NULL));
+    CHECK_EN(tm_append(&m, f.s, 16 * 40 + 3, -1, 0));   /* 40 segments without radii */
+    REQUIRE(reopen(&f) == 0);                             /* the engine's hook again */
+    CHECK_EN(tm_append(&m, f.s, 16 * 25, -1, 0));        /* 25 more with them */
+    CHECK_EN(tm_append(&m2, g.s, 16 * 65 + 3, -1, 0));   /* the same tokens, every radius stored */
+    int64_t T = 16 * 65 + 3;
+    float q[2 * 4 * 32];
+    tm_queries(q, sizeof q / sizeof *q, 77, 0.6f);
+    int64_t pos[2] = {T, 16 * 30};
+    float out[2 * 4 * 16], lse[8], lost[8], dout[2 * 4 * 16], dlse[8], lost2[8];
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 2; r.q = q; r.pos = pos; r.budget_tokens = 16 * 4; r.router = EG_ROUTER_BALL;
+    eg_attend_result a = {out, lse, lost, 0, 0, 0, 0}, d = {dout, dlse, NULL, 0, 0, 0, 0};
+    eg_attend_result b = {dout, NULL, lost2, 0, 0, 0, 0};
+    CHECK_EN(eg_engine_attend(f.s, &r, &a));
+    CHECK_EN(eg_engine_attend_dense(f.s, &r, &d, NULL));
+    int looser = 0;
+    for (int i = 0; i < 8; i++) {
+        double truth = 1 - exp((double)lse[i] - dlse[i]);
+        CHECK(lost[i] + 1e-6 >= truth);
+        CHECK(lost[i] < 1.0f);
+    }
+    CHECK_EN(eg_engine_attend(g.s, &r, &b));
+    for (int i = 0; i < 8; i++) looser += lost[i] > lost2[i];
+    CHECK(looser >= 4);
+    fx_close(&f);
+    fx_close(&g);
+    tm_free(&m);
+    tm_free(&m2);
 }
 
 /* ---- threads --------------------------------------------------------------- */
@@ -820,6 +897,8 @@ int main(void)
     TEST_RUN(t_window);
     TEST_RUN(t_window_stored_vs_f32);
     TEST_RUN(t_resume_snapshot);
+    TEST_RUN(t_resume_snapshot_ball);
+    TEST_RUN(t_ball_without_radii);
     TEST_RUN(t_lifecycle);
     TEST_RUN(t_threads);
     TEST_RUN(t_idle_poll);
