@@ -210,6 +210,14 @@ static double quest_bytes(uint32_t d, int f16)
     return seg + (4.0 * d + 8.0) / 32.0;
 }
 
+/* RAM bytes per segment of a ball route table: int8 codes of d channels
+ * (padded to 4), scale, L1, flag and radius; plus its share of the group
+ * rows (f16 centre, radius, slack terms: one per 32 segments). */
+static double ball_bytes(uint32_t d)
+{
+    return (double)((d + 3) / 4 * 4) + 13.0 + (2.0 * d + 12.0) / 32.0;
+}
+
 /* One decode step at the session's end: sparse, dense, floor. */
 static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
                           uint64_t T, double gbps)
@@ -245,6 +253,22 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         bench_figure(o, "attend", "attend_vs_dense", de / sp, "ratio", de, p);
         bench_figure(o, "attend", "attend_vs_floor", sp / floor_s, "ratio", floor_s, p);
     }
+    /* The ball router on the same step: its own table routes and bounds. */
+    r.router = EG_ROUTER_BALL;
+    double gb = gbps, sb = rc ? -1 : time_attend(s, &r, &res, 0, 3, big ? 21 : 31, &gb);
+    if (!rc && sb >= 0) {
+        size_t kb, vb;
+        eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
+        eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
+        double bytes = (double)(T / 64) * sh->h * ball_bytes(sh->d) + (double)res.segments * (kb + vb)
+                     + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
+        char p[256];
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
+                 "\"router\":\"ball\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
+        bench_figure(o, "attend", "attend_ms", sb * 1e3, "ms", de * 1e3, p);
+        bench_figure(o, "attend", "attend_vs_dense", de / sb, "ratio", de, p);
+        bench_figure(o, "attend", "attend_vs_floor", sb / (bytes / (gb * 1e9)), "ratio", bytes / (gb * 1e9), p);
+    } else if (!rc) rc = 1;
     /* The learned router on the same step: it scans its own table (2d + 4
      * + d bytes a segment) and the quest table for the bound. */
     r.router = EG_ROUTER_LEARNED;

@@ -22,6 +22,7 @@ static const int64_t budgets[NB] = { 512, 1024, 2048, 4096 };
 typedef struct { const char *name; eg_router_kind kind; eg_learned_mode mode; int f16, agg; } router_def;
 static const router_def routers[] = {
     { "quest", EG_ROUTER_QUEST, 0, 0, 0 },     { "quest-f16", EG_ROUTER_QUEST, 0, 1, 0 },
+    { "ball", EG_ROUTER_BALL, 0, 0, 0 },       { "ball-max", EG_ROUTER_BALL, 0, 0, EG_ROUTE_AGG_MAX },
     { "centroid", EG_ROUTER_CENTROID, 0, 0, 0 },
     { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ, 0, 0 }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS, 0, 0 },
     { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, 0 },
@@ -309,8 +310,9 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
             for (size_t i = 0; i < sel.n; i++) in[sel.segments[i]] = 1;
             size_t n_order = sel.n - sel.n_forced;
             double *lub = malloc(sizeof(double) * G * (n_order + 1));
-            /* the bound of the router's own quest table, else the int8 one's */
-            const eg_route_table *bt = routers[ri].kind == EG_ROUTER_QUEST ? tab[ri] : tab[0];
+            /* the bound of the router's own quest or ball table, else the int8 quest one's */
+            const eg_route_table *bt =
+                routers[ri].kind == EG_ROUTER_QUEST || routers[ri].kind == EG_ROUTER_BALL ? tab[ri] : tab[0];
             int have_bound = eg_route_unselected_bound(bt, &rows, &sel, lub) == 0;
             for (int g = 0; g < G; g++) {
                 double m = 0, lz = -INFINITY, oerr = 0, on = 0, out_m = 0;
@@ -365,7 +367,8 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
             size_t n_order = sel.n - sel.n_forced, pre;
             double *lub = malloc(sizeof(double) * G * (n_order + 1));
             double *lse = malloc(sizeof(double) * G * (n_order + 1));
-            eg_route_unselected_bound(routers[ri].kind == EG_ROUTER_QUEST ? tab[ri] : tab[0], &rows, &sel, lub);
+            eg_route_unselected_bound(routers[ri].kind == EG_ROUTER_QUEST || routers[ri].kind == EG_ROUTER_BALL
+                                          ? tab[ri] : tab[0], &rows, &sel, lub);
             for (int g = 0; g < G; g++) {
                 double lz = -INFINITY;
                 for (size_t i = 0; i < sel.n_forced; i++) {
