@@ -182,6 +182,14 @@ static void test_every_operation(void)
             CHECK(ss.segments[i] == sl.segments[i] && ss.scores[i] == sl.scores[i]);
         eg_select_result_free(&ss);
         eg_select_result_free(&sl);
+        q.router = EG_ROUTER_BALL;   /* router 6 over the wire: the server's answer is the engine's */
+        CHECK_NET(eg_client_select(e.c, e.h, &e.cfg, &q, &ss));
+        CHECK_EN(eg_engine_select(e.local.s, &q, &sl));
+        CHECK_EQ_INT(ss.offsets[ss.n_kv_heads], sl.offsets[sl.n_kv_heads]);
+        for (size_t i = 0; i < ss.offsets[ss.n_kv_heads] && i < sl.offsets[sl.n_kv_heads]; i++)
+            CHECK(ss.segments[i] == sl.segments[i] && ss.scores[i] == sl.scores[i]);
+        eg_select_result_free(&ss);
+        eg_select_result_free(&sl);
         q.router = EG_ROUTER_QUEST;
         t.recent_tokens = 1000;
         CHECK_NCODE(eg_client_router_train(e.c, e.h, &e.cfg, &t, bs, as), EG_IX_EEMPTY);
