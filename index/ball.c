@@ -85,14 +85,14 @@ void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t l
     }
 }
 
-void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f)
 {
     const eg_route_table *t = c->t;
-    if (!ix_ball(t) || s1 <= s0) return;
+    if (!ix_ball(t) || s1 <= s0 || f == 0.0f) return;
     const float *rad = t->q8rad + s0;
     size_t n = s1 - s0;
     for (int r = 0; r < c->nr; r++) {
-        float *o = out + (size_t)r * ld, qn = c->qn[r];
+        float *o = out + (size_t)r * ld, qn = c->qn[r] * f;   /* f in [0, 1]: one more rounding, down */
         /* Infinite segments score +inf already, with radius 0. */
         for (size_t i = 0; i < n; i++) o[i] += qn * rad[i];
     }

@@ -17,8 +17,9 @@
  *            around the box's centre c, rounded up ((4*dim + 4)/S bytes
  *            per token stored). Held in RAM as the centre's int8 codes and
  *            r: d + 13 bytes a segment against quest's 2d + 9, the bytes
- *            a decode step streams. Score = q.c, ranked by MASS as
- *            centroid's; its bound q.c + |q| r holds for every key
+ *            a decode step streams. Score = q.c + beta |q| r (beta
+ *            0..1, eg_route_opts.ball_beta), ranked by MAX as quest's;
+ *            its bound q.c + |q| r holds for every key
  *            (Cauchy-Schwarz). A negative stored radius means "not
  *            measured": the box's half-diagonal serves, a looser ball.
  *            Quest and ball are the routers whose tables bound the mass:
@@ -295,7 +296,14 @@ typedef struct {
     void *parallel_ctx;
     int parallel_parts;
     int aggregate;            /* eg_route_agg: how the rows' scores of a segment combine */
+    /* ball: a segment ranks by q.c + ball_beta |q| r, between its centre's
+     * score (0) and its bound (1); 0..1, eg_route_opts_init sets
+     * EG_BALL_BETA. The centre alone misses needles (one strong key moves
+     * the mean by 1/S of it), the bound alone favours wide segments; the
+     * default is the value the recall bench measured best (docs/index.md). */
+    float ball_beta;
 } eg_route_opts;
+#define EG_BALL_BETA 0.5f
 /* How a call's rows (q heads, positions) rank a segment together.
  * MAX ranks by the largest raw score any row gives it. MASS reads each
  * row's scores as log attention mass (times the router's scale: the score
@@ -307,7 +315,8 @@ typedef struct {
  * all (docs/index.md has the recall both give). MASS scans flat (quest's
  * hierarchy bounds MAX only); the oracle always ranks by its given mass. */
 typedef enum {
-    EG_ROUTE_AGG_AUTO = 0,    /* default: MAX for quest (its hierarchy), MASS for centroid, learned, indexer */
+    EG_ROUTE_AGG_AUTO = 0,    /* default: MAX for quest and ball (the hierarchy), MASS for centroid, learned,
+                                 indexer */
     EG_ROUTE_AGG_MAX = 1,
     EG_ROUTE_AGG_MASS = 2,
 } eg_route_agg;
@@ -336,8 +345,9 @@ void eg_route_selection_free(eg_route_selection *sel);
 /* Raw scores of every segment for every row into out [n_rows][segments]
  * (segments invisible to a row get -inf). For tests and tools. Quest
  * scores include the rounding slack of f32 arithmetic, so each is at least
- * the exact max of q.k over the segment's keys; ball scores are the
- * centre's (q.c, at least that of the decoded centre), not bounds. */
+ * the exact max of q.k over the segment's keys; ball scores are its
+ * ranking scores under the default EG_BALL_BETA (q.c + beta |q| r, at
+ * least that of the decoded centre), not bounds. */
 int eg_router_score_all(const eg_route_table *t, const eg_route_rows *rows, float *out);
 
 /* ---- lost-mass bound ---------------------------------------------------------- */

@@ -162,6 +162,7 @@ typedef struct {
     uint8_t *qinf;
     double *ql1;              /* [nr] |q|_1 of each row (the hierarchy's slack) */
     float *qn;                /* [nr] |q|_2 of each row rounded up (ball tables) */
+    float beta;               /* ball: selection score = centre's + beta |q| r (0..1) */
 } ix_ctx;
 
 /* ---- int8 quest tables (qscan.c) ----------------------------------------------- */
@@ -182,10 +183,12 @@ void ix_ball_regroup(eg_route_table *t, size_t from);
  * g0]: each at least the exact q.k of every key of the group, up to the
  * f32 rounding ix_quest_slack covers (ball: q.centre + |q| R rounded up). */
 void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t ld);
-/* Ball: raise the centre scores of segments [s0, s1) in out (row r at
- * out + r*ld) to bounds, + |q_r| radius_s (two f32 roundings, within
- * ix_quest_slack); quest: nothing to do. */
-void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
+/* Ball: add f |q_r| radius_s to the scores of segments [s0, s1) in out
+ * (row r at out + r*ld): f = 1 raises centre scores to bounds, 1 - beta
+ * the selection's (ix_score_range) to bounds; each lift is two f32
+ * roundings, within ix_quest_slack (at most two lifts a score). Quest:
+ * nothing to do. */
+void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f);
 size_t ix_q8_quads(const eg_route_table *t);
 /* Codes of segment s from its quest row v [2d] (max then min, as f32 of
  * the stored halves); the first call sets the channel weights. */

@@ -135,7 +135,7 @@ void eg_route_prep_score(eg_route_prep *p, size_t i0, size_t i1)
         while (e < i1 && ids[e] == ids[e - 1] + 1) e++;
         size_t s0 = (size_t)ids[i0] * G, s1 = (size_t)ids[e - 1] * G + G;
         s1 = s1 < nv ? s1 : nv;
-        ix_quest_scores(&p->c, s0, s1, p->k.sc + s0, p->k.n_vis);
+        ix_score_range(&p->c, s0, s1, p->k.sc + s0, p->k.n_vis);   /* select's scores, as select makes them */
         for (size_t x = i0; x < e; x++) p->k.done[ids[x]] = 1;   /* a byte per group: parts never share one */
         i0 = e;
     }

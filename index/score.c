@@ -159,8 +159,11 @@ void ix_score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld
     size_t n = s1 - s0, nr = (size_t)c->nr, w = (size_t)t->width;
     switch (t->spec.kind) {
     case EG_ROUTER_QUEST:
-    case EG_ROUTER_BALL:   /* the centre's score */
         ix_quest_scores(c, s0, s1, out, ld);
+        break;
+    case EG_ROUTER_BALL:   /* the centre's score, + beta |q| r */
+        ix_quest_scores(c, s0, s1, out, ld);
+        ix_ball_lift(c, s0, s1, out, ld, c->beta);
         break;
     case EG_ROUTER_CENTROID:
         ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);

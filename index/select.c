@@ -12,6 +12,7 @@ void eg_route_opts_init(eg_route_opts *o)
     o->n_sink_segments = 1;
     o->recent_tokens = 256;
     o->hierarchical = 1;
+    o->ball_beta = EG_BALL_BETA;
 }
 
 void eg_route_selection_free(eg_route_selection *sel)
@@ -125,6 +126,8 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
     if (!rw->pos) pmax = (int64_t)(t->n * S);   /* as if queried right after the last sealed token */
     if (o && (o->aggregate < EG_ROUTE_AGG_AUTO || o->aggregate > EG_ROUTE_AGG_MASS))
         return ix_fail(EG_IX_EINVAL, "aggregate %d (0 auto, 1 max, 2 mass)", o->aggregate);
+    if (o && ix_ball(t) && !(o->ball_beta >= 0.0f && o->ball_beta <= 1.0f))
+        return ix_fail(EG_IX_EINVAL, "ball_beta %g outside 0..1", (double)o->ball_beta);
     int ns = o ? o->n_sink_segments : 1;
     int64_t recent = o ? o->recent_tokens : 256;
     if (ns < 0 || recent < 0) return ix_fail(EG_IX_EINVAL, "negative sink count or recent window");
@@ -153,6 +156,7 @@ int ix_ctx_init(ix_ctx *c, const eg_route_table *t, const eg_route_rows *rw, con
                 memcpy(o2, q, sizeof(float) * d);
         }
         if (ix_q8_table(t) && (rc = ix_q8_rows(c)) < 0) return rc;
+        c->beta = ix_ball(t) ? (o ? o->ball_beta : EG_BALL_BETA) : 0.0f;
         if (k == EG_ROUTER_LEARNED && !ix_learned_outliers(t) && !ix_learned_mean8(t)) {
             const eg_learned *lw = t->spec.learned;
             ix_project(lw->wq, lw->cfg.rank, (int)d, rw->q, nr, c->qp);
@@ -327,7 +331,7 @@ int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o)
 {
     int a = o ? o->aggregate : EG_ROUTE_AGG_AUTO;
     if (t->spec.kind == EG_ROUTER_ORACLE) return 0;
-    if (a == EG_ROUTE_AGG_AUTO) return t->spec.kind != EG_ROUTER_QUEST;
+    if (a == EG_ROUTE_AGG_AUTO) return !ix_bound_table(t);
     return a == EG_ROUTE_AGG_MASS;
 }
 

@@ -129,12 +129,17 @@ static void test_ball_kernels(void)
                 for (int r = 0; r < nr; r++)
                     for (size_t s = 0; s < nseg; s++) {
                         if (t->q8inf[s]) continue;
-                        double ref = 0, mag = 0;
+                        double ref = 0, mag = 0, qn = 0;
                         for (int c = 0; c < d; c++) {
                             double x = ix_q8_value(t, s, (size_t)c);
                             ref += (double)q[r * d + c] * x;
                             mag += fabs((double)q[r * d + c]) * fabs(x);
+                            qn += (double)q[r * d + c] * q[r * d + c];
                         }
+                        /* the default ranking: the centre's score + beta |q| r */
+                        double lift = EG_BALL_BETA * sqrt(qn) * t->q8rad[s];
+                        ref += lift * (1 - 1e-6);
+                        mag += lift;
                         double got = out[0][(size_t)r * nseg + s];
                         if (!(got >= ref)) below++;
                         /* As quest's: the query's 12-bit step follows its largest channel times
@@ -296,11 +301,79 @@ static void test_ball_radius_edges(void)
     free(k);
 }
 
+/* The ranking q.c' + beta |q| r (MAX, one row) selects what a double loop
+ * over the decoded centres and radii ranks first, for beta 0, the default
+ * and 1, and beta changes the choice; beta outside 0..1 is refused. */
+static void test_ball_beta(void)
+{
+    const int d = 24, S = 16;
+    const size_t nseg = 200;
+    float *k = keys_of(0, nseg * S, d, 812);
+    for (size_t s = 0; s < nseg; s += 7)   /* wider segments: one key pushed out */
+        for (int c = 0; c < d; c++) k[(s * S + 3) * d + c] *= 1.0f + (float)(s % 5);
+    size_t sb;
+    eg_route_table *t = ball_table(k, nseg, d, S, NULL, &sb);
+    REQUIRE(t);
+    uint64_t rs = 99;
+    float q[24];
+    int mism = 0, changed = 0;
+    for (int trial = 0; trial < 8; trial++) {
+        for (int i = 0; i < d; i++) q[i] = tu_randn(&rs);
+        double qn = 0;
+        for (int i = 0; i < d; i++) qn += (double)q[i] * q[i];
+        qn = sqrt(qn);
+        eg_route_rows rows = { .n_rows = 1, .q = q, .scale = 0.2f };
+        int64_t first[3] = { -1, -1, -1 };
+        for (int bi = 0; bi < 3; bi++) {
+            float beta = bi == 0 ? 0.0f : bi == 1 ? EG_BALL_BETA : 1.0f;
+            eg_route_opts o;
+            eg_route_opts_init(&o);
+            o.ball_beta = beta;
+            o.aggregate = EG_ROUTE_AGG_MAX;
+            o.budget_tokens = 8 * S;
+            o.recent_tokens = 0;
+            o.n_sink_segments = 0;
+            eg_route_selection sel;
+            CHECK_OK(eg_router_select(t, &rows, &o, &sel));
+            double want[200];
+            for (size_t s = 0; s < nseg; s++) {
+                double v = 0;
+                for (int c = 0; c < d; c++) v += (double)q[c] * ix_q8_value(t, s, (size_t)c);
+                want[s] = v + beta * qn * t->q8rad[s];
+            }
+            for (size_t i = 0; i < sel.n; i++) {   /* each selected beats every one left out */
+                uint8_t in[200] = { 0 };
+                for (size_t j = 0; j < sel.n; j++) in[sel.segments[j]] = 1;
+                for (size_t s = 0; s < nseg; s++)
+                    if (!in[s] && want[s] > want[sel.segments[i]] + 1e-4 * (fabs(want[s]) + 1)) mism++;
+            }
+            first[bi] = sel.n ? sel.segments[0] : -1;
+            eg_route_selection_free(&sel);
+        }
+        changed += first[0] != first[2];
+    }
+    printf("  8 queries x 3 betas: %d selections out of order, the first choice changed by beta in %d\n", mism, changed);
+    CHECK_EQ_INT(mism, 0);
+    CHECK(changed > 0);
+    eg_route_opts o;
+    eg_route_opts_init(&o);
+    o.budget_tokens = 4 * S;
+    eg_route_rows rows = { .n_rows = 1, .q = q, .scale = 0.2f };
+    eg_route_selection sel;
+    o.ball_beta = 1.5f;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EINVAL);
+    o.ball_beta = NAN;
+    CHECK_EQ_INT(eg_router_select(t, &rows, &o, &sel), EG_IX_EINVAL);
+    eg_route_table_free(t);
+    free(k);
+}
+
 int main(void)
 {
     TEST_RUN(test_ball_summary);
     TEST_RUN(test_ball_kernels);
     TEST_RUN(test_ball_bound_every_codec);
     TEST_RUN(test_ball_radius_edges);
+    TEST_RUN(test_ball_beta);
     TEST_END();
 }

@@ -17,19 +17,23 @@ static const int64_t budgets[NB] = { 512, 1024, 2048, 4096 };
 #define BOUND_CAP 32768          /* largest budget the max_lost mode may grow to */
 
 /* quest: the int8 table in RAM (the default); quest-f16 the stored halves.
- * Every router ranks as it does by default (eg_route_agg: MAX for quest,
- * MASS for the others); the "-max" rows rank by MAX, for comparison. */
-typedef struct { const char *name; eg_router_kind kind; eg_learned_mode mode; int f16, agg; } router_def;
+ * Every router ranks as it does by default (eg_route_agg: MAX for quest
+ * and ball, MASS for the others); the "-max" rows rank by MAX, for
+ * comparison; "ball-mass" ranks the ball by MASS, "ball-centre" by the
+ * centre alone (ball_beta 0, MASS). */
+typedef struct { const char *name; eg_router_kind kind; eg_learned_mode mode; int f16, agg; float beta; } router_def;
 static const router_def routers[] = {
-    { "quest", EG_ROUTER_QUEST, 0, 0, 0 },     { "quest-f16", EG_ROUTER_QUEST, 0, 1, 0 },
-    { "ball", EG_ROUTER_BALL, 0, 0, 0 },       { "ball-max", EG_ROUTER_BALL, 0, 0, EG_ROUTE_AGG_MAX },
-    { "centroid", EG_ROUTER_CENTROID, 0, 0, 0 },
-    { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ, 0, 0 }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS, 0, 0 },
-    { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, 0 },
-    { "outliers-max", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, EG_ROUTE_AGG_MAX },
-    { "learned-mean8", EG_ROUTER_LEARNED, EG_LEARNED_MEAN8, 0, 0 },
-    { "indexer", EG_ROUTER_INDEXER, 0, 0, 0 }, { "indexer-max", EG_ROUTER_INDEXER, 0, 0, EG_ROUTE_AGG_MAX },
-    { "oracle", EG_ROUTER_ORACLE, 0, 0, 0 },
+    { "quest", EG_ROUTER_QUEST, 0, 0, 0, 0 },     { "quest-f16", EG_ROUTER_QUEST, 0, 1, 0, 0 },
+    { "ball", EG_ROUTER_BALL, 0, 0, 0, EG_BALL_BETA },
+    { "ball-mass", EG_ROUTER_BALL, 0, 0, EG_ROUTE_AGG_MASS, EG_BALL_BETA },
+    { "ball-centre", EG_ROUTER_BALL, 0, 0, EG_ROUTE_AGG_MASS, 0.0f },
+    { "centroid", EG_ROUTER_CENTROID, 0, 0, 0, 0 },
+    { "learned", EG_ROUTER_LEARNED, EG_LEARNED_PQ, 0, 0, 0 }, { "learned-reps", EG_ROUTER_LEARNED, EG_LEARNED_REPS, 0, 0, 0 },
+    { "learned-outliers", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, 0, 0 },
+    { "outliers-max", EG_ROUTER_LEARNED, EG_LEARNED_OUTLIERS, 0, EG_ROUTE_AGG_MAX, 0 },
+    { "learned-mean8", EG_ROUTER_LEARNED, EG_LEARNED_MEAN8, 0, 0, 0 },
+    { "indexer", EG_ROUTER_INDEXER, 0, 0, 0, 0 }, { "indexer-max", EG_ROUTER_INDEXER, 0, 0, EG_ROUTE_AGG_MAX, 0 },
+    { "oracle", EG_ROUTER_ORACLE, 0, 0, 0, 0 },
 };
 #define NR (int)(sizeof routers / sizeof *routers)
 
@@ -293,6 +297,7 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
             eg_route_opts_init(&opt);
             opt.budget_tokens = budgets[bi];
             opt.aggregate = routers[ri].agg;
+            opt.ball_beta = routers[ri].beta;
             eg_route_selection sel;
             double t0 = bench_now();
             if (eg_router_select(tab[ri], &rows, &opt, &sel) < 0) {
@@ -362,6 +367,7 @@ static void eval_group(run *R, int qi, int h, eg_route_table **tab, size_t nseg,
         eg_route_opts_init(&opt);
         opt.budget_tokens = BOUND_CAP;
         opt.aggregate = routers[ri].agg;
+        opt.ball_beta = routers[ri].beta;
         eg_route_selection sel;
         if (eg_router_select(tab[ri], &rows, &opt, &sel) == 0) {
             size_t n_order = sel.n - sel.n_forced, pre;
