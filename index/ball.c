@@ -13,6 +13,10 @@
 #include "ix_internal.h"
 #include <float.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define BALL_X86 1
+#endif
 
 /* Round a non-negative double up to a float. */
 static float up_f32(double x)
@@ -85,15 +89,42 @@ void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t l
     }
 }
 
+/* o[i] = o[i] + qn * rad[i], multiply then add (the kernels' epilogue
+ * does the same two roundings: one answer whichever runs). */
+static void lift_portable(float *o, const float *rad, size_t n, float qn)
+{
+    for (size_t i = 0; i < n; i++) o[i] = o[i] + qn * rad[i];
+}
+
+#ifdef BALL_X86
+/* gcc's -O2 leaves the loop above scalar (no runtime alias check under its
+ * cheap cost model): a decode step at 1M lifted 0.5M scores that way, a
+ * third of the time of the table's scan. */
+__attribute__((target("avx2"))) static void lift_avx2(float *o, const float *rad, size_t n, float qn)
+{
+    __m256 q = _mm256_set1_ps(qn);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_mul_ps(q, _mm256_loadu_ps(rad + i))));
+    lift_portable(o + i, rad + i, n - i, qn);
+}
+#endif
+
 void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f)
 {
     const eg_route_table *t = c->t;
     if (!ix_ball(t) || s1 <= s0 || f == 0.0f) return;
-    const float *rad = t->q8rad + s0;
     size_t n = s1 - s0;
+#ifdef BALL_X86
+    int vec = ix_simd_has_avx2() && ix_simd_cap() > 0;
+#endif
     for (int r = 0; r < c->nr; r++) {
-        float *o = out + (size_t)r * ld, qn = c->qn[r] * f;   /* f in [0, 1]: one more rounding, down */
-        /* Infinite segments score +inf already, with radius 0. */
-        for (size_t i = 0; i < n; i++) o[i] += qn * rad[i];
+        /* f in [0, 1]: f |q| rounds once more. Infinite segments score
+         * +inf already, with radius 0. */
+        float qn = c->qn[r] * f;
+#ifdef BALL_X86
+        if (vec) { lift_avx2(out + (size_t)r * ld, t->q8rad + s0, n, qn); continue; }
+#endif
+        lift_portable(out + (size_t)r * ld, t->q8rad + s0, n, qn);
     }
 }

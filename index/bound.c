@@ -128,8 +128,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
                 for (size_t r = 0; r < nr; r++)
                     for (size_t s = a; s < b; s++) k->sc[r * k->n_vis + s] = -INFINITY;
         } else if (cached && !done) {
-            ix_quest_scores(c, a, b, k->sc + a, k->n_vis);
-            ix_ball_lift(c, a, b, k->sc + a, k->n_vis, 1.0f);
+            ix_quest_scores(c, a, b, k->sc + a, k->n_vis);   /* ball: bounds already */
         } else if (cached) {   /* select's scores (ball: centre + beta |q| r) become bounds */
             ix_ball_lift(c, a, b, k->sc + a, k->n_vis, 1.0f - c->beta);
         }
@@ -142,8 +141,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             {
                 size_t a = g * G, b = a + G < nv ? a + G : nv;
                 if (refine[g]) {
-                    ix_quest_scores(c, a, b, tmp + (a - a0), RUN_SEGS);
-                    ix_ball_lift(c, a, b, tmp + (a - a0), RUN_SEGS, 1.0f);
+                    ix_quest_scores(c, a, b, tmp + (a - a0), RUN_SEGS);   /* ball: bounds already */
                 } else
                     for (size_t r = 0; r < nr; r++)
                         for (size_t s = a; s < b; s++) tmp[r * RUN_SEGS + (s - a0)] = -INFINITY;
@@ -179,7 +177,6 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
         else {
             ix_quest_scores(c, s, s + 1, sc + i, n_order);
-            ix_ball_lift(c, s, s + 1, sc + i, n_order, 1.0f);
         }
     }
     for (size_t r = 0; r < nr; r++) {

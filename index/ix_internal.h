@@ -204,8 +204,10 @@ void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float
 /* Quantize c's prepared rows (c->qp) for the table (and |q|_2 for a ball). */
 int ix_q8_rows(ix_ctx *c);
 /* Scores of segments [s0, s1): out[r*ld + s - s0], each an upper bound of
- * the exact quest score (+inf for a segment or row out of range). */
-void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
+ * the exact quest score (+inf for a segment or row out of range); ball:
+ * at least q.c' for the decoded centre, plus f |q|_2 r (the lift of
+ * ix_ball_lift, done in the kernels' epilogue). */
+void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f);
 /* Kernel level up to cap: 0 portable, 1 AVX2, 2 AVX-512 VNNI; its name. */
 int ix_q8_level(int cap);
 const char *ix_q8_kernel_name(int cap);
@@ -217,7 +219,8 @@ void ix_indexer_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t
 int ix_simd_has_avx2(void);
 /* The cap eg_index_kernels set (simd.c). */
 int ix_simd_cap(void);
-/* Member scores of a quest table, f16 or int8 (score.c). */
+/* Member scores of a quest table, f16 or int8, or a ball table's bounds
+ * (centre + |q| r) (score.c). */
 void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld);
 /* Per-row raw scores of segments [s0, s1) of c's table into out (row r at
  * out + r*ld), for every router kind (score.c); thread-safe on one ctx. */

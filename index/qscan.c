@@ -295,13 +295,15 @@ typedef struct {
     const int16_t *qq;
     const float *th;
     const uint8_t *rinf;
+    const float *rq;          /* ball: per row f |q|_2, times the segment's radius added */
 } q8_job;
 
-static inline float epilogue(int32_t I, size_t s, const eg_route_table *t, float th, int rinf)
+static inline float epilogue(int32_t I, size_t s, const eg_route_table *t, float th, int rinf, float rq)
 {
     int32_t J = 2 * I + t->q8l1[s];                  /* |J| < 2^31: 2 * 2048 * 127 * 2047 + L1 */
     if (J >= (1 << 24) || J <= -(1 << 24)) J += 64;   /* float(J) then rounds to >= J */
     float v = (float)J * t->q8s[s] * th;              /* exact: powers of two */
+    if (t->q8rad) v = v + rq * t->q8rad[s];           /* ball: multiply, then add (no FMA: every kernel alike) */
     return rinf || t->q8inf[s] ? INFINITY : v;
 }
 
@@ -315,7 +317,7 @@ static void dot_portable(const q8_job *j, size_t s0, size_t s1, int nr, float *o
             int32_t acc = 0;
             for (size_t k = 0; k < nq; k++)
                 for (int i = 0; i < 4; i++) acc += (int32_t)blk[k * IX_BLK * 4 + i] * q[k * 4 + i];
-            out[(size_t)r * ld + (s - s0)] = epilogue(acc, s, j->t, j->th[r], j->rinf[r]);
+            out[(size_t)r * ld + (s - s0)] = epilogue(acc, s, j->t, j->th[r], j->rinf[r], j->rq[r]);
         }
     }
 }
@@ -337,7 +339,7 @@ static inline int64_t quad_of(const int16_t *q)
  * kernels (a call per block and row was 5 % of a decode step). */
 #define EPI_STORE(NAME, TGT)                                                                                  \
     TGT static inline void NAME(__m256i I, size_t first, size_t s0, size_t s1, const eg_route_table *t,       \
-                                float th, int rinf, float *dst)                                               \
+                                float th, int rinf, float rq, float *dst)                                     \
     {                                                                                                         \
         __m256i J = _mm256_add_epi32(_mm256_add_epi32(I, I),                                                  \
                                      _mm256_loadu_si256((const __m256i *)(t->q8l1 + first)));                  \
@@ -345,6 +347,8 @@ static inline int64_t quad_of(const int16_t *q)
         J = _mm256_add_epi32(J, _mm256_and_si256(big, _mm256_set1_epi32(64)));                                \
         __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(J), _mm256_loadu_ps(t->q8s + first)),       \
                                  _mm256_set1_ps(th));                                                         \
+        if (t->q8rad)                                                                                         \
+            v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(rq), _mm256_loadu_ps(t->q8rad + first)));       \
         __m256i fl = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(t->q8inf + first)));              \
         __m256i inf = _mm256_or_si256(_mm256_cmpgt_epi32(fl, _mm256_setzero_si256()),                         \
                                       _mm256_set1_epi32(rinf ? -1 : 0));                                      \
@@ -388,7 +392,7 @@ static inline int64_t quad_of(const int16_t *q)
             }                                                                                  \
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)  /* hadd: [s0 s1 s4 s5 | s2 s3 s6 s7] */ \
                 epi_avx2(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[r], hi[r]), order), b * IX_BLK, s0, s1, \
-                         j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                     \
+                         j->t, j->th[r], j->rinf[r], j->rq[r], out + (size_t)r * ld);           \
         }                                                                                      \
     }
 EPI_STORE(epi_avx2, T_AVX2)
@@ -436,7 +440,7 @@ DA_BLOCK(1) DA_BLOCK(2) DA_BLOCK(3) DA_BLOCK(4)
                 __m512i a = _mm512_add_epi32(acc[0][r], acc[1][r]);                            \
                 __m256i lo = _mm512_castsi512_si256(a), hi = _mm512_extracti64x4_epi64(a, 1);  \
                 epi_vnni(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo, hi), order), b * IX_BLK, s0, s1, \
-                         j->t, j->th[r], j->rinf[r], out + (size_t)r * ld);                    \
+                         j->t, j->th[r], j->rinf[r], j->rq[r], out + (size_t)r * ld);          \
             }                                                                                  \
         }                                                                                      \
     }
@@ -466,6 +470,7 @@ static void run_blocks(const q8_job *j, size_t s0, size_t s1, int nr, float *out
             jr.qq += (size_t)r0 * j->qld;
             jr.th += r0;
             jr.rinf += r0;
+            jr.rq += r0;
             tab[(nr - r0 < 4 ? nr - r0 : 4) - 1](&jr, b, be, s0, s1, out + (size_t)r0 * ld, ld);
         }
     }
@@ -524,13 +529,17 @@ static dot_fn pick(int level)
 }
 
 /* ---- scores ------------------------------------------------------------------------- */
-void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld)
+void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f)
 {
     const eg_route_table *t = c->t;
     size_t nq = ix_q8_quads(t);
-    q8_job j = {t, nq, nq * 4, c->qq, NULL, c->qinf};
-    float th[EG_IX_ROWS_MAX];
-    for (int r = 0; r < c->nr; r++) th[r] = c->qt[2 * r];
+    q8_job j = {t, nq, nq * 4, c->qq, NULL, c->qinf, NULL};
+    float th[EG_IX_ROWS_MAX], rq[EG_IX_ROWS_MAX];
+    for (int r = 0; r < c->nr; r++) {
+        th[r] = c->qt[2 * r];
+        rq[r] = ix_ball(t) ? f * c->qn[r] : 0.0f;
+    }
     j.th = th;
+    j.rq = rq;
     if (s1 > s0) pick(ix_q8_level(ix_simd_cap()))(&j, s0, s1, c->nr, out, ld);
 }

@@ -8,7 +8,7 @@ void ix_quest_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t l
 {
     const eg_route_table *t = c->t;
     if (s1 <= s0) return;
-    if (ix_q8_table(t)) ix_q8_scores(c, s0, s1, out, ld);
+    if (ix_q8_table(t)) ix_q8_scores(c, s0, s1, out, ld, 1.0f);
     else ix_score_rows_h(t->htab, s0, s1, (size_t)t->width, c->qp, c->nr, out, ld, t->has_inf);
 }
 
@@ -162,8 +162,7 @@ void ix_score_range(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld
         ix_quest_scores(c, s0, s1, out, ld);
         break;
     case EG_ROUTER_BALL:   /* the centre's score, + beta |q| r */
-        ix_quest_scores(c, s0, s1, out, ld);
-        ix_ball_lift(c, s0, s1, out, ld, c->beta);
+        ix_q8_scores(c, s0, s1, out, ld, c->beta);
         break;
     case EG_ROUTER_CENTROID:
         ix_score_rows_h(t->htab, s0, s1, w, c->qp, c->nr, out, ld, t->has_inf);
