@@ -649,7 +649,7 @@ void eg_attend_req_init(eg_attend_req *r)
     r->budget_tokens = 2048;
     r->n_sink_segments = 1;
     r->recent_tokens = 256;
-    r->router = EG_ROUTER_QUEST;
+    r->router = EG_ROUTER_BALL;
 }
 
 /* Check req against the session (read lock held) and fill c's view and

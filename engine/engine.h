@@ -162,7 +162,7 @@ typedef struct {
                                  ends); 0 = attend the whole budget */
     int remap_positions;      /* RoPE sessions: sinks first, routed segments packed
                                  in order, the recent window at its true distance */
-    eg_router_kind router;    /* EG_ROUTER_QUEST (default), _BALL, _CENTROID, _LEARNED
+    eg_router_kind router;    /* EG_ROUTER_BALL (default since stop 22), _QUEST, _CENTROID, _LEARNED
                                  (outliers mode: see eg_engine_router_train) or
                                  _ORACLE; the bound comes from the ball's table
                                  when the ball routes, else from quest's */
@@ -171,8 +171,8 @@ typedef struct {
     const uint32_t *tags;     /* routed segments restricted to these document tags */
     int n_tags;
     int aggregate;            /* eg_route_agg (index.h): how a kv-head's query rows rank a
-                                 segment together; 0 = the router's own (MAX for quest,
-                                 MASS for ball, centroid and learned) */
+                                 segment together; 0 = the router's own (MAX for quest
+                                 and ball, MASS for centroid and learned) */
 } eg_attend_req;
 void eg_attend_req_init(eg_attend_req *r);
 

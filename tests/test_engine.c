@@ -95,9 +95,9 @@ static void t_sparse_equals_dense(void)
             check_call(&f, &m, &r, 0, 1e-5, "include_self");
             pos[0] = 188;
             r.include_self = 0;
+            r.router = EG_ROUTER_QUEST;   /* the default is the ball */
+            check_call(&f, &m, &r, 0, 1e-5, "full budget, quest");
             r.router = EG_ROUTER_BALL;
-            check_call(&f, &m, &r, 0, 1e-5, "full budget, ball");
-            r.router = EG_ROUTER_QUEST;
         }
         /* Again over the reopened store. */
         CHECK_EN(eg_engine_close(f.e));
@@ -244,8 +244,8 @@ static void t_lost_bound(void)
             /* rows ranking by MASS: quest asked for it (the shared decode
              * path, flat), and centroid by default */
             if (trial == 1 || trial == 5) r.aggregate = EG_ROUTE_AGG_MASS;
+            r.router = trial >= 6 ? EG_ROUTER_BALL : EG_ROUTER_QUEST;   /* the ball: its own table bounds */
             if (trial == 2) r.router = EG_ROUTER_CENTROID;
-            if (trial >= 6) r.router = EG_ROUTER_BALL;   /* its own table bounds */
             float out[2 * 4 * 16], lse[8], lost[8];
             eg_attend_result res = {out, lse, lost, 0, 0, 0, 0};
             eg_select_result sr;

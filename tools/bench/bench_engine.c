@@ -242,7 +242,7 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
         eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
         uint64_t sealed_toks = toks - (T % 64) * sh->h;
-        double bytes = (double)(T / 64) * sh->h * quest_bytes(sh->d, 0)   /* quest table */
+        double bytes = (double)(T / 64) * sh->h * ball_bytes(sh->d)        /* the ball's table (default router) */
                      + (double)segs * (kb + vb)                     /* stored blocks attended */
                      + (double)(toks - sealed_toks) * sh->d * 8.0;  /* open rows, f32 */
         double floor_s = bytes / (gbps * 1e9);
@@ -253,18 +253,19 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         bench_figure(o, "attend", "attend_vs_dense", de / sp, "ratio", de, p);
         bench_figure(o, "attend", "attend_vs_floor", sp / floor_s, "ratio", floor_s, p);
     }
-    /* The ball router on the same step: its own table routes and bounds. */
-    r.router = EG_ROUTER_BALL;
+    /* The quest router on the same step (the default before stop 22): its
+     * own table routes and bounds. */
+    r.router = EG_ROUTER_QUEST;
     double gb = gbps, sb = rc ? -1 : time_attend(s, &r, &res, 0, 3, big ? 21 : 31, &gb);
     if (!rc && sb >= 0) {
         size_t kb, vb;
         eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
         eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
-        double bytes = (double)(T / 64) * sh->h * ball_bytes(sh->d) + (double)res.segments * (kb + vb)
+        double bytes = (double)(T / 64) * sh->h * quest_bytes(sh->d, 0) + (double)res.segments * (kb + vb)
                      + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
         char p[256];
         snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
-                 "\"router\":\"ball\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
+                 "\"router\":\"quest\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
         bench_figure(o, "attend", "attend_ms", sb * 1e3, "ms", de * 1e3, p);
         bench_figure(o, "attend", "attend_vs_dense", de / sb, "ratio", de, p);
         bench_figure(o, "attend", "attend_vs_floor", sb / (bytes / (gb * 1e9)), "ratio", bytes / (gb * 1e9), p);
@@ -305,6 +306,7 @@ static int variant_figure(const bench_opts *o, const char *dir, const shape *sh,
     decode_step_init(&ds, sh, T);
     eg_attend_req r = ds.r;
     eg_attend_result res = ds.res;
+    if (variant == 2) r.router = EG_ROUTER_QUEST;   /* f16 or int8 quest tables: quest routing */
     int big = T >= (1u << 20), rc = 0;
     /* Rounds alternate the two engines, so that both see the machine's
      * load of the same minutes; each one's figure is its median round. */
@@ -327,7 +329,7 @@ static int variant_figure(const bench_opts *o, const char *dir, const shape *sh,
         char p[256];
         snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,%s",
                  (unsigned long long)T, sh->name, eg_codec_name(codec),
-                 variant == 1 ? "\"window\":\"f32\"" : "\"quest\":\"f16\"");
+                 variant == 1 ? "\"window\":\"f32\"" : "\"router\":\"quest\",\"quest\":\"f16\"");
         bench_figure(o, "attend", "attend_ms", t[1] * 1e3, "ms", t[0] * 1e3, p);
         bench_figure(o, "attend", variant == 1 ? "window_f32_vs_stored" : "quest_f16_vs_int8", t[1] / t[0],
                      "ratio", t[0], p);
@@ -478,21 +480,25 @@ static double time_resume(const char *dir, const eg_attend_req *r, eg_attend_res
     return rc ? -1 : t;
 }
 
-/* Invalidate the quest snapshots of session "b" (layer 0), so that the
- * next open rebuilds its tables from the summaries. */
+/* Invalidate the quest and ball snapshots (session record kinds 4 and 6)
+ * of session "b" (layer 0), so that the next open rebuilds its tables
+ * from the summaries. */
 static void spoil_snapshots(eg_engine *e, uint32_t H)
 {
     eg_msession *ms;
     if (eg_session_open(eg_engine_store(e), "b", NULL, &ms)) return;
     unsigned char junk[16] = {0};
-    for (uint32_t h = 0; h < H; h++) eg_record_put_session(ms, 0, h, 4u, 0, junk, sizeof junk);
+    for (uint32_t h = 0; h < H; h++) {
+        eg_record_put_session(ms, 0, h, 4u, 0, junk, sizeof junk);
+        eg_record_put_session(ms, 0, h, 6u, 0, junk, sizeof junk);
+    }
     eg_session_close(ms);
 }
 
 /* Resume: open a fresh engine on a stored session and answer the first
  * attend, against reading the store's data file once. The session was
- * attended before it closed (as a served session is), so its quest tables
- * were stored as snapshots: the main figure loads them. Also: the same
+ * attended before it closed (as a served session is), so its route tables
+ * (the default router's: the ball's) were stored as snapshots: the main figure loads them. Also: the same
  * with the snapshots spoiled (tables rebuilt from the summaries), and both
  * the read and the resume with the file's pages dropped from the OS page
  * cache first (cold: the disk's figure). */
