@@ -12,6 +12,7 @@
  * centre score. */
 #include "ix_internal.h"
 #include <float.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -25,9 +26,25 @@ static float up_f32(double x)
     return (double)f < x ? nextafterf(f, INFINITY) : f;
 }
 
+/* The decoded centre of segment s into x [d]: code times scale times the
+ * channel's weight, exact (what ix_q8_value gives, without a call per
+ * channel: a resumed 1M-token table regroups 16384 segments a head). */
+static void centre_of(const eg_route_table *t, size_t s, float *x)
+{
+    size_t d = (size_t)t->spec.dim, nq = ix_q8_quads(t);
+    const int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
+    float sc = t->q8s[s];
+    for (size_t c = 0; c < d; c++) x[c] = (float)blk[(c / 4) * IX_BLK * 4 + c % 4] * sc * t->q8wf[c];
+}
+
 void ix_ball_regroup(eg_route_table *t, size_t from)
 {
     size_t d = (size_t)t->spec.dim, G = EG_IX_GROUP;
+    float *ctr = malloc(sizeof(float) * G * d);   /* the group's decoded centres */
+    if (!ctr) {   /* no memory: radii of +inf keep every group a (useless) bound */
+        for (size_t g = from / G; g * G < t->n; g++) { t->gR[g] = INFINITY; t->gabs[g] = FLT_MAX; t->gl1[g] = INFINITY; }
+        return;
+    }
     for (size_t g = from / G; g * G < t->n; g++) {
         size_t s0 = g * G, s1 = s0 + G < t->n ? s0 + G : t->n;
         float lo[EG_IX_DIM_MAX], hi[EG_IX_DIM_MAX], l1 = 0.0f;
@@ -39,10 +56,11 @@ void ix_ball_regroup(eg_route_table *t, size_t from)
             l1 = v > l1 ? v : l1;
             if (t->q8inf[s]) { inf = 1; continue; }
             any = 1;
+            float *x = ctr + (s - s0) * d;
+            centre_of(t, s, x);
             for (size_t c = 0; c < d; c++) {
-                float x = ix_q8_value(t, s, c);   /* exact */
-                lo[c] = x < lo[c] ? x : lo[c];
-                hi[c] = x > hi[c] ? x : hi[c];
+                lo[c] = x[c] < lo[c] ? x[c] : lo[c];
+                hi[c] = x[c] > hi[c] ? x[c] : hi[c];
             }
         }
         double gc[EG_IX_DIM_MAX], gmax = 0;
@@ -56,11 +74,12 @@ void ix_ball_regroup(eg_route_table *t, size_t from)
         double R = 0, kmax = gmax;
         for (size_t s = s0; s < s1; s++) {
             if (t->q8inf[s]) continue;
+            const float *x = ctr + (s - s0) * d;
             double e2 = 0, cmax = 0;
             for (size_t c = 0; c < d; c++) {
-                double x = ix_q8_value(t, s, c), e = x - gc[c];
+                double e = (double)x[c] - gc[c];
                 e2 += e * e;
-                cmax = fabs(x) > cmax ? fabs(x) : cmax;
+                cmax = fabs((double)x[c]) > cmax ? fabs((double)x[c]) : cmax;
             }
             double rs = sqrt(e2) + t->q8rad[s];
             R = rs > R ? rs : R;
@@ -71,6 +90,7 @@ void ix_ball_regroup(eg_route_table *t, size_t from)
         t->gabs[g] = ga <= FLT_MAX ? ga : FLT_MAX;
         t->gl1[g] = l1;
     }
+    free(ctr);
 }
 
 void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t ld)
