@@ -126,17 +126,17 @@ int eg_engine_session_fork(eg_engine *e, const char *parent, const char *child, 
 /* Truncate to n_tokens; the router's tables and the window follow. */
 int eg_engine_session_truncate(eg_engine_session *s, uint64_t n_tokens);
 /* Append (req as eg_append in memory.h). Every segment this seals gets its
- * router summaries (quest, centroid and the learned router's outliers
- * summary, computed from the keys as attention sees them: decoded, and
+ * router summaries (quest, the ball's radius, centroid and the learned
+ * router's outliers summary, computed from the keys as attention sees them: decoded, and
  * rotated when the session applies RoPE) in the same transaction as its
  * blocks. */
 int eg_engine_append(eg_engine_session *s, const eg_append_req *req, uint64_t *out_n_tokens);
 
 typedef struct {
     uint64_t attends, page_ins, window_hits, window_bytes, window_entries, window_evictions;
-    /* quest tables (one per layer and kv-head) loaded from the snapshot a
-     * close stored, and built from the summaries (a first open, or a
-     * snapshot missing or refused) */
+    /* quest and ball tables (one per layer and kv-head each) loaded from
+     * the snapshot a close stored, and built from the summaries (a first
+     * open, or a snapshot missing or refused) */
     uint64_t tables_from_snapshot, tables_rebuilt;
 } eg_engine_session_stats;
 int eg_engine_session_stats_get(eg_engine_session *s, eg_engine_session_stats *out);

@@ -140,9 +140,9 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             for (size_t g = a0 / G; g * G < b0; g++)
             {
                 size_t a = g * G, b = a + G < nv ? a + G : nv;
-                if (refine[g]) {
+                if (refine[g])
                     ix_quest_scores(c, a, b, tmp + (a - a0), RUN_SEGS);   /* ball: bounds already */
-                } else
+                else
                     for (size_t r = 0; r < nr; r++)
                         for (size_t s = a; s < b; s++) tmp[r * RUN_SEGS + (s - a0)] = -INFINITY;
             }
@@ -175,9 +175,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
         size_t s = (size_t)sel->segments[sel->n_forced + i];
         if (cached && s < k->n_vis && k->done[s / G])
             for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
-        else {
-            ix_quest_scores(c, s, s + 1, sc + i, n_order);
-        }
+        else ix_quest_scores(c, s, s + 1, sc + i, n_order);
     }
     for (size_t r = 0; r < nr; r++) {
         double *o = log_ub + r * (n_order + 1);
