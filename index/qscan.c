@@ -90,9 +90,27 @@ static void set_weights(eg_route_table *t, const float *v)
     t->q8w_set = 1;
 }
 
+/* Segment s's codes (nq quads, zero-padded) into its block's layout, with
+ * their L1 sum, the scale 2^e and the infinite flag. */
+static void put_codes(eg_route_table *t, size_t s, const int8_t *code, int e, int inf)
+{
+    size_t nq = ix_q8_quads(t);
+    int32_t l1 = 0;
+    int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
+    for (size_t k = 0; k < nq; k++)
+        for (int j = 0; j < 4; j++) {
+            int8_t q = code[k * 4 + j];
+            blk[k * IX_BLK * 4 + j] = q;
+            l1 += q < 0 ? -q : q;
+        }
+    t->q8s[s] = ldexpf(1.0f, e);
+    t->q8l1[s] = l1;
+    t->q8inf[s] = (uint8_t)inf;
+}
+
 void ix_q8_put_row(eg_route_table *t, size_t s, const float *v)
 {
-    size_t d = (size_t)t->spec.dim, w = 2 * d, nq = ix_q8_quads(t);
+    size_t d = (size_t)t->spec.dim, w = 2 * d;
     if (!t->q8w_set) set_weights(t, v);
     /* x = v / w_c: exact (powers of two, no f16 value leaves the normal
      * floats under the clamped weights); then the codes of x / s. */
@@ -119,17 +137,7 @@ void ix_q8_put_row(eg_route_table *t, size_t s, const float *v)
         int i = (int)y;
         code[c] = (int8_t)(c < d ? i + ((float)i < y) : i - ((float)i > y));
     }
-    int32_t l1 = 0;
-    int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
-    for (size_t k = 0; k < nq; k++)
-        for (int j = 0; j < 4; j++) {
-            int8_t q = code[k * 4 + j];
-            blk[k * IX_BLK * 4 + j] = q;
-            l1 += q < 0 ? -q : q;
-        }
-    t->q8s[s] = ldexpf(1.0f, e);
-    t->q8l1[s] = l1;
-    t->q8inf[s] = (uint8_t)inf;
+    put_codes(t, s, code, e, inf);
 }
 
 /* Ball: the centre m = (max + min) / 2 of the stored box (in double, as
@@ -139,7 +147,7 @@ void ix_q8_put_row(eg_route_table *t, size_t s, const float *v)
  * holds every key: |k - c'| <= |k - m| + |m - c'|. */
 void ix_q8_put_ball(eg_route_table *t, size_t s, const float *v, float radius)
 {
-    size_t d = (size_t)t->spec.dim, nq = ix_q8_quads(t);
+    size_t d = (size_t)t->spec.dim;
     if (!t->q8w_set) set_weights(t, v);
     double m[EG_IX_DIM_MAX], x[EG_IX_DIM_MAX], amax = 0, hw2 = 0;
     int8_t code[EG_IX_DIM_MAX + 4];
@@ -169,17 +177,7 @@ void ix_q8_put_ball(eg_route_table *t, size_t s, const float *v, float radius)
     r = (r + sqrt(err2)) * (1.0 + 0x1p-40);               /* the double roundings, outward */
     float rf = (float)r;
     if ((double)rf < r) rf = nextafterf(rf, INFINITY);
-    int32_t l1 = 0;
-    int8_t *blk = t->q8 + (s / IX_BLK) * nq * IX_BLK * 4 + (s % IX_BLK) * 4;
-    for (size_t k = 0; k < nq; k++)
-        for (int j = 0; j < 4; j++) {
-            int8_t q = code[k * 4 + j];
-            blk[k * IX_BLK * 4 + j] = q;
-            l1 += q < 0 ? -q : q;
-        }
-    t->q8s[s] = ldexpf(1.0f, e);
-    t->q8l1[s] = l1;
-    t->q8inf[s] = (uint8_t)inf;
+    put_codes(t, s, code, e, inf);
     t->q8rad[s] = inf || !(rf <= FLT_MAX) ? 0.0f : rf;
     if (!inf && !(rf <= FLT_MAX)) t->q8inf[s] = 1;
 }

@@ -174,22 +174,19 @@ static void test_every_operation(void)
         CHECK_EN(eg_engine_router_train(e.local.s, &t, bl, al));
         CHECK(bs[0] == bl[0] && bs[1] == bl[1] && as[0] == al[0] && as[1] == al[1]);
         CHECK(as[0] < bs[0] && as[1] < bs[1]);
-        q.router = EG_ROUTER_LEARNED;
-        CHECK_NET(eg_client_select(e.c, e.h, &e.cfg, &q, &ss));
-        CHECK_EN(eg_engine_select(e.local.s, &q, &sl));
-        CHECK_EQ_INT(ss.offsets[ss.n_kv_heads], sl.offsets[sl.n_kv_heads]);
-        for (size_t i = 0; i < ss.offsets[ss.n_kv_heads] && i < sl.offsets[sl.n_kv_heads]; i++)
-            CHECK(ss.segments[i] == sl.segments[i] && ss.scores[i] == sl.scores[i]);
-        eg_select_result_free(&ss);
-        eg_select_result_free(&sl);
-        q.router = EG_ROUTER_BALL;   /* router 6 over the wire: the server's answer is the engine's */
-        CHECK_NET(eg_client_select(e.c, e.h, &e.cfg, &q, &ss));
-        CHECK_EN(eg_engine_select(e.local.s, &q, &sl));
-        CHECK_EQ_INT(ss.offsets[ss.n_kv_heads], sl.offsets[sl.n_kv_heads]);
-        for (size_t i = 0; i < ss.offsets[ss.n_kv_heads] && i < sl.offsets[sl.n_kv_heads]; i++)
-            CHECK(ss.segments[i] == sl.segments[i] && ss.scores[i] == sl.scores[i]);
-        eg_select_result_free(&ss);
-        eg_select_result_free(&sl);
+        /* the learned router, and the ball (router 6) over the wire: the
+         * server's answer is the engine's */
+        static const eg_router_kind other[2] = {EG_ROUTER_LEARNED, EG_ROUTER_BALL};
+        for (int ri = 0; ri < 2; ri++) {
+            q.router = other[ri];
+            CHECK_NET(eg_client_select(e.c, e.h, &e.cfg, &q, &ss));
+            CHECK_EN(eg_engine_select(e.local.s, &q, &sl));
+            CHECK_EQ_INT(ss.offsets[ss.n_kv_heads], sl.offsets[sl.n_kv_heads]);
+            for (size_t i = 0; i < ss.offsets[ss.n_kv_heads] && i < sl.offsets[sl.n_kv_heads]; i++)
+                CHECK(ss.segments[i] == sl.segments[i] && ss.scores[i] == sl.scores[i]);
+            eg_select_result_free(&ss);
+            eg_select_result_free(&sl);
+        }
         q.router = EG_ROUTER_QUEST;
         t.recent_tokens = 1000;
         CHECK_NCODE(eg_client_router_train(e.c, e.h, &e.cfg, &t, bs, as), EG_IX_EEMPTY);

@@ -218,6 +218,36 @@ static double ball_bytes(uint32_t d)
     return (double)((d + 3) / 4 * 4) + 13.0 + (2.0 * d + 12.0) / 32.0;
 }
 
+/* The decode step at the end of T tokens routed by router: its time
+ * against the dense time de and its floor (seg_bytes of table a
+ * segment), as figures with "router" in their params. */
+static int router_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec, uint64_t T,
+                          eg_router_kind router, const char *name, double seg_bytes, double de, double gbps,
+                          int calls)
+{
+    decode_step ds;
+    decode_step_init(&ds, sh, T);
+    eg_attend_req r = ds.r;
+    eg_attend_result res = ds.res;
+    r.router = router;
+    double g = gbps, t = time_attend(s, &r, &res, 0, 3, calls, &g);
+    if (t >= 0) {
+        size_t kb, vb;
+        eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
+        eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
+        double bytes = (double)(T / 64) * sh->h * seg_bytes + (double)res.segments * (kb + vb)
+                     + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
+        char p[256];
+        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
+                 "\"router\":\"%s\"", (unsigned long long)T, sh->name, eg_codec_name(codec), name);
+        bench_figure(o, "attend", "attend_ms", t * 1e3, "ms", de * 1e3, p);
+        bench_figure(o, "attend", "attend_vs_dense", de / t, "ratio", de, p);
+        bench_figure(o, "attend", "attend_vs_floor", t / (bytes / (g * 1e9)), "ratio", bytes / (g * 1e9), p);
+    }
+    decode_step_free(&ds);
+    return t < 0;
+}
+
 /* One decode step at the session's end: sparse, dense, floor. */
 static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape *sh, int codec,
                           uint64_t T, double gbps)
@@ -253,41 +283,12 @@ static int decode_figures(const bench_opts *o, eg_engine_session *s, const shape
         bench_figure(o, "attend", "attend_vs_dense", de / sp, "ratio", de, p);
         bench_figure(o, "attend", "attend_vs_floor", sp / floor_s, "ratio", floor_s, p);
     }
-    /* The quest router on the same step (the default before stop 22): its
-     * own table routes and bounds. */
-    r.router = EG_ROUTER_QUEST;
-    double gb = gbps, sb = rc ? -1 : time_attend(s, &r, &res, 0, 3, big ? 21 : 31, &gb);
-    if (!rc && sb >= 0) {
-        size_t kb, vb;
-        eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
-        eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
-        double bytes = (double)(T / 64) * sh->h * quest_bytes(sh->d, 0) + (double)res.segments * (kb + vb)
-                     + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
-        char p[256];
-        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
-                 "\"router\":\"quest\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
-        bench_figure(o, "attend", "attend_ms", sb * 1e3, "ms", de * 1e3, p);
-        bench_figure(o, "attend", "attend_vs_dense", de / sb, "ratio", de, p);
-        bench_figure(o, "attend", "attend_vs_floor", sb / (bytes / (gb * 1e9)), "ratio", bytes / (gb * 1e9), p);
-    } else if (!rc) rc = 1;
-    /* The learned router on the same step: it scans its own table (2d + 4
-     * + d bytes a segment) and the quest table for the bound. */
-    r.router = EG_ROUTER_LEARNED;
-    double gl = gbps, sl = rc ? -1 : time_attend(s, &r, &res, 0, 3, big ? 15 : 31, &gl);
-    if (!rc && sl >= 0) {
-        size_t kb, vb;
-        eg_codec_size(codec, EG_KIND_K, 64, sh->d, &kb);
-        eg_codec_size(codec, EG_KIND_V, 64, sh->d, &vb);
-        double bytes = (double)(T / 64) * sh->h * (quest_bytes(sh->d, 0) + 3.0 * sh->d + 4)
-                     + (double)res.segments * (kb + vb)
-                     + (double)(T % 64) * sh->h * sh->d * 8.0;         /* open rows, f32 */
-        char p[256];
-        snprintf(p, sizeof p, "\"tokens\":%llu,\"shape\":\"%s\",\"codec\":\"%s\",\"budget\":2048,"
-                 "\"router\":\"learned\"", (unsigned long long)T, sh->name, eg_codec_name(codec));
-        bench_figure(o, "attend", "attend_ms", sl * 1e3, "ms", de * 1e3, p);
-        bench_figure(o, "attend", "attend_vs_dense", de / sl, "ratio", de, p);
-        bench_figure(o, "attend", "attend_vs_floor", sl / (bytes / (gl * 1e9)), "ratio", bytes / (gl * 1e9), p);
-    } else if (!rc) rc = 1;
+    /* Other routers on the same step: quest (the default before stop 22)
+     * scans its own table; learned its own (2d + 4 + d bytes a segment)
+     * and the quest table for the bound. */
+    if (!rc) rc = router_figures(o, s, sh, codec, T, EG_ROUTER_QUEST, "quest", quest_bytes(sh->d, 0), de, gbps, big ? 21 : 31);
+    if (!rc) rc = router_figures(o, s, sh, codec, T, EG_ROUTER_LEARNED, "learned", quest_bytes(sh->d, 0) + 3.0 * sh->d + 4,
+                                 de, gbps, big ? 15 : 31);
     decode_step_free(&ds);
     return rc;
 }
