@@ -257,6 +257,10 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
 /* Keep the first n segments (n <= count). */
 int eg_route_table_truncate(eg_route_table *t, size_t n);
 size_t eg_route_table_segments(const eg_route_table *t);
+/* Ball tables: how many segments' summaries carried no measured radius
+ * (negative: sealed before radii were stored), whose balls are their
+ * boxes' half-diagonals, much looser; 0 for other tables. */
+size_t eg_route_table_unmeasured(const eg_route_table *t);
 /* Bytes the table holds in RAM (what one scan streams). */
 size_t eg_route_table_ram_bytes(const eg_route_table *t);
 const eg_summary_spec *eg_route_table_spec(const eg_route_table *t);

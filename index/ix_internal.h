@@ -129,6 +129,8 @@ struct eg_route_table {
      * that holds every member's ball (+inf with an infinite member). */
     float *q8rad;
     float *gR;
+    uint8_t *q8unk;           /* ball: [n] 1 where the summary's radius was not measured */
+    size_t n_unk;             /* how many of segments [0, n) */
     int8_t q8w[EG_IX_DIM_MAX];
     float q8wf[EG_IX_DIM_MAX], q8wi[EG_IX_DIM_MAX];   /* 2^q8w and 2^-q8w */
     int q8w_set;

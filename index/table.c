@@ -63,11 +63,12 @@ void eg_route_table_free(eg_route_table *t)
 {
     if (!t) return;
     free(t->htab); free(t->otab); free(t->hgtab); free(t->gabs); free(t->tags); free(t->codes); free(t->ikeys); free(t->iscale);
-    free(t->q8); free(t->q8s); free(t->q8l1); free(t->q8inf); free(t->gl1); free(t->q8rad); free(t->gR);
+    free(t->q8); free(t->q8s); free(t->q8l1); free(t->q8inf); free(t->gl1); free(t->q8rad); free(t->gR); free(t->q8unk);
     free(t);
 }
 
 size_t eg_route_table_segments(const eg_route_table *t) { return t ? t->n : 0; }
+size_t eg_route_table_unmeasured(const eg_route_table *t) { return t && ix_ball(t) ? t->n_unk : 0; }
 const eg_summary_spec *eg_route_table_spec(const eg_route_table *t) { return t ? &t->spec : NULL; }
 
 /* Rows of htab per segment. */
@@ -140,7 +141,8 @@ static int grow_to(eg_route_table *t, size_t cap)
             grow((void **)&t->gl1, sizeof(float), (cap + G - 1) / G))
             return -1;
         if (ix_ball(t) && (grow((void **)&t->q8rad, sizeof(float) * IX_BLK, nb) ||
-                           grow((void **)&t->gR, sizeof(float), (cap + G - 1) / G)))
+                           grow((void **)&t->gR, sizeof(float), (cap + G - 1) / G) ||
+                           grow((void **)&t->q8unk, 1, cap)))
             return -1;
         if (ix_ball(t) && nb > ob) memset(t->q8rad + ob * IX_BLK, 0, (nb - ob) * IX_BLK * sizeof(float));
         if (nb > ob) {
@@ -320,6 +322,8 @@ static void decode_row(eg_route_table *t, size_t seg, const uint8_t *row)
         if (ix_ball(t)) {
             memcpy(&r, row + 4 * d, 4);
             ix_q8_put_ball(t, seg, v, r);
+            t->q8unk[seg] = r < 0;
+            t->n_unk += r < 0;
         } else {
             ix_q8_put_row(t, seg, v);
         }
@@ -414,6 +418,10 @@ int eg_route_table_truncate(eg_route_table *t, size_t n)
 {
     if (!t) return ix_fail(EG_IX_EINVAL, "table is NULL");
     if (n > t->n) return ix_fail(EG_IX_ERANGE, "truncate to %zu segments of %zu", n, t->n);
+    if (ix_ball(t)) {   /* the unmeasured among the segments kept */
+        t->n_unk = 0;
+        for (size_t s = 0; s < n; s++) t->n_unk += t->q8unk[s];
+    }
     t->n = n;
     if (ix_bound_table(t) && n) regroup(t, n - 1);
     if (!n) t->q8w_set = 0;   /* the next segment 0 sets the weights again */

@@ -6,7 +6,8 @@
  * rebuilds), u32 kind, dim, seg_tokens, quest_f16, u64 n, then i8 weight
  * exponents [dim], u32 tags [n], the code blocks [ceil(n/8)][4 nq][8]... as
  * table.c keeps them, f32 scales [n], i32 L1 [n], u8 infinite flags [n],
- * for a ball table f32 radii [n], and last a u64 XXH64 of everything before it. Group rows are not kept: they
+ * for a ball table f32 radii [n] and u8 unmeasured flags [n], and last a
+ * u64 XXH64 of everything before it. Group rows are not kept: they
  * are recomputed from the codes at load, which keeps the rule that a group
  * bounds its segments independent of what the bytes say. */
 #include "ix_internal.h"
@@ -31,7 +32,7 @@ static size_t code_bytes(const eg_route_table *t, size_t n)
 static size_t blob_bytes(const eg_route_table *t, size_t n)
 {
     size_t d = (size_t)t->spec.dim;
-    return HEAD + d + n * 4 + code_bytes(t, n) + n * 4 + n * 4 + n + (ix_ball(t) ? n * 4 : 0) + 8;
+    return HEAD + d + n * 4 + code_bytes(t, n) + n * 4 + n * 4 + n + (ix_ball(t) ? n * 5 : 0) + 8;
 }
 
 int eg_route_table_save(const eg_route_table *t, void **bytes, size_t *len)
@@ -58,7 +59,10 @@ int eg_route_table_save(const eg_route_table *t, void **bytes, size_t *len)
     memcpy(p, t->q8s, n * 4); p += n * 4;
     memcpy(p, t->q8l1, n * 4); p += n * 4;
     memcpy(p, t->q8inf, n); p += n;
-    if (ix_ball(t)) { memcpy(p, t->q8rad, n * 4); p += n * 4; }
+    if (ix_ball(t)) {
+        memcpy(p, t->q8rad, n * 4); p += n * 4;
+        memcpy(p, t->q8unk, n); p += n;
+    }
     uint64_t h = XXH64(b, total - 8, 0);
     memcpy(p, &h, 8);
     *bytes = b;
@@ -114,7 +118,10 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
     memcpy(t->q8s, p, n * 4); p += n * 4;
     memcpy(t->q8l1, p, n * 4); p += n * 4;
     memcpy(t->q8inf, p, n); p += n;
-    if (ix_ball(t)) memcpy(t->q8rad, p, n * 4);
+    if (ix_ball(t)) {
+        memcpy(t->q8rad, p, n * 4);
+        memcpy(t->q8unk, p + n * 4, n);
+    }
     t->q8w_set = get32(b + 36) != 0;
     /* What the bound rests on is checked, not trusted: weights and scales
      * the encoder could have made, and each L1 against its codes. */
@@ -142,7 +149,11 @@ int eg_route_table_load(const eg_summary_spec *spec, const void *bytes, size_t l
             size_t s = bi * IX_BLK + l;
             int32_t l1 = acc[l * 4] + acc[l * 4 + 1] + acc[l * 4 + 2] + acc[l * 4 + 3];
             bad |= l1 != t->q8l1[s] || t->q8inf[s] > 1 || (t->q8inf[s] && l1) || !scale_ok(t->q8s[s]);
-            if (ix_ball(t)) bad |= !(t->q8rad[s] >= 0.0f && t->q8rad[s] <= FLT_MAX) || (t->q8inf[s] && t->q8rad[s] != 0.0f);
+            if (ix_ball(t)) {
+                bad |= !(t->q8rad[s] >= 0.0f && t->q8rad[s] <= FLT_MAX) || (t->q8inf[s] && t->q8rad[s] != 0.0f) ||
+                       t->q8unk[s] > 1;
+                t->n_unk += t->q8unk[s];
+            }
         }
     }
     if (bad) {

@@ -321,10 +321,23 @@ static void test_ball_radius_edges(void)
     }
     CHECK_EQ_INT(viol, 0);
     CHECK_EQ_INT(looser, (int)nseg);
+    /* counted as unmeasured, through a truncate and a save and load */
+    CHECK_EQ_INT(eg_route_table_unmeasured(t), nseg);
+    CHECK_OK(eg_route_table_truncate(t, 3));
+    CHECK_EQ_INT(eg_route_table_unmeasured(t), 3);
+    void *blob;
+    size_t blen;
+    eg_route_table *u = NULL;
+    CHECK_OK(eg_route_table_save(t, &blob, &blen));
+    CHECK_OK(eg_route_table_load(&sp, blob, blen, &u));
+    CHECK(u && eg_route_table_unmeasured(u) == 3);
+    free(blob);
+    eg_route_table_free(u);
     eg_route_table_free(t);
     memcpy(sum + 4 * sb + 4 * (size_t)d, &inf, 4);
     REQUIRE(eg_route_table_create(&sp, &t) == 0);
     CHECK_OK(eg_route_table_append(t, sum, nseg, NULL));
+    CHECK_EQ_INT(eg_route_table_unmeasured(t), nseg - 1);   /* segment 4 measured: +inf */
     double lub;
     CHECK_OK(seg_bound(t, &rows, nseg, 4, &lub));
     CHECK(lub == INFINITY);
