@@ -622,6 +622,18 @@ static void t_ball_without_radii(void)
     CHECK_EN(eg_engine_session_stats_get(g.s, &sg));
     CHECK_EQ_INT(sg.tables_rebuilt - st0.tables_rebuilt, 2);
     for (int i = 0; i < 8; i++) CHECK(lost2[i] >= 0.0f && lost2[i] <= 1.0f);
+    /* A fork carries the radii of the segments it shares: its ball tables
+     * are measured (no quest table loaded for the bound). */
+    CHECK_EN(eg_engine_session_fork(g.e, "s", "child", 16 * 50));
+    eg_engine_session *ch;
+    CHECK_EN(eg_engine_session_open(g.e, "child", NULL, &ch));
+    int64_t cpos[2] = {16 * 50, 16 * 20};
+    r.pos = cpos;
+    CHECK_EN(eg_engine_session_stats_get(ch, &st0));
+    CHECK_EN(eg_engine_attend(ch, &r, &b));
+    CHECK_EN(eg_engine_session_stats_get(ch, &sg));
+    CHECK_EQ_INT(sg.tables_rebuilt - st0.tables_rebuilt, 2);
+    CHECK_EN(eg_engine_session_close(ch));
     fx_close(&f);
     fx_close(&g);
     tm_free(&m);
