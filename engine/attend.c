@@ -704,17 +704,19 @@ static int call_setup(en_sess *s, const eg_attend_req *q, int dense, int want_ta
         if (q->router == EG_ROUTER_ORACLE && !q->oracle_mass)
             return en_fail(EG_EN_EROUTER, "the oracle router needs oracle_mass");
         if (v->n_sealed) {
-            /* The bound's table: the ball's own when it routes, else quest's;
-             * also quest's when a segment of the layer was sealed before
-             * radii were stored (its ball, the box's half-diagonal, would
-             * bound far more loosely than its box). */
+            /* The bound's table: the ball's own when it routes, else quest's.
+             * A layer with a segment sealed before radii were stored (its
+             * ball, the box's half-diagonal, would bound far more loosely
+             * than its box) is served by quest, routing and bounding in one
+             * scan as before: a ball selection bounded by quest's table
+             * scanned both (5.2 against 2.6 ms at 1M tokens of 32/8/128). */
             eg_router_kind bk = q->router == EG_ROUTER_BALL ? EG_ROUTER_BALL : EG_ROUTER_QUEST;
             if ((rc = en_tables(s, q->layer, bk, &c->quest))) return rc;
-            c->route = c->quest;
             int unmeasured = 0;
             for (uint32_t h = 0; bk == EG_ROUTER_BALL && h < v->H; h++)
                 unmeasured |= eg_route_table_unmeasured(c->quest[h]) > 0;
             if (unmeasured && (rc = en_tables(s, q->layer, EG_ROUTER_QUEST, &c->quest))) return rc;
+            c->route = c->quest;
             if ((q->router == EG_ROUTER_CENTROID || q->router == EG_ROUTER_LEARNED) &&
                 (rc = en_tables(s, q->layer, q->router, &c->route)))
                 return rc;

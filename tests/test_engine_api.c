@@ -576,10 +576,10 @@ static int old_seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     return rc;
 }
 
-/* Segments sealed before radii were stored route by the ball all the
- * same (their balls are the boxes' half-diagonals, counted as
- * unmeasured); the bound then comes from the quest table, which the
- * engine loads for it, and holds the true lost mass. */
+/* Segments sealed before radii were stored (their balls the boxes'
+ * half-diagonals, counted as unmeasured): a ball call on the layer is
+ * served by the quest table, which the engine loads for it, and its bound
+ * holds the true lost mass; the selection is quest's. */
 static void t_ball_without_radii(void)
 {
     eg_session_config c;
@@ -617,6 +617,15 @@ static void t_ball_without_radii(void)
     /* ball and quest tables built for the call, 2 kv-heads each; with
      * every radius measured, the ball's alone */
     CHECK_EQ_INT(st1.tables_rebuilt - st0.tables_rebuilt, 4);
+    eg_select_result sb, sq;
+    CHECK_EN(eg_engine_select(f.s, &r, &sb));
+    r.router = EG_ROUTER_QUEST;
+    CHECK_EN(eg_engine_select(f.s, &r, &sq));
+    r.router = EG_ROUTER_BALL;
+    CHECK_EQ_INT(sb.offsets[2], sq.offsets[2]);
+    for (size_t i = 0; i < sb.offsets[2] && i < sq.offsets[2]; i++) CHECK(sb.segments[i] == sq.segments[i]);
+    eg_select_result_free(&sb);
+    eg_select_result_free(&sq);
     CHECK_EN(eg_engine_session_stats_get(g.s, &st0));
     CHECK_EN(eg_engine_attend(g.s, &r, &b));
     CHECK_EN(eg_engine_session_stats_get(g.s, &sg));
