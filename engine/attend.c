@@ -586,7 +586,8 @@ static void shared_task(void *arg, int i)
         return;
     }
     if (k >= 0) {
-        while (!atomic_load_explicit(&c->begun[h], memory_order_acquire)) en_cpu_pause();   /* its begin runs elsewhere */
+        for (unsigned r = 1; !atomic_load_explicit(&c->begun[h], memory_order_acquire); r++)
+            en_spin(r);   /* its begin runs elsewhere */
         if (k < c->n_part[h]) {
             size_t n = eg_route_prep_items(c->preps[h]), parts = (size_t)c->n_part[h];
             eg_route_prep_score(c->preps[h], n * (size_t)k / parts, n * (size_t)(k + 1) / parts);
@@ -594,7 +595,8 @@ static void shared_task(void *arg, int i)
         atomic_fetch_sub_explicit(&c->left[h], 1, memory_order_release);
         return;
     }
-    while (atomic_load_explicit(&c->left[h], memory_order_acquire) > 0) en_cpu_pause();   /* parts running elsewhere */
+    for (unsigned r = 1; atomic_load_explicit(&c->left[h], memory_order_acquire) > 0; r++)
+        en_spin(r);   /* parts running elsewhere */
     shared_finish(c, h);
 }
 

@@ -203,7 +203,7 @@ static void pool_run(en_pool *p, int n, void (*fn)(void *, int), void *arg, int 
         double t0 = mono_s();
         for (int r = 1; atomic_load_explicit(&j.done, memory_order_acquire) < j.n &&
                         !atomic_load_explicit(&p->queued, memory_order_relaxed); r++) {
-            en_cpu_pause();
+            en_spin((unsigned)r);
             if (r % 64 == 0 && mono_s() - t0 > CALLER_SPIN_S) break;
         }
         pthread_mutex_lock(&p->mu);
