@@ -196,8 +196,8 @@ size_t ix_q8_quads(const eg_route_table *t);
  * the stored halves); the first call sets the channel weights. */
 void ix_q8_put_row(eg_route_table *t, size_t s, const float *v);
 int8_t ix_q8_code(const eg_route_table *t, size_t s, size_t c);
-/* Dequantized value of channel c of segment s (exact; +-inf for a segment
- * whose summary holds an inf). */
+/* Dequantized value of channel c of segment s (exact; quest: +-inf for a
+ * segment whose summary holds an inf, ball: NaN for an infinite segment). */
 float ix_q8_value(const eg_route_table *t, size_t s, size_t c);
 /* Per channel over segments [s0, s1) of one group: mx[c] the largest
  * dequantized value of the max channels (c < d), mn[c] the smallest of
@@ -276,9 +276,12 @@ int ix_forced(const ix_ctx *c, size_t s);
 int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o);
 
 /* Largest rounding error of a computed quest score against exact
- * arithmetic, plus that of a caller's own f32 q.k (bound.c); a ball's
- * lift adds two roundings of at most 2^-24 |q|_1 gabs each, inside it.
- * gabs: the largest |key channel| the group's rows allow. */
+ * arithmetic, plus that of a caller's own f32 q.k (bound.c). A ball's
+ * bound score is exact int8 arithmetic plus at most two lifts of three
+ * f32 roundings each (f |q|, times r, added), each at most 2^-24 |q|_1
+ * gabs: 6 of the (4d + 8) 2^-24 |q|_1 gabs this allows, of which the
+ * caller's d-term dot takes d and the group's f16 dot d more. gabs: the
+ * largest |key channel| the group's rows allow. */
 double ix_quest_slack(int d, double q_l1, float gabs);
 /* A group's coarse term for one row: log(u S) for its u unselected
  * segments' tokens, plus the scaled group score and its slack. The bound
