@@ -4,6 +4,7 @@
  * store reopens clean). */
 #include "netutil.h"
 #include <pthread.h>
+#include <stdatomic.h>
 
 enum { CLIENTS = 3, CHUNK = 6, DK = 16, DV = 8 };
 
@@ -25,7 +26,7 @@ static void session_cfg(eg_session_config *cfg)
 typedef struct {
     const nt_server *srv;
     int who;
-    volatile int *stop;
+    atomic_int *stop;   /* set by the main thread once the server is killed */
     uint64_t acked;          /* tokens acknowledged by the server */
     int errors_after_kill;
 } appender;
@@ -42,7 +43,7 @@ static void *append_loop(void *arg)
     uint32_t h;
     if (eg_client_open(c, name, NULL, &h)) { eg_client_close(c); return NULL; }
     float k[CHUNK * DK], v[CHUNK * DV];
-    while (!*a->stop) {
+    while (!atomic_load(a->stop)) {
         fill(k, CHUNK, a->acked, DK, a->who, 0.0f);
         fill(v, CHUNK, a->acked, DV, a->who, 0.5f);
         eg_append_req r = {EG_DTYPE_F32, CHUNK, -1, k, v, NULL, 0};
@@ -73,7 +74,7 @@ static void test_kill9_during_appends(void)
     eg_client_close(c);
     eg_client *pre; /* connected before the kill, idle through it */
     REQUIRE(nt_client(&s, 0, NULL, &pre) == 0);
-    volatile int stop = 0;
+    atomic_int stop = 0;
     appender a[CLIENTS];
     pthread_t th[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
@@ -89,7 +90,7 @@ static void test_kill9_during_appends(void)
     kill(s.pid, SIGKILL);
     waitpid(s.pid, NULL, 0);
     s.pid = 0;
-    stop = 1;
+    atomic_store(&stop, 1);
     for (int i = 0; i < CLIENTS; i++) pthread_join(th[i], NULL);
 
     /* restart on the same directory: every acknowledged token is there */
