@@ -127,9 +127,9 @@ int eg_engine_session_fork(eg_engine *e, const char *parent, const char *child, 
 int eg_engine_session_truncate(eg_engine_session *s, uint64_t n_tokens);
 /* Append (req as eg_append in memory.h). Every segment this seals gets its
  * router summaries (quest, the ball's radius, centroid and the learned
- * router's outliers summary, computed from the keys as attention sees them: decoded, and
- * rotated when the session applies RoPE) in the same transaction as its
- * blocks. */
+ * router's outliers summary, computed from the keys as attention sees
+ * them: decoded, and rotated when the session applies RoPE) in the same
+ * transaction as its blocks. */
 int eg_engine_append(eg_engine_session *s, const eg_append_req *req, uint64_t *out_n_tokens);
 
 typedef struct {

@@ -19,13 +19,6 @@
 #define BALL_X86 1
 #endif
 
-/* Round a non-negative double up to a float. */
-static float up_f32(double x)
-{
-    float f = (float)x;
-    return (double)f < x ? nextafterf(f, INFINITY) : f;
-}
-
 /* The decoded centre of segment s into x [d]: code times scale times the
  * channel's weight, exact (what ix_q8_value gives, without a call per
  * channel: a resumed 1M-token table regroups 16384 segments a head). */
@@ -85,8 +78,8 @@ void ix_ball_regroup(eg_route_table *t, size_t from)
             R = rs > R ? rs : R;
             kmax = cmax + t->q8rad[s] > kmax ? cmax + t->q8rad[s] : kmax;   /* |k_c| <= |c_c| + r */
         }
-        t->gR[g] = inf ? INFINITY : up_f32(R * (1.0 + 0x1p-40));
-        float ga = up_f32(kmax * (1.0 + 0x1p-40));
+        t->gR[g] = inf ? INFINITY : ix_f32_up(R * (1.0 + 0x1p-40));
+        float ga = ix_f32_up(kmax * (1.0 + 0x1p-40));
         t->gabs[g] = ga <= FLT_MAX ? ga : FLT_MAX;
         t->gl1[g] = l1;
     }
@@ -104,7 +97,7 @@ void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t l
         double qn = c->qn[r];
         for (size_t g = g0; g < g1; g++) {
             double v = (double)o[g - g0] + qn * (double)t->gR[g];
-            o[g - g0] = c->qinf[r] || !(t->gR[g] <= FLT_MAX) || v != v ? INFINITY : up_f32(v);
+            o[g - g0] = c->qinf[r] || !(t->gR[g] <= FLT_MAX) || v != v ? INFINITY : ix_f32_up(v);
         }
     }
 }

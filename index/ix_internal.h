@@ -13,6 +13,14 @@ int ix_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 uint16_t ix_f32_to_f16_dir(float f, int dir);
 float ix_f16_to_f32(uint16_t h);
 
+/* x rounded up to a float (the float cast rounds to nearest): the bounds
+ * built in double stay bounds. NaN stays NaN. */
+static inline float ix_f32_up(double x)
+{
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
 /* 1 if all n values are finite. */
 int ix_all_finite(const float *x, size_t n);
 

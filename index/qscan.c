@@ -175,8 +175,7 @@ void ix_q8_put_ball(eg_route_table *t, size_t s, const float *v, float radius)
      * half-diagonal of the box, which holds every key of it. */
     double r = radius >= 0 ? (double)radius : sqrt(hw2);
     r = (r + sqrt(err2)) * (1.0 + 0x1p-40);               /* the double roundings, outward */
-    float rf = (float)r;
-    if ((double)rf < r) rf = nextafterf(rf, INFINITY);
+    float rf = ix_f32_up(r);
     put_codes(t, s, code, e, inf);
     t->q8rad[s] = inf || !(rf <= FLT_MAX) ? 0.0f : rf;
     if (!inf && !(rf <= FLT_MAX)) t->q8inf[s] = 1;
@@ -258,9 +257,7 @@ int ix_q8_rows(ix_ctx *c)
             c->ql1[r] += fabs(x);
             l2 += x * x;   /* exact products; the sum's rounding is far below the margin */
         }
-        double qn = sqrt(l2) * (1.0 + 0x1p-40);
-        float f = (float)qn;
-        c->qn[r] = (double)f < qn ? nextafterf(f, INFINITY) : f;
+        c->qn[r] = ix_f32_up(sqrt(l2) * (1.0 + 0x1p-40));
         const float *qp = c->qp + r * w;
         int16_t *q = c->qq + r * nc;
         double u[2 * EG_IX_DIM_MAX], amax = 0;

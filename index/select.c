@@ -451,8 +451,7 @@ static float group_bound_q8(const ix_ctx *c, size_t g, const float *p, size_t ld
         if (g * EG_IX_GROUP >= c->row_vis[r]) continue;
         double v = (double)p[(size_t)r * ld] + ix_quest_slack(d, c->ql1[r], t->gabs[g]) +
                    (double)c->qt[2 * r + 1] * t->gl1[g];
-        float f = (float)v;
-        if ((double)f < v) f = nextafterf(f, INFINITY);
+        float f = ix_f32_up(v);
         if (c->qinf[r] || v != v) f = INFINITY;
         best = f > best ? f : best;
     }

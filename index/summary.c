@@ -96,8 +96,7 @@ static void ball_radius(const float *k, int s, int d, uint8_t *out)
         r2 = e2 > r2 ? e2 : r2;
     }
     double r = sqrt(r2) * (1.0 + 0x1p-40);   /* the double roundings, outward */
-    float f = (float)r;
-    if ((double)f < r) f = nextafterf(f, INFINITY);
+    float f = ix_f32_up(r);
     if (r != r) f = INFINITY;                /* a box half beyond f16 (inf - inf): no bound */
     memcpy(out + 4 * (size_t)d, &f, 4);
 }
