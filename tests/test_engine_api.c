@@ -576,6 +576,45 @@ static int old_seal_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
     return rc;
 }
 
+/* As old_seal_hook, and a radius record (engine's EN_REC_RADIUS, kind 5)
+ * holding NaN: a damaged record that passed the store's checksum. */
+static int nan_radius_hook(void *user, const eg_seal_view *v, eg_seal_ctx *ctx)
+{
+    int rc = old_seal_hook(user, v, ctx);
+    float nan = NAN;
+    return rc ? rc : eg_seal_put_record(ctx, 5u, &nan, 4);
+}
+
+/* A NaN radius fails the ball's calls with EG_IX_ECORRUPT and a message
+ * naming the table, and loses nothing: quest still routes the session. */
+static void t_ball_bad_radius(void)
+{
+    eg_session_config c;
+    tm_config(&c, 1, 2, 4, 32, 16, 16, EG_CODEC_Q8);
+    fx f;
+    tm_model m;
+    tm_init(&m, &c, 16 * 20, 77);
+    REQUIRE(fx_open(&f, "eng-nanball", &c) == 0);
+    CHECK_OK(eg_store_set_seal_hook(eg_engine_store(f.e), nan_radius_hook, NULL));
+    CHECK_EN(tm_append(&m, f.s, 16 * 12, -1, 0));
+    float q[4 * 32], out[4 * 16], lost[4];
+    tm_queries(q, sizeof q / sizeof *q, 5, 0.5f);
+    int64_t pos = 16 * 12;
+    eg_attend_req r;
+    eg_attend_req_init(&r);
+    r.n_queries = 1; r.q = q; r.pos = &pos; r.budget_tokens = 16 * 3;
+    eg_attend_result a = {out, NULL, lost, 0, 0, 0, 0};
+    CHECK_EQ_INT(eg_engine_attend(f.s, &r, &a), EG_IX_ECORRUPT);
+    CHECK(strstr(eg_engine_last_error(), "radius") != NULL);
+    eg_select_result sr;
+    CHECK_EQ_INT(eg_engine_select(f.s, &r, &sr), EG_IX_ECORRUPT);
+    r.router = EG_ROUTER_QUEST;
+    CHECK_EN(eg_engine_attend(f.s, &r, &a));
+    for (int i = 0; i < 4; i++) CHECK(lost[i] >= 0.0f && lost[i] <= 1.0f);
+    fx_close(&f);
+    tm_free(&m);
+}
+
 /* Segments sealed before radii were stored (their balls the boxes'
  * half-diagonals, counted as unmeasured): a ball call on the layer is
  * served by the quest table, which the engine loads for it, and its bound
@@ -927,6 +966,7 @@ int main(void)
     TEST_RUN(t_resume_snapshot);
     TEST_RUN(t_resume_snapshot_ball);
     TEST_RUN(t_ball_without_radii);
+    TEST_RUN(t_ball_bad_radius);
     TEST_RUN(t_lifecycle);
     TEST_RUN(t_threads);
     TEST_RUN(t_idle_poll);
