@@ -196,6 +196,52 @@ static void test_ball_lift_kernels(void)
     free(k);
 }
 
+/* Group scores (the centre's f16 score plus |q| R, rounded up) give the
+ * same bits on every kernel, over ranges around the vector width, with
+ * an infinite radius, a NaN one, and a query row too large to code. */
+static void test_ball_group_kernels(void)
+{
+    const int d = 40, S = 16;
+    const size_t nseg = 11 * EG_IX_GROUP + 5, ng = (nseg + EG_IX_GROUP - 1) / EG_IX_GROUP;
+    float *k = keys_of(0, nseg * S, d, 56);
+    size_t sb;
+    eg_route_table *t = ball_table(k, nseg, d, S, NULL, &sb);
+    REQUIRE(t);
+    t->gR[3] = INFINITY;
+    t->gR[9] = NAN;
+    uint64_t rs = 9;
+    float q[3 * 40];
+    for (int i = 0; i < 3 * d; i++) q[i] = tu_randn(&rs);
+    int diff = 0, cases = 0, inf_ok = 1;
+    for (int big = 0; big < 2; big++) {
+        if (big) q[d + 5] = 1e30f;   /* row 1 too large to code: every group +inf */
+        eg_route_rows rows = { .n_rows = 3, .q = q, .scale = 0.2f };
+        ix_ctx c;
+        REQUIRE(ix_ctx_init(&c, t, &rows, NULL) == 0);
+        float a[3 * 12], b[3 * 12];
+        for (size_t g0 = 0; g0 < ng; g0 += 2)
+            for (size_t g1 = g0; g1 <= ng; g1++) {
+                memset(a, 0, sizeof a);
+                memset(b, 0, sizeof b);
+                eg_index_kernels(1);
+                ix_group_scores(&c, g0, g1, a, 12);
+                eg_index_kernels(0);
+                ix_group_scores(&c, g0, g1, b, 12);
+                diff += memcmp(a, b, sizeof a) != 0;
+                cases++;
+                for (size_t g = g0; g < g1; g++)
+                    for (int r = 0; r < 3; r++)
+                        if ((g == 3 || g == 9 || (big && r == 1)) && b[r * 12 + (g - g0)] != INFINITY) inf_ok = 0;
+            }
+        ix_ctx_free(&c);
+    }
+    printf("  %d ranges of group scores: %d differing between the portable and the best kernel\n", cases, diff);
+    CHECK_EQ_INT(diff, 0);
+    CHECK(inf_ok);
+    eg_route_table_free(t);
+    free(k);
+}
+
 /* log of an upper bound of the mass of segment s alone for each row: the
  * selection forces every other segment. */
 static int seg_bound(const eg_route_table *t, const eg_route_rows *rows, size_t nseg, size_t s, double *lub)
@@ -426,5 +472,6 @@ int main(void)
     TEST_RUN(test_ball_radius_edges);
     TEST_RUN(test_ball_beta);
     TEST_RUN(test_ball_lift_kernels);
+    TEST_RUN(test_ball_group_kernels);
     TEST_END();
 }
