@@ -394,49 +394,87 @@ EPI_STORE(epi_avx2, T_AVX2)
 EPI_STORE(epi_vnni, T_VNNI)
 DA_BLOCK(1) DA_BLOCK(2) DA_BLOCK(3) DA_BLOCK(4)
 
+/* The epilogue of 16 lanes: two blocks (segments first .. first+15), the
+ * same operations as EPI_STORE's 8 lanes. Half the instructions a
+ * segment: at d 64 the 8-lane epilogue was as long as the dot itself. */
+T_VNNI static inline void epi16_vnni(__m512i I, size_t first, size_t s0, size_t s1, const eg_route_table *t,
+                                     float th, int rinf, float rq, float *dst)
+{
+    __m512i J = _mm512_add_epi32(_mm512_add_epi32(I, I), _mm512_loadu_si512(t->q8l1 + first));
+    __mmask16 big = _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(J), _mm512_set1_epi32((1 << 24) - 1));
+    J = _mm512_mask_add_epi32(J, big, J, _mm512_set1_epi32(64));
+    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(J), _mm512_loadu_ps(t->q8s + first)),
+                             _mm512_set1_ps(th));
+    if (t->q8rad) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(rq), _mm512_loadu_ps(t->q8rad + first)));
+    __m128i fl = _mm_loadu_si128((const __m128i *)(t->q8inf + first));
+    __mmask16 inf = rinf ? (__mmask16)0xFFFF : _mm_test_epi8_mask(fl, fl);
+    v = _mm512_mask_blend_ps(inf, v, _mm512_set1_ps(INFINITY));
+    if (first >= s0 && first + 2 * IX_BLK <= s1) { _mm512_storeu_ps(dst + (first - s0), v); return; }
+    float res[2 * IX_BLK];
+    _mm512_storeu_ps(res, v);
+    for (size_t l = 0; l < 2 * IX_BLK; l++)
+        if (first + l >= s0 && first + l < s1) dst[first + l - s0] = res[l];
+}
+
 /* AVX-512 VNNI on whole 512-bit registers: a quad's 32 codes widened to
  * 16 bits fill one register (lane i: segment i / 2, channels 2 (i % 2)
  * and 2 (i % 2) + 1), and a row's 4 query values, broadcast 8 times,
  * multiply it in one vpdpwssd: per quad and row one instruction, where
  * the 256-bit kernel took two and a broadcast (a 1M-token decode step
- * spent half its CPU here). The register's halves are the 256-bit
- * kernel's two accumulators (segments 0-3, 4-7): the same epilogue, the
- * same integer sums, the same bits. vpdpwssd's multiply-add is one long
+ * spent half its CPU here). vpdpwssd's multiply-add is one long
  * dependency per accumulator, so it keeps two sets (even and odd quads),
- * added at the end. (Two blocks per register measured slower from DRAM on
- * a Zen 4.) */
+ * added at the end; then a segment's two lanes are added (integer sums:
+ * the same as the 256-bit kernel's, in any order), leaving segment i in
+ * lane 2i. Blocks go in pairs, so that the epilogue works on 16 lanes.
+ * (Two blocks per register in the dot measured slower from DRAM on a
+ * Zen 4.) */
 #define DOTZ_BLOCK(R)                                                                          \
+    T_VNNI static inline __attribute__((always_inline)) void dvs_##R(const q8_job *j, const int8_t *blk, size_t bstride, __m512i *sum) \
+    {                                                                                          \
+        const size_t nq = j->nq;                                                               \
+        __m512i acc[2][R];                                                                     \
+        _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++)                                     \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[u][r] = _mm512_setzero_si512(); \
+        size_t k = 0;                                                                          \
+        for (; k + 2 <= nq; k += 2) {                                                          \
+            _mm_prefetch((const char *)(blk + PF_BLOCKS * bstride + k * 32), _MM_HINT_T0);     \
+            _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++) {                               \
+                __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + (k + u) * 32))); \
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                            \
+                    acc[u][r] = _mm512_dpwssd_epi32(                                           \
+                        acc[u][r], x, _mm512_set1_epi64(quad_of(j->qq + (size_t)r * j->qld + (k + u) * 4))); \
+            }                                                                                  \
+        }                                                                                      \
+        if (k < nq) {   /* an odd quad count */                                                \
+            __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + k * 32))); \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                \
+                acc[0][r] = _mm512_dpwssd_epi32(acc[0][r], x,                                  \
+                                                _mm512_set1_epi64(quad_of(j->qq + (size_t)r * j->qld + k * 4))); \
+        }                                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
+            __m512i a = _mm512_add_epi32(acc[0][r], acc[1][r]);                                \
+            sum[r] = _mm512_add_epi32(a, _mm512_shuffle_epi32(a, _MM_PERM_CDAB));              \
+        }                                                                                      \
+    }                                                                                          \
     T_VNNI static void dv_##R(const q8_job *j, size_t b0, size_t b1, size_t s0, size_t s1, float *out, size_t ld) \
     {                                                                                          \
-        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                      \
-        const size_t nq = j->nq, bstride = nq * IX_BLK * 4;                                    \
-        for (size_t b = b0; b < b1; b++) {                                                     \
-            const int8_t *blk = j->t->q8 + b * bstride;                                        \
-            __m512i acc[2][R];                                                                 \
-            _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++)                                 \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[u][r] = _mm512_setzero_si512(); \
-            size_t k = 0;                                                                      \
-            for (; k + 2 <= nq; k += 2) {                                                      \
-                _mm_prefetch((const char *)(blk + PF_BLOCKS * bstride + k * 32), _MM_HINT_T0); \
-                _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++) {                           \
-                    __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + (k + u) * 32))); \
-                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                        \
-                        acc[u][r] = _mm512_dpwssd_epi32(                                       \
-                            acc[u][r], x, _mm512_set1_epi64(quad_of(j->qq + (size_t)r * j->qld + (k + u) * 4))); \
-                }                                                                              \
-            }                                                                                  \
-            if (k < nq) {   /* an odd quad count */                                            \
-                __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + k * 32))); \
-                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                            \
-                    acc[0][r] = _mm512_dpwssd_epi32(acc[0][r], x,                              \
-                                                    _mm512_set1_epi64(quad_of(j->qq + (size_t)r * j->qld + k * 4))); \
-            }                                                                                  \
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                              \
-                __m512i a = _mm512_add_epi32(acc[0][r], acc[1][r]);                            \
-                __m256i lo = _mm512_castsi512_si256(a), hi = _mm512_extracti64x4_epi64(a, 1);  \
-                epi_vnni(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo, hi), order), b * IX_BLK, s0, s1, \
-                         j->t, j->th[r], j->rinf[r], j->rq[r], out + (size_t)r * ld);          \
-            }                                                                                  \
+        const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30); \
+        const size_t bstride = j->nq * IX_BLK * 4;                                             \
+        size_t b = b0;                                                                         \
+        for (; b + 2 <= b1; b += 2) {                                                          \
+            __m512i x[R], y[R];                                                                \
+            dvs_##R(j, j->t->q8 + b * bstride, bstride, x);                                    \
+            dvs_##R(j, j->t->q8 + (b + 1) * bstride, bstride, y);                              \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                \
+                epi16_vnni(_mm512_permutex2var_epi32(x[r], evens, y[r]), b * IX_BLK, s0, s1, j->t, j->th[r], \
+                           j->rinf[r], j->rq[r], out + (size_t)r * ld);                         \
+        }                                                                                      \
+        if (b < b1) {   /* the last block of an odd count: 8 lanes */                          \
+            __m512i x[R];                                                                      \
+            dvs_##R(j, j->t->q8 + b * bstride, bstride, x);                                    \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                \
+                epi_vnni(_mm512_castsi512_si256(_mm512_permutexvar_epi32(evens, x[r])), b * IX_BLK, s0, s1, \
+                         j->t, j->th[r], j->rinf[r], j->rq[r], out + (size_t)r * ld);           \
         }                                                                                      \
     }
 DOTZ_BLOCK(1) DOTZ_BLOCK(2) DOTZ_BLOCK(3) DOTZ_BLOCK(4)

@@ -58,6 +58,65 @@ static void built_free(built *b)
     free(b->sum);
 }
 
+/* Integer sums of 2^24 and beyond (keys and query aligned, every code
+ * near its limit), where float(J) could round below J and the epilogue
+ * adds 64 first: every kernel gives the same bits, on block counts odd
+ * and even, and quest's score still bounds the exact dot. */
+static void test_q8_big_sums(void)
+{
+    const int d = 128, S = 16, nr = 3;
+    long big = 0, diff = 0, below = 0;
+    for (int kind = 0; kind < 2; kind++)
+        for (size_t nseg = 36; nseg <= 45; nseg += 9) {
+            uint64_t seed = 5 + nseg;
+            float *k = malloc(sizeof(float) * nseg * S * d);
+            for (size_t i = 0; i < nseg * S * (size_t)d; i++) k[i] = 3.0f + 0.01f * tu_randn(&seed);
+            built b;
+            REQUIRE(build_table(kind ? EG_ROUTER_BALL : EG_ROUTER_QUEST, k, nseg, d, S, &b) == 0);
+            float q[3 * 128];
+            for (int i = 0; i < d; i++) { q[i] = 1.0f; q[d + i] = -1.0f; q[2 * d + i] = tu_randn(&seed); }
+            eg_route_rows rw = { .n_rows = nr, .q = q, .scale = 0.1f };
+            ix_ctx c;
+            REQUIRE(ix_ctx_init(&c, b.t, &rw, NULL) == 0);
+            size_t w = (size_t)b.t->width, nc = ix_q8_quads(b.t) * 4;
+            for (int r = 0; r < nr; r++)
+                for (size_t sg = 0; sg < nseg; sg++) {
+                    int64_t I = 0;
+                    for (size_t ch = 0; ch < w; ch++) I += (int64_t)ix_q8_code(b.t, sg, ch) * c.qq[(size_t)r * nc + ch];
+                    int64_t J = 2 * I + b.t->q8l1[sg];
+                    big += J >= (1 << 24) || J <= -(1 << 24);
+                }
+            ix_ctx_free(&c);
+            float *out[3];
+            for (int v = 0; v < 3; v++) {
+                out[v] = malloc(sizeof(float) * nr * nseg);
+                eg_index_kernels(v == 0 ? 1 : v == 1 ? 2 : 0);
+                CHECK_OK(eg_router_score_all(b.t, &rw, out[v]));
+            }
+            eg_index_kernels(0);
+            diff += memcmp(out[0], out[1], sizeof(float) * nr * nseg) != 0;
+            diff += memcmp(out[0], out[2], sizeof(float) * nr * nseg) != 0;
+            for (int r = 0; r < nr && !kind; r++)
+                for (size_t sg = 0; sg < nseg; sg++) {
+                    double tru = -INFINITY;
+                    for (int t = 0; t < S; t++) {
+                        double dot = 0;
+                        for (int ch = 0; ch < d; ch++) dot += (double)q[r * d + ch] * k[(sg * S + t) * d + ch];
+                        tru = fmax(tru, dot);
+                    }
+                    below += !(out[0][(size_t)r * nseg + sg] >= tru);
+                }
+            for (int v = 0; v < 3; v++) free(out[v]);
+            free(k);
+            built_free(&b);
+        }
+    printf("  %ld integer sums of 2^24 or more: %ld kernels differing, %ld quest scores below the exact dot\n",
+           big, diff, below);
+    CHECK(big > 0);
+    CHECK_EQ_INT(diff, 0);
+    CHECK_EQ_INT(below, 0);
+}
+
 /* Quest (f16 tables) and centroid scores of every shape: both kernels
  * within the stated rounding of a double loop over the stored halves (and
  * of each other). */
@@ -573,6 +632,7 @@ int main(void)
     TEST_RUN(test_half_order);
     TEST_RUN(test_score_kernel_reference);
     TEST_RUN(test_q8_scores);
+    TEST_RUN(test_q8_big_sums);
     TEST_RUN(test_sum_exp_accuracy);
     TEST_RUN(test_sum_exp_terms_kernels);
     TEST_RUN(test_lse_mix);
