@@ -67,7 +67,8 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
     lse_acc *acc = malloc(sizeof(lse_acc) * nr);
     size_t *pseg = malloc(sizeof(size_t) * nr);
     double *lpart = malloc(sizeof(double) * nr);
-    if (!skb_ok || !gsel || !refine || !sc || (!cached && !tmp) || (!gsc && !(k && k->gsc)) || !base || !coarse ||
+    float *ref = malloc(sizeof(float) * nr), *rq = malloc(sizeof(float) * nr);
+    if (!ref || !rq || !skb_ok || !gsel || !refine || !sc || (!cached && !tmp) || (!gsc && !(k && k->gsc)) || !base || !coarse ||
         !ql1 || !margin || !acc || !pseg || !lpart) {
         rc = ix_fail(EG_IX_ENOMEM, "out of memory");
         goto out;
@@ -89,12 +90,18 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
         /* the segment holding pos, when the row sees only part of it */
         pseg[r] = SIZE_MAX;
         lpart[r] = 0;
+        ref[r] = -INFINITY;
+        rq[r] = ix_ball(t) ? c->qn[r] * (1.0f - c->beta) : 0.0f;   /* as ix_ball_lift */
         if (rows->pos && (size_t)(rows->pos[r] + 1) % S) {
             pseg[r] = (size_t)rows->pos[r] / S;
             lpart[r] = log((double)((size_t)(rows->pos[r] + 1) % S)) - logS;
         }
     }
     /* Term of segment s for row r from its score: log(tokens seen) + scale * (score + slack). */
+    /* Select's scores of a ball are centre + beta |q| r; the bound's add
+     * (1 - beta) |q| r, as ix_ball_lift (multiply, then add). */
+    const int lift = cached && ix_ball(t);
+    #define LIFTED(r, s, v) (lift ? (v) + rq[r] * t->q8rad[s] : (v))
     #define TERM(r, s, score, g) (logS + ((s) == pseg[r] ? lpart[r] : 0.0) + \
         scale * ((double)(score) + ix_quest_slack((int)d, ql1[r], t->gabs[g])))
     /* Coarse terms per group and row, over the row's visible unselected segments. */
@@ -118,15 +125,20 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
      * are skipped by the exp-sum. */
     /* Per group: 0 kept coarse, 1 refined from select's scores, 2 refined
      * and scored here. Then the work in runs of groups of one kind: a call
-     * per group was a quarter of the bound's time on a 9/3/64 step. */
+     * per group was a quarter of the bound's time on a 9/3/64 step. The
+     * refined groups' coarse terms give each row's exp-sum a reference at
+     * or above its terms (one pass, not a max first). */
     for (size_t g = 0; g < ng; g++) {
         int done = cached && k->done[g];
         refine[g] = (uint8_t)done;
         for (size_t r = 0; r < nr && !refine[g]; r++) refine[g] |= coarse[g * nr + r] >= best - IX_REFINE_NATS;
         if (!refine[g])
             for (size_t r = 0; r < nr; r++) lse_add(&acc[r], coarse[g * nr + r]);
-        else if (!done)
-            refine[g] = 2;
+        else {
+            if (!done) refine[g] = 2;
+            for (size_t r = 0; r < nr; r++)
+                ref[r] = coarse[g * nr + r] > ref[r] ? (float)coarse[g * nr + r] : ref[r];
+        }
     }
     for (size_t g = 0; g < ng;) {
         size_t e = g + 1;
@@ -137,10 +149,9 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             if (cached)                       /* defined values where the kernel skips */
                 for (size_t r = 0; r < nr; r++)
                     for (size_t s = a; s < b; s++) k->sc[r * k->n_vis + s] = -INFINITY;
-        } else if (cached && refine[g] == 2) {
-            ix_quest_scores(c, a, b, k->sc + a, k->n_vis);   /* ball: bounds already */
-        } else if (cached) {   /* select's scores (ball: centre + beta |q| r) become bounds */
-            ix_ball_lift(c, a, b, k->sc + a, k->n_vis, 1.0f - c->beta);
+        } else if (cached && refine[g] == 2) {   /* as select scores them: the exp-sum lifts */
+            if (lift) ix_q8_scores(c, a, b, k->sc + a, k->n_vis, c->beta);
+            else ix_quest_scores(c, a, b, k->sc + a, k->n_vis);
         }
         g = e;
     }
@@ -163,7 +174,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
             const float *row = src + r * ldr;
             int part = ps >= a0 && ps < e && !skip[ps];
             if (part) {                       /* exactly, outside the kernel */
-                lse_add(&acc[r], TERM(r, ps, row[ps - a0], ps / G));
+                lse_add(&acc[r], TERM(r, ps, LIFTED(r, ps, row[ps - a0]), ps / G));
                 skip[ps] = 1;
             }
             float bmax = 0;
@@ -172,12 +183,15 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
                 bmax = fabsf(base[g - a0 / G]) > bmax ? fabsf(base[g - a0 / G]) : bmax;
             }
             float m;
-            double sum = ix_sum_exp_terms(row, skip + a0, e - a0, (float)scale, base, G, &m);
+            ix_terms tm = { row, skip + a0, e - a0, (float)scale, base, G, lift ? t->q8rad + a0 : NULL, rq[r],
+                            isfinite(ref[r]) ? ref[r] : NAN };
+            double sum = ix_sum_exp_lifted(&tm, &m);
             if (part) skip[ps] = 0;
             if (m == INFINITY) { lse_add(&acc[r], INFINITY); continue; }   /* overflowed: no bound */
             if (m == -INFINITY) continue;
             lse_add(&acc[r], (double)m + log(sum));
-            double err = IX_EXP_REL + 0x1p-24 * (2.0 * fabs(m) + bmax + 174.0) + 1e-30;
+            /* terms below m - 87 count as 0: n 2^-125.5 at most, against a sum >= 2^-60 */
+            double err = IX_EXP_REL + 0x1p-24 * (2.0 * fabs(m) + bmax + 174.0) + (double)(e - a0) * 0x1p-125 / sum + 1e-30;
             margin[r] = err > margin[r] ? err : margin[r];
         }
     }
@@ -185,7 +199,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
     for (size_t i = 0; i < n_order; i++) {
         size_t s = (size_t)sel->segments[sel->n_forced + i];
         if (cached && s < k->n_vis && k->done[s / G])
-            for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = k->sc[r * k->n_vis + s];
+            for (size_t r = 0; r < nr; r++) sc[r * n_order + i] = LIFTED(r, s, k->sc[r * k->n_vis + s]);
         else ix_quest_scores(c, s, s + 1, sc + i, n_order);
     }
     for (size_t r = 0; r < nr; r++) {
@@ -201,10 +215,11 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
         for (size_t i = 0; i <= n_order; i++) if (o[i] > -INFINITY) o[i] += 2.0 * margin[r];
     }
     #undef TERM
+    #undef LIFTED
 out:
     ix_buf_put(&skb);
     free(gsel); free(refine); free(sc); free(tmp); free(gsc); free(base); free(coarse); free(ql1); free(margin);
-    free(acc); free(pseg); free(lpart);
+    free(acc); free(pseg); free(lpart); free(ref); free(rq);
     return rc;
 }
 

@@ -61,6 +61,25 @@ double ix_sum_exp(const float *u, size_t n);
  * count as 0, at most n e^-87 of the sum. */
 double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, const float *base,
                         size_t G, float *m);
+/* The same terms with the ball's lift and a reference: x_i =
+ * fmaf(scale, v_i, base[i / G]) with v_i = sc[i] + rq * rad[i] (multiply,
+ * then add, as ix_ball_lift) when rad, else sc[i]. With ref finite (an
+ * estimate of the max, at or above it), the sum of exp(x_i - ref) in one
+ * pass, *m = ref, when that sum is in [2^-60, 2^60); otherwise, or ref
+ * not finite, as ix_sum_exp_terms. Errors as there with m = *m, and terms
+ * below m - 87 at most n 2^-125.5 in all. */
+typedef struct {
+    const float *sc;
+    const uint8_t *skip;
+    size_t n;
+    float scale;
+    const float *base;
+    size_t G;
+    const float *rad;         /* NULL: no lift */
+    float rq;
+    float ref;                /* NaN: none */
+} ix_terms;
+double ix_sum_exp_lifted(const ix_terms *a, float *m);
 /* agg[i] = max of sc[r * ld + i] over the rows r that see segment a + i
  * (a + i < vis[r]), -inf where none does; i < n. */
 void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float *agg);

@@ -59,33 +59,62 @@ static double sum_exp_portable(const float *u, size_t n)
     return s;
 }
 
-/* One term of ix_sum_exp_terms: -inf where skipped. The vector kernel's
- * fused multiply-add rounds the same way as fmaf. */
-static inline float term(const float *sc, const uint8_t *skip, size_t i, float scale, const float *base,
-                         size_t G)
+/* One term of ix_sum_exp_lifted: -inf where skipped; the lift is a
+ * multiply, then an add, as ix_ball_lift's. The vector kernels' fused
+ * multiply-add rounds the same way as fmaf. */
+static inline float term(const ix_terms *a, size_t i)
 {
-    return skip[i] ? -INFINITY : fmaf(scale, sc[i], base[i / G]);
+    if (a->skip[i]) return -INFINITY;
+    float v = a->sc[i];
+    if (a->rad) v = v + a->rq * a->rad[i];
+    return fmaf(a->scale, v, a->base[i / a->G]);
 }
 
 #define TERMS_CHUNK 64   /* terms relative to the max, staged for the exp-sum kernel */
+#define TERM_CLAMP 80.0f /* x - m above this (only with a reference below the max): the sum is >= e^80, refused */
 
-static double sum_exp_terms_portable(const float *sc, const uint8_t *skip, size_t n, float scale,
-                                     const float *base, size_t G, float *m_out)
+static float terms_max_portable(const ix_terms *a)
 {
-    float m = -INFINITY, u[TERMS_CHUNK];
-    for (size_t i = 0; i < n; i++) {
-        float x = term(sc, skip, i, scale, base, G);
+    float m = -INFINITY;
+    for (size_t i = 0; i < a->n; i++) {
+        float x = term(a, i);
         m = x > m ? x : m;
     }
-    *m_out = m;
-    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
+    return m;
+}
+
+static double terms_sum_portable(const ix_terms *a, float m)
+{
+    float u[TERMS_CHUNK];
     double sum = 0;
-    for (size_t i0 = 0; i0 < n; i0 += TERMS_CHUNK) {
-        size_t len = n - i0 < TERMS_CHUNK ? n - i0 : TERMS_CHUNK;
-        for (size_t j = 0; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base, G) - m;
+    for (size_t i0 = 0; i0 < a->n; i0 += TERMS_CHUNK) {
+        size_t len = a->n - i0 < TERMS_CHUNK ? a->n - i0 : TERMS_CHUNK;
+        for (size_t j = 0; j < len; j++) u[j] = fminf(term(a, i0 + j) - m, TERM_CLAMP);
         sum += sum_exp_portable(u, len);
     }
     return sum;
+}
+
+/* Relative to a->ref in one pass where that serves: its sum within
+ * [2^-60, 2^60) (the terms' max not far below ref, none above it by
+ * more than TERM_CLAMP, which would give at least e^80); else the max,
+ * then the sum relative to it. */
+static double terms_drive(const ix_terms *a, float *m_out, float (*mx)(const ix_terms *),
+                          double (*sum)(const ix_terms *, float))
+{
+    if (isfinite(a->ref)) {
+        double z = sum(a, a->ref);
+        if (z >= 0x1p-60 && z < 0x1p60) { *m_out = a->ref; return z; }
+    }
+    float m = mx(a);
+    *m_out = m;
+    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
+    return sum(a, m);
+}
+
+static double sum_exp_terms_portable(const ix_terms *a, float *m_out)
+{
+    return terms_drive(a, m_out, terms_max_portable, terms_sum_portable);
 }
 
 static void rows_max_portable(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
@@ -366,48 +395,60 @@ AVX2 static double sum_exp_avx2(const float *u, size_t n)
 }
 
 /* Lanes i..i+7 of the terms, -inf where skipped. */
-AVX2 static inline __m256 terms8(const float *sc, const uint8_t *skip, __m256 scale, __m256 base)
+AVX2 static inline __m256 terms8(const ix_terms *a, size_t i, __m256 scale, __m256 rq, __m256 base)
 {
-    __m256 x = _mm256_fmadd_ps(scale, _mm256_loadu_ps(sc), base);
-    __m256i sk = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)skip));
+    __m256 v = _mm256_loadu_ps(a->sc + i);
+    if (a->rad) v = _mm256_add_ps(v, _mm256_mul_ps(rq, _mm256_loadu_ps(a->rad + i)));
+    __m256 x = _mm256_fmadd_ps(scale, v, base);
+    __m256i sk = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(a->skip + i)));
     __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(sk, _mm256_setzero_si256()));
     return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), x, keep);
 }
 
-/* G is a multiple of 8 (checked by the dispatcher): lanes i..i+7 share a base. */
-AVX2 static double sum_exp_terms_avx2(const float *sc, const uint8_t *skip, size_t n, float scale,
-                                      const float *base, size_t G, float *m_out)
+/* G is a multiple of 8 (checked by the dispatcher): lanes i..i+7 share a
+ * base, found by a counter (base[i / G] divided once a vector, G not a
+ * constant: a quarter of the exp-sum's time). */
+AVX2 static float terms_max_avx2(const ix_terms *a)
 {
-    size_t n8 = n & ~(size_t)7;
-    __m256 vs = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
-    /* the group's base by a counter: base[i / G] divided once a vector
-     * (G is not a constant), a quarter of the exp-sum's time */
+    size_t n8 = a->n & ~(size_t)7, G = a->G;
+    __m256 vs = _mm256_set1_ps(a->scale), vq = _mm256_set1_ps(a->rq), mx = _mm256_set1_ps(-INFINITY);
     for (size_t i = 0, g = 0, gi = 0; i < n8; i += 8) {
-        mx = _mm256_max_ps(mx, terms8(sc + i, skip + i, vs, _mm256_set1_ps(base[g])));
+        mx = _mm256_max_ps(mx, terms8(a, i, vs, vq, _mm256_set1_ps(a->base[g])));
         if ((gi += 8) == G) { gi = 0; g++; }
     }
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    float m = _mm_cvtss_f32(h), u[TERMS_CHUNK];
-    for (size_t i = n8; i < n; i++) {
-        float x = term(sc, skip, i, scale, base, G);
+    float m = _mm_cvtss_f32(h);
+    for (size_t i = n8; i < a->n; i++) {
+        float x = term(a, i);
         m = x > m ? x : m;
     }
-    *m_out = m;
-    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
-    __m256 vm = _mm256_set1_ps(m);
+    return m;
+}
+
+AVX2 static double terms_sum_avx2(const ix_terms *a, float m)
+{
+    size_t G = a->G;
+    __m256 vs = _mm256_set1_ps(a->scale), vq = _mm256_set1_ps(a->rq), vm = _mm256_set1_ps(m);
+    __m256 cl = _mm256_set1_ps(TERM_CLAMP);
+    float u[TERMS_CHUNK];
     double sum = 0;
-    for (size_t i0 = 0; i0 < n; i0 += TERMS_CHUNK) {
-        size_t len = n - i0 < TERMS_CHUNK ? n - i0 : TERMS_CHUNK, j = 0, g = i0 / G, gi = i0 % G;
+    for (size_t i0 = 0; i0 < a->n; i0 += TERMS_CHUNK) {
+        size_t len = a->n - i0 < TERMS_CHUNK ? a->n - i0 : TERMS_CHUNK, j = 0, g = i0 / G, gi = i0 % G;
         for (; j + 8 <= len; j += 8) {
-            _mm256_storeu_ps(u + j, _mm256_sub_ps(terms8(sc + i0 + j, skip + i0 + j, vs, _mm256_set1_ps(base[g])), vm));
+            _mm256_storeu_ps(u + j, _mm256_min_ps(_mm256_sub_ps(terms8(a, i0 + j, vs, vq, _mm256_set1_ps(a->base[g])), vm), cl));
             if ((gi += 8) == G) { gi = 0; g++; }
         }
-        for (; j < len; j++) u[j] = term(sc, skip, i0 + j, scale, base, G) - m;
+        for (; j < len; j++) u[j] = fminf(term(a, i0 + j) - m, TERM_CLAMP);
         sum += sum_exp_avx2(u, len);
     }
     return sum;
+}
+
+AVX2 static double sum_exp_terms_avx2(const ix_terms *a, float *m_out)
+{
+    return terms_drive(a, m_out, terms_max_avx2, terms_sum_avx2);
 }
 
 AVX2 static void rows_max_avx2(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n,
@@ -549,50 +590,61 @@ AVX512 static inline __m512 exp16(__m512 x)
 
 /* Lanes i..i+15 of the terms (one base: the caller checked G is a
  * multiple of 16), -inf where skipped. */
-AVX512 static inline __m512 terms16(const float *sc, const uint8_t *skip, __m512 scale, __m512 base)
+AVX512 static inline __m512 terms16(const ix_terms *a, size_t i, __m512 scale, __m512 rq, __m512 base)
 {
-    __m512 x = _mm512_fmadd_ps(scale, _mm512_loadu_ps(sc), base);
-    __m512i sk = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)skip));
+    __m512 v = _mm512_loadu_ps(a->sc + i);
+    if (a->rad) v = _mm512_add_ps(v, _mm512_mul_ps(rq, _mm512_loadu_ps(a->rad + i)));
+    __m512 x = _mm512_fmadd_ps(scale, v, base);
+    __m512i sk = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(a->skip + i)));
     __mmask16 keep = _mm512_cmpeq_epi32_mask(sk, _mm512_setzero_si512());
     return _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), x);
 }
 
-/* As sum_exp_terms_avx2 (the same terms, max and exponentials; the double
+/* As the AVX2 kernel (the same terms, max and exponentials; the double
  * sum in another order, within the bound's rounding margin), without
  * staging the terms: twice the lanes per instruction. */
-AVX512 static double sum_exp_terms_avx512(const float *sc, const uint8_t *skip, size_t n, float scale,
-                                          const float *base, size_t G, float *m_out)
+AVX512 static float terms_max_avx512(const ix_terms *a)
 {
-    if (G % 16) return sum_exp_terms_avx2(sc, skip, n, scale, base, G, m_out);   /* 16 lanes need one base */
-    size_t n16 = n & ~(size_t)15;
-    __m512 vs = _mm512_set1_ps(scale), mx = _mm512_set1_ps(-INFINITY);
+    size_t n16 = a->n & ~(size_t)15, G = a->G;
+    __m512 vs = _mm512_set1_ps(a->scale), vq = _mm512_set1_ps(a->rq), mx = _mm512_set1_ps(-INFINITY);
     for (size_t i = 0, g = 0, gi = 0; i < n16; i += 16) {   /* base by a counter, as in the AVX2 kernel */
-        mx = _mm512_max_ps(mx, terms16(sc + i, skip + i, vs, _mm512_set1_ps(base[g])));
+        mx = _mm512_max_ps(mx, terms16(a, i, vs, vq, _mm512_set1_ps(a->base[g])));
         if ((gi += 16) == G) { gi = 0; g++; }
     }
     float m = _mm512_reduce_max_ps(mx);
-    for (size_t i = n16; i < n; i++) {
-        float x = term(sc, skip, i, scale, base, G);
+    for (size_t i = n16; i < a->n; i++) {
+        float x = term(a, i);
         m = x > m ? x : m;
     }
-    *m_out = m;
-    if (m == -INFINITY || m == INFINITY) return m == INFINITY;
-    __m512 vm = _mm512_set1_ps(m);
-    __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+    return m;
+}
+
+AVX512 static double terms_sum_avx512(const ix_terms *a, float m)
+{
+    size_t n16 = a->n & ~(size_t)15, G = a->G;
+    __m512 vs = _mm512_set1_ps(a->scale), vq = _mm512_set1_ps(a->rq), vm = _mm512_set1_ps(m);
+    __m512 cl = _mm512_set1_ps(TERM_CLAMP);
+    __m512d x = _mm512_setzero_pd(), y = _mm512_setzero_pd();
     for (size_t i = 0, g = 0, gi = 0; i < n16; i += 16) {
-        __m512 e = exp16(_mm512_sub_ps(terms16(sc + i, skip + i, vs, _mm512_set1_ps(base[g])), vm));
+        __m512 e = exp16(_mm512_min_ps(_mm512_sub_ps(terms16(a, i, vs, vq, _mm512_set1_ps(a->base[g])), vm), cl));
         if ((gi += 16) == G) { gi = 0; g++; }
-        a = _mm512_add_pd(a, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        b = _mm512_add_pd(b, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+        x = _mm512_add_pd(x, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        y = _mm512_add_pd(y, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
     }
-    double sum = _mm512_reduce_add_pd(_mm512_add_pd(a, b));
-    if (n16 < n) {
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(x, y));
+    if (n16 < a->n) {
         float u[16];
-        size_t len = n - n16;
-        for (size_t j = 0; j < len; j++) u[j] = term(sc, skip, n16 + j, scale, base, G) - m;
+        size_t len = a->n - n16;
+        for (size_t j = 0; j < len; j++) u[j] = fminf(term(a, n16 + j) - m, TERM_CLAMP);
         sum += sum_exp_avx2(u, len);
     }
     return sum;
+}
+
+AVX512 static double sum_exp_terms_avx512(const ix_terms *a, float *m_out)
+{
+    if (a->G % 16) return sum_exp_terms_avx2(a, m_out);   /* 16 lanes need one base */
+    return terms_drive(a, m_out, terms_max_avx512, terms_sum_avx512);
 }
 #endif
 
@@ -601,7 +653,7 @@ AVX512 static double sum_exp_terms_avx512(const float *sc, const uint8_t *skip, 
 typedef struct {
     void (*score)(const uint16_t *, size_t, size_t, size_t, const float *, int, float *, size_t, int);
     double (*sumexp)(const float *, size_t);
-    double (*terms)(const float *, const uint8_t *, size_t, float, const float *, size_t, float *);
+    double (*terms)(const ix_terms *, float *);
     void (*rowsmax)(const float *, size_t, int, const size_t *, size_t, size_t, float *);
     size_t (*atleast)(const float *, size_t, float, uint32_t *);
     void (*lsemix)(float *, const float *, size_t, size_t, float, float, float);
@@ -691,12 +743,22 @@ double ix_sum_exp(const float *u, size_t n)
     return k.sumexp(u, n);
 }
 
+double ix_sum_exp_lifted(const ix_terms *a, float *m)
+{
+    pthread_once(&k_once, kernels_init);
+    if (a->G == 0 || a->G % 8) {
+        ix_terms b = *a;
+        b.G = a->G ? a->G : 1;
+        return sum_exp_terms_portable(&b, m);
+    }
+    return k.terms(a, m);
+}
+
 double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float scale, const float *base,
                         size_t G, float *m)
 {
-    pthread_once(&k_once, kernels_init);
-    if (G == 0 || G % 8) return sum_exp_terms_portable(sc, skip, n, scale, base, G ? G : 1, m);
-    return k.terms(sc, skip, n, scale, base, G, m);
+    ix_terms a = { sc, skip, n, scale, base, G, NULL, 0.0f, NAN };
+    return ix_sum_exp_lifted(&a, m);
 }
 
 void ix_rows_max(const float *sc, size_t ld, int nr, const size_t *vis, size_t a, size_t n, float *agg)

@@ -362,6 +362,68 @@ static void test_sum_exp_terms_kernels(void)
     CHECK(bad == 0);
 }
 
+/* The exp-sum with the ball's lift and a reference: every kernel gives the
+ * max it used and a sum within the error of long double over the lifted
+ * terms. A reference a little above the max (the bound's case) or 20
+ * below is used in one pass; one 100 above (the sum under 2^-60) or 95
+ * or 150 below (past float's exp: terms clamped, a sum over e^80) falls
+ * back to the max. */
+static void test_sum_exp_lifted_kernels(void)
+{
+    uint64_t s = 31;
+    static const size_t lens[] = { 0, 1, 17, 32, 100, 1000, 4099 };
+    static const size_t groups[] = { 16, 24, 32 };
+    static const float offs[] = { NAN, 3.0f, -20.0f, 100.0f, -95.0f, -150.0f };
+    int cases = 0, bad = 0, one_pass = 0;
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
+        for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++) {
+            size_t n = lens[li], G = groups[gi], ng = n / G + 1;
+            float *sc = malloc(sizeof(float) * (n + 1)), *rad = malloc(sizeof(float) * (n + 1));
+            float *base = malloc(sizeof(float) * ng);
+            uint8_t *skip = malloc(n + 1);
+            for (size_t i = 0; i < n; i++) {
+                sc[i] = tu_rand(&s) % 50 == 0 ? -INFINITY : 40.0f * tu_randf(&s);
+                rad[i] = 3.0f * fabsf(tu_randf(&s));
+                skip[i] = tu_rand(&s) % 7 == 0;
+            }
+            for (size_t g = 0; g < ng; g++) base[g] = 4.0f + tu_randf(&s);
+            const float scale = 0.7f, rq = 0.8f;
+            float mx = -INFINITY;
+            for (size_t i = 0; i < n; i++) {
+                float x = skip[i] ? -INFINITY : fmaf(scale, sc[i] + rq * rad[i], base[i / G]);
+                mx = x > mx ? x : mx;
+            }
+            for (size_t oi = 0; oi < sizeof offs / sizeof *offs; oi++) {
+                float ref = isnan(offs[oi]) ? NAN : mx + offs[oi];
+                int want_ref = mx > -INFINITY && (offs[oi] == 3.0f || offs[oi] == -20.0f);
+                float want_m = want_ref ? ref : mx;
+                long double tru = 0;
+                for (size_t i = 0; i < n && want_m > -INFINITY; i++) {
+                    float x = skip[i] ? -INFINITY : fmaf(scale, sc[i] + rq * rad[i], base[i / G]);
+                    if (x - want_m >= -87.0f) tru += expl((long double)(x - want_m));
+                }
+                for (int w = 0; w < 3; w++) {
+                    eg_index_kernels(w == 0 ? 1 : w == 1 ? 2 : 0);
+                    ix_terms a = { sc, skip, n, scale, base, G, rad, rq, ref };
+                    float m;
+                    double sum = ix_sum_exp_lifted(&a, &m);
+                    int ok = memcmp(&m, &want_m, sizeof m) == 0 &&
+                             (want_m == -INFINITY || fabs(sum - (double)tru) <= 2 * IX_EXP_REL * (double)tru);
+                    if (!ok && bad++ < 5)
+                        fprintf(stderr, "  n %zu G %zu ref %+g kernel %d: m %g (want %g), sum %.17g (want %.17Lg)\n", n,
+                                G, (double)offs[oi], w, m, want_m, sum, tru);
+                    one_pass += want_ref && m == ref;
+                }
+                cases++;
+            }
+            eg_index_kernels(0);
+            free(sc); free(rad); free(base); free(skip);
+        }
+    printf("  %d lifted exp-sums, three kernels: %d in one pass from the reference\n", cases, one_pass);
+    CHECK(bad == 0);
+    CHECK(one_pass > 0);
+}
+
 /* The learned outliers' mixture, both kernels, against long double: every
  * m of 1..8, lengths that leave vector tails, wide ranges, and the +-inf
  * terms that pass through as themselves. */
@@ -635,6 +697,7 @@ int main(void)
     TEST_RUN(test_q8_big_sums);
     TEST_RUN(test_sum_exp_accuracy);
     TEST_RUN(test_sum_exp_terms_kernels);
+    TEST_RUN(test_sum_exp_lifted_kernels);
     TEST_RUN(test_lse_mix);
     TEST_RUN(test_select_bound_fused);
     TEST_RUN(test_select_bound_parallel);
