@@ -253,7 +253,102 @@ T_AVX512 static inline __m256 q4_8_avx512(const unsigned char *q, __m512d mn, __
     return _mm512_cvtpd_ps(v);
 }
 
-Q4_KERNELS(avx512, T_AVX512, 8, __m512d, _mm512_set1_pd, _mm512_loadu_pd, q4_8_avx512, _mm256_storeu_ps)
+/* Whether min + q step (q < 16) is exact in double and far from
+ * overflow, so that one fused multiply-add in f32 rounds it once, as the
+ * double path does (mn + q step exact, then rounded to f32, no clamp
+ * needed): mn and step are 24-bit significands, q step spans at most 28
+ * bits, so their sum fits double's 53 when the two units in the last
+ * place are at most 2^24 apart. Else the double path decides, and may
+ * round twice (the tests hold such a group). */
+static inline int q4_fma_exact(float mn, float step)
+{
+    uint32_t a, b;
+    memcpy(&a, &mn, 4);
+    memcpy(&b, &step, 4);
+    int ea = (int)((a >> 23) & 255), eb = (int)((b >> 23) & 255);
+    if (ea >= 253 || eb >= 250) return 0;   /* |mn| + 15 step may near FLT_MAX */
+    if (!(a & 0x7fffffffu) || !b) return 1;   /* a zero: the sum is the other term, exact */
+    ea = ea ? ea : 1;                         /* subnormals: the smallest unit */
+    eb = eb ? eb : 1;
+    return ea - eb <= 24 && eb - ea <= 24;
+}
+
+/* 16 codes (bytes 0..15 of e) -> 16 floats, fma(q, step, min). */
+T_AVX512 static inline __m512 q4_16_fma(const unsigned char *e, __m512 mn, __m512 st)
+{
+    __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)e)));
+    return _mm512_fmadd_ps(q, st, mn);
+}
+
+/* The q4 decodes with the f32 path where q4_fma_exact holds (groups of
+ * the encoder's own output, in practice every one), in 16 lanes of f32
+ * where the double path takes 8 and a clamp: the decode was a quarter of
+ * a 9/3/64 q4 decode step. Same bits (tests/test_codec_bounds.c). */
+T_AVX512 static void q4v_avx512(const unsigned char *src, uint32_t n, uint32_t d, float *x)
+{
+    if (d % GROUP) { q4v_portable(src, n, d, x); return; }
+    size_t ng = d / GROUP;
+    const unsigned char *codes = src + (size_t)n * ng * 8;
+    unsigned char e[32];
+    for (size_t t = 0; t < n; t++)
+        for (size_t g = 0; g < ng; g++) {
+            const unsigned char *par = src + (t * ng + g) * 8;
+            float mn = rd_f32(par), st = rd_f32(par + 4), *o = x + t * d + g * GROUP;
+            nibbles32(codes + (t * d + g * GROUP) / 2, e);
+            if (q4_fma_exact(mn, st)) {
+                __m512 vm = _mm512_set1_ps(mn), vt = _mm512_set1_ps(st);
+                _mm512_storeu_ps(o, q4_16_fma(e, vm, vt));
+                _mm512_storeu_ps(o + 16, q4_16_fma(e + 16, vm, vt));
+            } else {
+                __m512d dm = _mm512_set1_pd(mn), dt = _mm512_set1_pd(st);
+                for (int k = 0; k < 32; k += 8) _mm256_storeu_ps(o + k, q4_8_avx512(e + k, dm, dt));
+            }
+        }
+}
+
+T_AVX512 static void q4k_avx512(const unsigned char *src, uint32_t n, uint32_t d, float *x)
+{
+    if (d % GROUP) { q4k_portable(src, n, d, x); return; }
+    size_t nb = (n + GROUP - 1) / GROUP;
+    const unsigned char *codes = src + nb * d * 8;
+    float mn[EG_HEAD_DIM_MAX], st[EG_HEAD_DIM_MAX];
+    unsigned char e[32];
+    for (size_t j = 0; j < nb; j++) {
+        const unsigned char *par = src + j * d * 8;
+        int fast = 1;
+        for (size_t c = 0; c < d; c++) {
+            mn[c] = rd_f32(par + c * 8);
+            st[c] = rd_f32(par + c * 8 + 4);
+            fast &= q4_fma_exact(mn[c], st[c]);
+        }
+        if (!fast) {   /* this block of 32 tokens by the double path */
+            size_t t0 = j * GROUP, t1 = t0 + GROUP < n ? t0 + GROUP : n;
+            for (size_t t = t0; t < t1; t++) {
+                const unsigned char *cb = codes + t * d / 2;
+                float *o = x + t * d;
+                for (size_t c = 0; c < d; c += 32) {
+                    nibbles32(cb + c / 2, e);
+                    for (size_t k = 0; k < 32; k += 8) {
+                        __m512d dm = _mm512_cvtps_pd(_mm256_loadu_ps(mn + c + k));
+                        __m512d dt = _mm512_cvtps_pd(_mm256_loadu_ps(st + c + k));
+                        _mm256_storeu_ps(o + c + k, q4_8_avx512(e + k, dm, dt));
+                    }
+                }
+            }
+            continue;
+        }
+        size_t t1 = j * GROUP + GROUP < n ? j * GROUP + GROUP : n;
+        for (size_t t = j * GROUP; t < t1; t++) {
+            const unsigned char *cb = codes + t * d / 2;
+            float *o = x + t * d;
+            for (size_t c = 0; c < d; c += 32) {
+                nibbles32(cb + c / 2, e);
+                _mm512_storeu_ps(o + c, q4_16_fma(e, _mm512_loadu_ps(mn + c), _mm512_loadu_ps(st + c)));
+                _mm512_storeu_ps(o + c + 16, q4_16_fma(e + 16, _mm512_loadu_ps(mn + c + 16), _mm512_loadu_ps(st + c + 16)));
+            }
+        }
+    }
+}
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------ */

@@ -262,6 +262,30 @@ static void junk_tile(int codec, int kind, unsigned char *p, size_t sz, uint32_t
         float v = r % 4 == 0 ? FLT_MAX / (float)(1 + r % 7) : r % 4 == 1 ? 1e-42f * (float)(r % 9)
                 : (float)ldexp((double)(r % 1000) / 1000, (int)(r >> 20) % 200 - 100);
         float mn = (r >> 8) % 2 ? -v : v;
+        if (codec == EG_CODEC_Q4 && g % 5 == 2) {
+            /* min 2^-60, step 5592407 2^-24: code 3 gives 1 + 5 2^-24 + 2^-60,
+             * which rounds twice in double (to the halfway 1 + 5 2^-24, then
+             * to even) and once in a fused f32 multiply-add (up): the
+             * kernels must not take their f32 path here */
+            mn = 0x1p-60f;
+            v = 5592407.0f * 0x1p-24f;
+            size_t e0, step, cnt;   /* the group's elements: e0 + i step, i < cnt */
+            if (kind == EG_KIND_K) {
+                size_t j = g / d;
+                e0 = j * 32 * d + g % d;
+                step = d;
+                cnt = n - j * 32 < 32 ? n - j * 32 : 32;
+            } else {
+                size_t cg = g % ng;
+                e0 = (g / ng) * d + cg * 32;
+                step = 1;
+                cnt = d - cg * 32 < 32 ? d - cg * 32 : 32;
+            }
+            for (size_t i = 0; i < cnt; i++) {   /* every code of the group 3 */
+                size_t idx = e0 + i * step, byte = np * 8 + idx / 2;
+                p[byte] = (unsigned char)(idx & 1 ? (p[byte] & 0x0f) | 0x30 : (p[byte] & 0xf0) | 0x03);
+            }
+        }
         if (codec == EG_CODEC_Q8) memcpy(p + g * 4, &v, 4);
         else { memcpy(p + g * 8, &mn, 4); memcpy(p + g * 8 + 4, &v, 4); }
     }
