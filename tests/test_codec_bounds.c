@@ -178,6 +178,28 @@ static void test_refusals(void)
     CHECK_OK(eg_codec_encode(EG_CODEC_Q4, EG_KIND_K, x, 16, 32, buf, sz));
     memset(buf + 4, 0xff, 4);
     CHECK_EQ_INT(eg_codec_decode(EG_CODEC_Q4, EG_KIND_K, buf, sz, 16, 32, y), EG_ECORRUPT);
+    /* Each kind of bad q4 parameter, in a later group, is named; a step of
+     * -0 decodes (it is >= 0). */
+    {
+        const float bad_min[] = { NAN, INFINITY, -INFINITY }, bad_step[] = { -1.0f, INFINITY, NAN, -0x1p-149f };
+        for (int kind = 0; kind < 2; kind++) {
+            eg_codec_size(EG_CODEC_Q4, kind, 16, 32, &sz);
+            for (int w = 0; w < 7; w++) {
+                CHECK_OK(eg_codec_encode(EG_CODEC_Q4, kind, x, 16, 32, buf, sz));
+                size_t gi = kind == EG_KIND_K ? 21 : 13;   /* K: 32 groups (channels); V: 16 (tokens) */
+                if (w < 3) memcpy(buf + gi * 8, &bad_min[w], 4);
+                else memcpy(buf + gi * 8 + 4, &bad_step[w - 3], 4);
+                CHECK_EQ_INT(eg_codec_decode(EG_CODEC_Q4, kind, buf, sz, 16, 32, y), EG_ECORRUPT);
+                char want[64];
+                snprintf(want, sizeof want, "parameters of group %zu are not finite", gi);
+                CHECK(strstr(eg_mem_last_error(), want) != NULL);
+            }
+            CHECK_OK(eg_codec_encode(EG_CODEC_Q4, kind, x, 16, 32, buf, sz));
+            const float nz = -0.0f;
+            memcpy(buf + 5 * 8 + 4, &nz, 4);
+            CHECK_OK(eg_codec_decode(EG_CODEC_Q4, kind, buf, sz, 16, 32, y));
+        }
+    }
     /* f16 cannot hold 1e6: refused rather than clamped. */
     x[3] = 1e6f;
     eg_codec_size(EG_CODEC_F16, EG_KIND_K, 16, 32, &sz);
