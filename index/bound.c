@@ -26,14 +26,6 @@ double eg_lost_mass_bound(double log_ub, double lse_sel)
     return 1.0 / (1.0 + exp(lse_sel - log_ub));
 }
 
-/* Largest rounding error of a computed quest score against the exact one,
- * plus that of the caller's own q.k (see the dot's summation): a few ulps
- * of |q|_1 * max|bound|. */
-double ix_quest_slack(int d, double q_l1, float gabs)
-{
-    return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
-}
-
 /* Segments per run of the bound's exp-sum when the call keeps no score
  * cache (the scores of a run are made in a buffer of this many). */
 #define RUN_SEGS ((size_t)64 * EG_IX_GROUP)

@@ -309,7 +309,14 @@ int ix_agg_mass(const eg_route_table *t, const eg_route_opts *o);
  * gabs: 6 of the (4d + 8) 2^-24 |q|_1 gabs this allows, of which the
  * caller's d-term dot takes d and the group's f16 dot d more. gabs: the
  * largest |key channel| the group's rows allow. */
-double ix_quest_slack(int d, double q_l1, float gabs);
+static inline double ix_quest_slack(int d, double q_l1, float gabs)
+{
+    /* largest rounding error of a computed quest score against the exact
+     * one, plus that of the caller's own q.k (see the dot's summation): a
+     * few ulps of |q|_1 * max|bound|. Inline: the bound makes one per
+     * group and row. */
+    return (2.0 * d + 4.0) * 0x1p-23 * q_l1 * (double)gabs;
+}
 /* A group's coarse term for one row: log(u S) for its u unselected
  * segments' tokens, plus the scaled group score and its slack. The bound
  * keeps it or refines the group (bound.c); prep lists the groups it would
