@@ -1,14 +1,14 @@
 /* attend.c: ATTEND and the dense reference.
  *
  * One task per kv-head, run on the pool (quest decode: one pipelined job,
- * see run_shared). A task's rows are its q heads at every query position (row
+ * see en_run_shared). A task's rows are its q heads at every query position (row
  * r = query i, head g: r = i*G + g). Attention is an online softmax over
  * blocks of keys (attn.c): a segment, the open rows, or for the dense path
  * a run of segments. Keys of RoPE sessions are rotated at their true
  * positions when paged in; remapped positions rotate the queries instead
  * (R(a)q . R(b)k = q . R(b-a)k), so cached keys serve every mapping.
  */
-#include "en_internal.h"
+#include "en_task.h"
 #include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -17,50 +17,7 @@
 
 #define DENSE_BLOCK_SEGS 16   /* segments per block on the dense path */
 
-/* Per-call context shared by the tasks. */
-typedef struct {
-    en_sess *s;
-    const eg_attend_req *req;
-    eg_attend_result *res;
-    en_view v;
-    int dense;
-    float scale;
-    eg_route_table **quest, **route;
-    const float *tail_k, *tail_v;  /* [n_tail][H][dk], [n_tail][H][dv] */
-    uint32_t n_tail;
-    float *seg_mass;
-    int *rc;                       /* [H] */
-    char (*msg)[256];              /* [H] */
-    uint64_t *page_ins, *segs, *toks;
-    double *worst;
-    /* Quest decode routed in one pipelined job (run_shared): per kv-head
-     * its buffers, rows and prepared route, kept from its begin to its
-     * finish. */
-    struct task_buf *bufs;
-    eg_route_rows *rows;
-    eg_route_prep **preps;
-    struct { int head, part; } *order; /* the shared job's tasks: part >= 0 scores, else TASK_* */
-    int *n_part;                   /* [H] scoring parts each head's list needs (set by its begin) */
-    int parts_max;                 /* part tasks per head in the job */
-    atomic_int *left;              /* [H] the head's part tasks not yet done */
-    atomic_int *begun;             /* [H] 1 once the head's begin is done */
-} call_ctx;
-
-/* ---- one kv-head ------------------------------------------------------------------ */
-typedef struct task_buf {
-    int nr;
-    float *qraw, *qt, *qe, *sc;     /* [nr][dk] x3, scores [nr][block] */
-    int64_t *vis;                   /* [nr] last visible token, -1: none */
-    int64_t *rpos;                  /* [nr] routing positions (vis clamped at 0) */
-    float *tk, *tv;                 /* open rows of this kv-head [n_tail][d] */
-    float *sk, *sv;                 /* one segment's tiles decoded [S][dk], [S][dv] */
-    en_attn_state st, tr;              /* attention (true or remapped), lse at true positions */
-    en_wentry **pinned;
-    size_t n_pinned, cap_pinned;
-    en_wentry *ahead;               /* pinned and prefetched for the next attend_seg, or NULL */
-} task_buf;
-
-static void task_buf_free(task_buf *b)
+void en_task_buf_free(task_buf *b)
 {
     free(b->qraw); free(b->sc); free(b->vis); free(b->tk); free(b->sk);
     free(b->st.m); free(b->st.l); free(b->st.acc);
@@ -68,7 +25,7 @@ static void task_buf_free(task_buf *b)
     free(b->pinned);
 }
 
-static int task_buf_init(call_ctx *c, task_buf *b, size_t block)
+int en_task_buf_init(call_ctx *c, task_buf *b, size_t block)
 {
     const en_view *v = &c->v;
     int nr = b->nr = (int)(c->req->n_queries * v->G);
@@ -98,7 +55,7 @@ static int task_buf_init(call_ctx *c, task_buf *b, size_t block)
 
 /* Rows of kv-head h: raw queries, queries rotated at true positions, and
  * what each row sees; the open rows of this kv-head, rotated likewise. */
-static void task_rows(call_ctx *c, task_buf *b, uint32_t kvh)
+void en_task_rows(call_ctx *c, task_buf *b, uint32_t kvh)
 {
     const en_view *v = &c->v;
     const eg_attend_req *q = c->req;
@@ -246,7 +203,7 @@ static int task_dense(call_ctx *c, task_buf *b, uint32_t kvh)
 }
 
 /* ---- routing ------------------------------------------------------------------------ */
-static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
+void en_task_rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
 {
     memset(rows, 0, sizeof *rows);
     rows->n_rows = b->nr;
@@ -263,7 +220,7 @@ static void rows_of(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows)
  * head early helps with the rest. */
 static void pool_for(void *pool, int n, void (*fn)(void *, int), void *arg) { en_pool_run_leaf(pool, n, fn, arg); }
 
-static void route_opts(const call_ctx *c, eg_route_opts *o)
+void en_task_route_opts(const call_ctx *c, eg_route_opts *o)
 {
     const eg_attend_req *q = c->req;
     eg_route_opts_init(o);
@@ -284,9 +241,9 @@ static void route_opts(const call_ctx *c, eg_route_opts *o)
 static int route_kvh(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_rows *rows,
                      eg_route_selection *sel, double **log_ub)
 {
-    rows_of(c, b, kvh, rows);
+    en_task_rows_of(c, b, kvh, rows);
     eg_route_opts o;
-    route_opts(c, &o);
+    en_task_route_opts(c, &o);
     eg_route_table *t = c->route ? c->route[kvh] : NULL, *own = NULL;
     int rc = 0;
     if (!t) { /* oracle: a table of counts only */
@@ -426,7 +383,7 @@ static int task_remap(call_ctx *c, task_buf *b, uint32_t kvh, const eg_route_sel
 
 /* Attention over kv-head kvh's selection (taken over: sel's arrays and
  * log_ub are freed here), with the bound of every prefix in log_ub. */
-static int task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection sel, double *log_ub)
+int en_task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection sel, double *log_ub)
 {
     const en_view *v = &c->v;
     const eg_attend_req *q = c->req;
@@ -491,7 +448,7 @@ static int task_sparse(call_ctx *c, task_buf *b, uint32_t kvh)
     eg_route_selection sel = {0};
     double *log_ub = NULL;
     int rc = route_kvh(c, b, kvh, &rows, &sel, &log_ub);
-    return rc ? rc : task_routed(c, b, kvh, sel, log_ub);
+    return rc ? rc : en_task_routed(c, b, kvh, sel, log_ub);
 }
 
 static void task_fn(void *arg, int kvh)
@@ -500,148 +457,15 @@ static void task_fn(void *arg, int kvh)
     task_buf b;
     memset(&b, 0, sizeof b);
     size_t block = c->dense ? (size_t)DENSE_BLOCK_SEGS * c->v.S : c->v.S;
-    int rc = task_buf_init(c, &b, block);
+    int rc = en_task_buf_init(c, &b, block);
     if (!rc) {
-        task_rows(c, &b, (uint32_t)kvh);
+        en_task_rows(c, &b, (uint32_t)kvh);
         rc = c->dense ? task_dense(c, &b, (uint32_t)kvh) : task_sparse(c, &b, (uint32_t)kvh);
     }
     for (size_t i = 0; i < b.n_pinned; i++) en_window_unpin(c->s->win, b.pinned[i]);
-    task_buf_free(&b);
+    en_task_buf_free(&b);
     c->rc[kvh] = rc;
     if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
-}
-
-/* ---- quest decode in one pipelined job ------------------------------------------------ */
-/* A layer's kv-heads as one task each left a core idle whenever the heads
- * did not divide evenly among the threads (3 heads on 2 cores: two table
- * scans one after the other on one core while the other waited). So a
- * quest call routes in one pool job of three kinds of tasks per head:
- * - begin: its rows and the list of groups its answer needs
- *   (eg_route_prep_begin);
- * - parts: the scoring of that list, in equal shares;
- * - finish: select, bound and attention.
- * The pool hands tasks out in order, and the order is begin of head h+1,
- * parts of head h, finish of head h-1: a task that needs an earlier one
- * (parts their begin, a finish its parts) waits (spinning) only for tasks
- * already taken by running threads, and seldom, since a head's worth of
- * other tasks lies between them. No thread idles at a barrier: begins
- * were a round of their own before, 0.13-0.23 ms of a 2.3 ms step at 1M
- * tokens of 32/8/128, the scan waiting on the slowest head's list.
- * The answers are those of the one-task path (tests/test_index.c: same
- * selection, bound within the coarse groups' share). */
-enum { TASK_BEGIN = -2, TASK_FINISH = -1 };   /* else: a part's index */
-
-static void shared_begin(call_ctx *c, int kvh)
-{
-    task_buf *b = &c->bufs[kvh];
-    int rc = task_buf_init(c, b, c->v.S);
-    if (!rc) {
-        task_rows(c, b, (uint32_t)kvh);
-        rows_of(c, b, (uint32_t)kvh, &c->rows[kvh]);
-        eg_route_opts o;
-        route_opts(c, &o);
-        rc = en_pass(eg_route_prep_begin(c->quest[kvh], &c->rows[kvh], &o, &c->preps[kvh]), "route");
-    }
-    c->rc[kvh] = rc;
-    if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
-}
-
-static void shared_finish(call_ctx *c, int kvh)
-{
-    task_buf *b = &c->bufs[kvh];
-    int rc = c->rc[kvh];
-    if (!rc) {
-        eg_route_selection sel;
-        double *log_ub = NULL;
-        rc = en_pass(eg_route_prep_finish(c->preps[kvh], &sel, &log_ub), "route");
-        if (!rc) rc = task_routed(c, b, (uint32_t)kvh, sel, log_ub);
-        c->rc[kvh] = rc;
-        if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
-    }
-    for (size_t i = 0; i < b->n_pinned; i++) en_window_unpin(c->s->win, b->pinned[i]);
-    task_buf_free(b);
-    eg_route_prep_free(c->preps[kvh]);
-    c->preps[kvh] = NULL;
-}
-
-/* A head's scan in parts of at least this many groups, at most 2 per
- * thread: the pool hands them out as threads come free, and a finish
- * waits at most for the last part of its head still running. */
-#define SHARED_MIN_GROUPS 16
-#define SHARED_PARTS_PER_THREAD 2
-
-/* Task i of the shared job, as run_shared ordered them. A part whose
- * index is beyond what its head's list needs (or whose head failed)
- * scores nothing and only counts itself done. */
-static void shared_task(void *arg, int i)
-{
-    call_ctx *c = arg;
-    int h = c->order[i].head, k = c->order[i].part;
-    if (k == TASK_BEGIN) {
-        shared_begin(c, h);
-        size_t n = c->rc[h] ? 0 : eg_route_prep_items(c->preps[h]), parts = n / SHARED_MIN_GROUPS;
-        size_t most = (size_t)c->parts_max;
-        c->n_part[h] = (int)(n == 0 ? 0 : parts < 1 ? 1 : parts < most ? parts : most);
-        atomic_store_explicit(&c->begun[h], 1, memory_order_release);
-        return;
-    }
-    if (k >= 0) {
-        for (unsigned r = 1; !atomic_load_explicit(&c->begun[h], memory_order_acquire); r++)
-            en_spin(r);   /* its begin runs elsewhere */
-        if (k < c->n_part[h]) {
-            size_t n = eg_route_prep_items(c->preps[h]), parts = (size_t)c->n_part[h];
-            eg_route_prep_score(c->preps[h], n * (size_t)k / parts, n * (size_t)(k + 1) / parts);
-        }
-        atomic_fetch_sub_explicit(&c->left[h], 1, memory_order_release);
-        return;
-    }
-    for (unsigned r = 1; atomic_load_explicit(&c->left[h], memory_order_acquire) > 0; r++)
-        en_spin(r);   /* parts running elsewhere */
-    shared_finish(c, h);
-}
-
-static int run_shared(call_ctx *c)
-{
-    uint32_t H = c->v.H;
-    int T = en_pool_threads(c->s->e->pool), P = SHARED_PARTS_PER_THREAD * T;
-    c->parts_max = P;
-    c->bufs = calloc(H, sizeof *c->bufs);
-    c->rows = calloc(H, sizeof *c->rows);
-    c->preps = calloc(H, sizeof *c->preps);
-    c->n_part = calloc(H, sizeof *c->n_part);
-    c->left = calloc(H, sizeof *c->left);
-    c->begun = calloc(H, sizeof *c->begun);
-    c->order = calloc((size_t)H * ((size_t)P + 2), sizeof *c->order);
-    if (!c->bufs || !c->rows || !c->preps || !c->n_part || !c->left || !c->begun || !c->order) {
-        free(c->bufs); free(c->rows); free(c->preps); free(c->n_part); free(c->left); free(c->begun); free(c->order);
-        return en_fail(EG_EN_ENOMEM, "attend: out of memory");
-    }
-    for (uint32_t h = 0; h < H; h++) {
-        atomic_init(&c->left[h], P);
-        atomic_init(&c->begun[h], 0);
-    }
-    /* begin 0; then for each head h: begin h+1, the parts of h, finish h-1;
-     * last, finish H-1. */
-    int n = 0;
-    c->order[n].head = 0;
-    c->order[n++].part = TASK_BEGIN;
-    for (uint32_t h = 0; h < H; h++) {
-        if (h + 1 < H) { c->order[n].head = (int)h + 1; c->order[n++].part = TASK_BEGIN; }
-        for (int k = 0; k < P; k++) { c->order[n].head = (int)h; c->order[n++].part = k; }
-        if (h > 0) { c->order[n].head = (int)h - 1; c->order[n++].part = TASK_FINISH; }
-    }
-    c->order[n].head = (int)H - 1;
-    c->order[n++].part = TASK_FINISH;
-    en_pool_run(c->s->e->pool, n, shared_task, c);
-    free(c->bufs); free(c->rows); free(c->preps); free(c->n_part); free(c->left); free(c->begun); free(c->order);
-    c->bufs = NULL;
-    c->rows = NULL;
-    c->preps = NULL;
-    c->n_part = NULL;
-    c->left = NULL;
-    c->begun = NULL;
-    c->order = NULL;
-    return 0;
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */
@@ -775,7 +599,7 @@ static int run_call(eg_engine_session *h, const eg_attend_req *q, eg_attend_resu
          * other routers, nothing sealed) one task per kv-head. */
         if (!dense && c.v.n_sealed && (q->router == EG_ROUTER_QUEST || q->router == EG_ROUTER_BALL) &&
             c.route == c.quest)
-            rc = run_shared(&c);
+            rc = en_run_shared(&c);
         else
             en_pool_run(s->e->pool, (int)H, task_fn, &c);
         res->page_ins = res->segments = res->tokens = 0;
@@ -838,13 +662,13 @@ int eg_engine_select(eg_engine_session *h, const eg_attend_req *q, eg_select_res
     for (uint32_t k = 0; k < H && !rc && c.v.n_sealed; k++) {
         task_buf b;
         memset(&b, 0, sizeof b);
-        rc = task_buf_init(&c, &b, c.v.S);
+        rc = en_task_buf_init(&c, &b, c.v.S);
         if (!rc) {
             eg_route_rows rows;
-            task_rows(&c, &b, k);
+            en_task_rows(&c, &b, k);
             rc = route_kvh(&c, &b, k, &rows, &sel[k], NULL);
         }
-        task_buf_free(&b);
+        en_task_buf_free(&b);
     }
     if (!rc) {
         out->n_kv_heads = H;
