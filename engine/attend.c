@@ -23,6 +23,7 @@ void en_task_buf_free(task_buf *b)
     free(b->st.m); free(b->st.l); free(b->st.acc);
     free(b->tr.m); free(b->tr.l);
     free(b->pinned);
+    free(b->pre);
 }
 
 int en_task_buf_init(call_ctx *c, task_buf *b, size_t block)
@@ -280,8 +281,25 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Room for n more entries in b->pinned. */
+static int pinned_room(task_buf *b, size_t n)
+{
+    if (b->n_pinned + n <= b->cap_pinned) return 0;
+    size_t cap = b->cap_pinned ? 2 * b->cap_pinned : 64;
+    while (cap < b->n_pinned + n) cap *= 2;
+    en_wentry **p = realloc(b->pinned, cap * sizeof *p);
+    if (!p) return en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    b->pinned = p;
+    b->cap_pinned = cap;
+    return 0;
+}
+
 static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry **e)
 {
+    if (b->pre_at < b->n_pre && b->pre_seg[b->pre_at] == (int64_t)seg) {   /* the batch's, in order */
+        en_wentry *p = b->pre[b->pre_at++];
+        if (p) { *e = p; return 0; }
+    }
     if (b->n_pinned == b->cap_pinned) {
         size_t cap = b->cap_pinned ? 2 * b->cap_pinned : 64;
         en_wentry **p = realloc(b->pinned, cap * sizeof *p);
@@ -394,6 +412,19 @@ int en_task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection se
     size_t nf = sel.n_forced, n_order = sel.n - nf, n_used = 0;
     double *lost = malloc((size_t)b->nr * sizeof(double));
     if (!lost) rc = en_fail(EG_EN_ENOMEM, "attend: out of memory");
+    /* Pin what the window holds of the selection in one batch (with
+     * max_lost only the forced part is sure to be attended). */
+    size_t n_batch = q->max_lost > 0 ? nf : sel.n;
+    free(b->pre);
+    b->pre = NULL;
+    b->n_pre = b->pre_at = 0;
+    if (!rc && n_batch && !pinned_room(b, n_batch) && (b->pre = malloc(n_batch * sizeof *b->pre))) {
+        en_window_get_many(c->s->win, q->layer, kvh, sel.segments, n_batch, b->pre);
+        for (size_t i = 0; i < n_batch; i++)
+            if (b->pre[i]) b->pinned[b->n_pinned++] = b->pre[i];
+        b->pre_seg = sel.segments;
+        b->n_pre = n_batch;
+    }
     /* Pass at true positions: forced segments, open rows, then routed ones
      * in score order (until the bound holds, with max_lost). */
     /* The next segment is pinned ahead where it is sure to be attended:
@@ -429,6 +460,7 @@ int en_task_routed(call_ctx *c, task_buf *b, uint32_t kvh, eg_route_selection se
     }
     free(log_ub);
     free(lost);
+    b->n_pre = b->pre_at = 0;   /* pre_seg is sel's, freed here */
     eg_route_selection_free(&sel);
     return rc;
 }
@@ -462,7 +494,7 @@ static void task_fn(void *arg, int kvh)
         en_task_rows(c, &b, (uint32_t)kvh);
         rc = c->dense ? task_dense(c, &b, (uint32_t)kvh) : task_sparse(c, &b, (uint32_t)kvh);
     }
-    for (size_t i = 0; i < b.n_pinned; i++) en_window_unpin(c->s->win, b.pinned[i]);
+    en_window_unpin_many(c->s->win, b.pinned, b.n_pinned);
     en_task_buf_free(&b);
     c->rc[kvh] = rc;
     if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());

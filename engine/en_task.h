@@ -48,6 +48,12 @@ typedef struct task_buf {
     en_wentry **pinned;
     size_t n_pinned, cap_pinned;
     en_wentry *ahead;               /* pinned and prefetched for the next attend_seg, or NULL */
+    /* Entries of the selection pinned in one batch (en_task_routed), which
+     * pin takes in order: pre[i] for pre_seg[i], NULL where not in the
+     * window (paged in then). Also in pinned. */
+    en_wentry **pre;
+    const int64_t *pre_seg;
+    size_t n_pre, pre_at;
 } task_buf;
 
 /* Per-head scratch of block keys a task (dense: a run of segments, else

@@ -51,7 +51,7 @@ static void shared_finish(call_ctx *c, int kvh)
         c->rc[kvh] = rc;
         if (rc) snprintf(c->msg[kvh], sizeof c->msg[kvh], "%s", eg_engine_last_error());
     }
-    for (size_t i = 0; i < b->n_pinned; i++) en_window_unpin(c->s->win, b->pinned[i]);
+    en_window_unpin_many(c->s->win, b->pinned, b->n_pinned);
     en_task_buf_free(b);
     eg_route_prep_free(c->preps[kvh]);
     c->preps[kvh] = NULL;

@@ -123,6 +123,22 @@ en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t se
     return e;
 }
 
+void en_window_get_many(en_window *w, uint32_t layer, uint32_t kvh, const int64_t *segs, size_t n, en_wentry **out)
+{
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < n; i++) {
+        en_wentry *e = segs[i] < 0 ? NULL : find(w, layer, kvh, (uint64_t)segs[i]);
+        if (e) {
+            e->pins++;
+            w->hits++;
+            lru_unlink(w, e);
+            lru_front(w, e);
+        }
+        out[i] = e;
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
 en_wentry *en_window_put(en_window *w, en_wentry *e)
 {
     pthread_mutex_lock(&w->mu);
@@ -150,6 +166,16 @@ void en_window_unpin(en_window *w, en_wentry *e)
     if (!e) return;
     pthread_mutex_lock(&w->mu);
     e->pins--;
+    if (w->bytes > w->cap) evict(w);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void en_window_unpin_many(en_window *w, en_wentry *const *e, size_t n)
+{
+    if (!n) return;
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < n; i++)
+        if (e[i]) e[i]->pins--;
     if (w->bytes > w->cap) evict(w);
     pthread_mutex_unlock(&w->mu);
 }
