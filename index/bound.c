@@ -83,7 +83,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
         pseg[r] = SIZE_MAX;
         lpart[r] = 0;
         ref[r] = -INFINITY;
-        rq[r] = ix_ball(t) ? c->qn[r] * (1.0f - c->beta) : 0.0f;   /* as ix_ball_lift */
+        rq[r] = ix_ball(t) ? c->qn[r] * (1.0f - c->beta) : 0.0f;   /* (1 - beta) |q|, one f32 rounding */
         if (rows->pos && (size_t)(rows->pos[r] + 1) % S) {
             pseg[r] = (size_t)rows->pos[r] / S;
             lpart[r] = log((double)((size_t)(rows->pos[r] + 1) % S)) - logS;
@@ -91,7 +91,7 @@ int ix_bound_run(const ix_ctx *c, const eg_route_selection *sel, const ix_cache 
     }
     /* Term of segment s for row r from its score: log(tokens seen) + scale * (score + slack). */
     /* Select's scores of a ball are centre + beta |q| r; the bound's add
-     * (1 - beta) |q| r, as ix_ball_lift (multiply, then add). */
+     * (1 - beta) |q| r (multiply, then add, as the kernels' epilogue). */
     const int lift = cached && ix_ball(t);
     #define LIFTED(r, s, v) (lift ? (v) + rq[r] * t->q8rad[s] : (v))
     #define TERM(r, s, score, g) (logS + ((s) == pseg[r] ? lpart[r] : 0.0) + \

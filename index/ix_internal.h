@@ -63,7 +63,7 @@ double ix_sum_exp_terms(const float *sc, const uint8_t *skip, size_t n, float sc
                         size_t G, float *m);
 /* The same terms with the ball's lift and a reference: x_i =
  * fmaf(scale, v_i, base[i / G]) with v_i = sc[i] + rq * rad[i] (multiply,
- * then add, as ix_ball_lift) when rad, else sc[i]. With ref finite (an
+ * then add, as the int8 kernels' lift) when rad, else sc[i]. With ref finite (an
  * estimate of the max, at or above it), the sum of exp(x_i - ref) in one
  * pass, *m = ref, when that sum is in [2^-60, 2^60); otherwise, or ref
  * not finite, as ix_sum_exp_terms. Errors as there with m = *m, and terms
@@ -212,12 +212,6 @@ void ix_ball_regroup(eg_route_table *t, size_t from);
  * g0]: each at least the exact q.k of every key of the group, up to the
  * f32 rounding ix_quest_slack covers (ball: q.centre + |q| R rounded up). */
 void ix_group_scores(const ix_ctx *c, size_t g0, size_t g1, float *out, size_t ld);
-/* Ball: add f |q_r| radius_s to the scores of segments [s0, s1) in out
- * (row r at out + r*ld): f = 1 raises centre scores to bounds, 1 - beta
- * the selection's (ix_score_range) to bounds; each lift is two f32
- * roundings, within ix_quest_slack (at most two lifts a score). Quest:
- * nothing to do. */
-void ix_ball_lift(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f);
 size_t ix_q8_quads(const eg_route_table *t);
 /* Codes of segment s from its quest row v [2d] (max then min, as f32 of
  * the stored halves); the first call sets the channel weights. */
@@ -234,8 +228,11 @@ void ix_q8_group(const eg_route_table *t, size_t s0, size_t s1, float *mx, float
 int ix_q8_rows(ix_ctx *c);
 /* Scores of segments [s0, s1): out[r*ld + s - s0], each an upper bound of
  * the exact quest score (+inf for a segment or row out of range); ball:
- * at least q.c' for the decoded centre, plus f |q|_2 r (the lift of
- * ix_ball_lift, done in the kernels' epilogue). */
+ * at least q.c' for the decoded centre, plus (f |q|_2) r, multiplied
+ * then added in the kernels' epilogue. A ball lift is two f32 roundings,
+ * within ix_quest_slack, and a score takes at most two: f = 1 makes
+ * bounds, beta the selection's scores, which the bound's exp-sum lifts by
+ * 1 - beta (ix_sum_exp_lifted). */
 void ix_q8_scores(const ix_ctx *c, size_t s0, size_t s1, float *out, size_t ld, float f);
 /* Kernel level up to cap: 0 portable, 1 AVX2, 2 AVX-512 VNNI; its name. */
 int ix_q8_level(int cap);

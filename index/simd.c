@@ -60,7 +60,7 @@ static double sum_exp_portable(const float *u, size_t n)
 }
 
 /* One term of ix_sum_exp_lifted: -inf where skipped; the lift is a
- * multiply, then an add, as ix_ball_lift's. The vector kernels' fused
+ * multiply, then an add, as the int8 kernels' epilogue. The vector kernels' fused
  * multiply-add rounds the same way as fmaf. */
 static inline float term(const ix_terms *a, size_t i)
 {

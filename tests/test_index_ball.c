@@ -159,43 +159,6 @@ static void test_ball_kernels(void)
     CHECK_EQ_INT(loose, 0);
 }
 
-/* The bound's lift (+ f |q| r over a range of scores) gives the same bits
- * on every kernel, over lengths around the vector width. */
-static void test_ball_lift_kernels(void)
-{
-    const int d = 40, S = 16;
-    const size_t nseg = 75;
-    float *k = keys_of(0, nseg * S, d, 55);
-    size_t sb;
-    eg_route_table *t = ball_table(k, nseg, d, S, NULL, &sb);
-    REQUIRE(t);
-    uint64_t rs = 8;
-    float q[3 * 40];
-    for (int i = 0; i < 3 * d; i++) q[i] = tu_randn(&rs);
-    eg_route_rows rows = { .n_rows = 3, .q = q, .scale = 0.2f };
-    ix_ctx c;
-    REQUIRE(ix_ctx_init(&c, t, &rows, NULL) == 0);
-    float base[3 * 75], a[3 * 75], b[3 * 75];
-    for (int i = 0; i < 3 * 75; i++) base[i] = 10.0f * tu_randn(&rs);
-    int diff = 0, cases = 0;
-    for (size_t s0 = 0; s0 < 20; s0 += 3)
-        for (size_t s1 = s0; s1 <= nseg; s1 += 7) {
-            memcpy(a, base, sizeof a);
-            memcpy(b, base, sizeof b);
-            eg_index_kernels(1);
-            ix_ball_lift(&c, s0, s1, a + s0, 75, 0.37f);
-            eg_index_kernels(0);
-            ix_ball_lift(&c, s0, s1, b + s0, 75, 0.37f);
-            diff += memcmp(a, b, sizeof a) != 0;
-            cases++;
-        }
-    ix_ctx_free(&c);
-    printf("  %d ranges lifted: %d differing between the portable and the best kernel\n", cases, diff);
-    CHECK_EQ_INT(diff, 0);
-    eg_route_table_free(t);
-    free(k);
-}
-
 /* Group scores (the centre's f16 score plus |q| R, rounded up) give the
  * same bits on every kernel, over ranges around the vector width, with
  * an infinite radius, a NaN one, and a query row too large to code. */
@@ -471,7 +434,6 @@ int main(void)
     TEST_RUN(test_ball_bound_every_codec);
     TEST_RUN(test_ball_radius_edges);
     TEST_RUN(test_ball_beta);
-    TEST_RUN(test_ball_lift_kernels);
     TEST_RUN(test_ball_group_kernels);
     TEST_END();
 }
