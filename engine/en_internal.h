@@ -92,12 +92,12 @@ en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t se
 /* Insert a filled entry (taken over). If another thread inserted the same
  * segment meanwhile, e is freed and that one returned, pinned. */
 en_wentry *en_window_put(en_window *w, en_wentry *e);
-void en_window_unpin(en_window *w, en_wentry *e);
 /* out[i] = segment segs[i]'s entry pinned, or NULL (not in the window, or
  * segs[i] < 0), under one lock: a decode step pins a few dozen segments a
  * head, and a lock each (taken by both cores) was 3 % of a 9/3/64 step. */
 void en_window_get_many(en_window *w, uint32_t layer, uint32_t kvh, const int64_t *segs, size_t n, en_wentry **out);
-/* en_window_unpin of each non-NULL e[i], under one lock. */
+/* Unpin each non-NULL e[i] (pinned by a get or put), under one lock;
+ * entries past the budget are evicted once unpinned. */
 void en_window_unpin_many(en_window *w, en_wentry *const *e, size_t n);
 void en_wentry_free(en_wentry *e);
 /* Drop every entry of segments >= first_seg (after truncate). */
@@ -129,6 +129,7 @@ void en_window_counters(en_window *w, uint64_t *hits, uint64_t *bytes, uint64_t 
 #define EN_SNAP_MIN 512       /* segments: below this a rebuild is quick */
 #define EN_KINDS 4           /* table kinds: 0 quest, 1 centroid, 2 learned, 3 ball */
 /* Snapshot slot of table kind ki (quest 0, ball 1), -1 for kinds not snapshotted. */
+#define EN_SNAP_SLOTS 2
 static inline int en_snap_slot(int ki) { return ki == 0 ? 0 : ki == 3 ? 1 : -1; }
 
 /* Route tables of one layer, loaded on first use. */
@@ -137,7 +138,7 @@ typedef struct {
     int loaded[EN_KINDS];
     eg_route_table **tab[EN_KINDS];  /* [n_kv_heads] each */
     eg_learned **w;           /* [n_kv_heads]: the learned tables' weights */
-    uint64_t *snap[2];        /* [n_kv_heads]: segments of the quest (0) and ball (1) snapshots stored */
+    uint64_t *snap[EN_SNAP_SLOTS]; /* [n_kv_heads]: segments of the quest (0) and ball (1) snapshots stored */
 } en_layer_tabs;
 
 typedef struct en_sess {

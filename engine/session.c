@@ -110,8 +110,7 @@ static void sess_free(en_sess *s)
             if (s->layers[l].w)
                 for (uint32_t h = 0; h < s->cfg.n_kv_heads; h++) eg_learned_free(s->layers[l].w[h]);
             free(s->layers[l].w);
-            free(s->layers[l].snap[0]);
-            free(s->layers[l].snap[1]);
+            for (int slot = 0; slot < EN_SNAP_SLOTS; slot++) free(s->layers[l].snap[slot]);
             pthread_mutex_destroy(&s->layers[l].mu);
         }
         free(s->layers);
@@ -521,7 +520,7 @@ int eg_engine_session_truncate(eg_engine_session *h, uint64_t n_tokens)
     /* The truncate removed the quest snapshots with the session's other
      * token records: none is stored now. */
     for (uint32_t l = 0; !rc && l < s->cfg.n_layers; l++)
-        for (int slot = 0; slot < 2; slot++)
+        for (int slot = 0; slot < EN_SNAP_SLOTS; slot++)
             if (s->layers[l].snap[slot])
                 memset(s->layers[l].snap[slot], 0, s->cfg.n_kv_heads * sizeof *s->layers[l].snap[slot]);
     pthread_rwlock_unlock(&s->rw);

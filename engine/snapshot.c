@@ -7,13 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The session record kind of a snapshot slot (en_snap_slot). */
+static uint32_t snap_kind(int slot) { return slot == 1 ? EN_REC_SNAP_BALL : EN_REC_SNAP; }
+
 eg_route_table *en_snap_load(en_sess *s, uint32_t layer, uint32_t kvh, const eg_summary_spec *spec,
                              uint64_t n_sealed, uint64_t *n_snap)
 {
     void *rec = NULL;
     size_t len = 0;
     *n_snap = 0;
-    uint32_t kind = spec->kind == EG_ROUTER_BALL ? EN_REC_SNAP_BALL : EN_REC_SNAP;
+    uint32_t kind = snap_kind(spec->kind == EG_ROUTER_BALL ? 1 : 0);
     if (n_sealed < EN_SNAP_MIN || eg_record_get_session(s->ms, layer, kvh, kind, 0, &rec, &len)) return NULL;
     uint64_t total = 0;
     if (len >= 8) memcpy(&total, rec, 8);
@@ -45,7 +48,7 @@ static void snap_layer(en_sess *s, uint32_t l, int ki)
 {
     en_layer_tabs *L = &s->layers[l];
     uint64_t *snap = L->snap[en_snap_slot(ki)];
-    uint32_t kind = ki == 3 ? EN_REC_SNAP_BALL : EN_REC_SNAP;
+    uint32_t kind = snap_kind(en_snap_slot(ki));
     uint32_t H = s->cfg.n_kv_heads;
     void **blob = calloc(H, sizeof *blob);
     unsigned char **head = calloc(H, sizeof *head);

@@ -109,16 +109,22 @@ static en_wentry *find(en_window *w, uint32_t layer, uint32_t kvh, uint64_t seg)
     return NULL;
 }
 
-en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t seg)
+/* A hit, lock held: pinned, counted, moved to the front. */
+static en_wentry *hit(en_window *w, en_wentry *e)
 {
-    pthread_mutex_lock(&w->mu);
-    en_wentry *e = find(w, layer, kvh, seg);
     if (e) {
         e->pins++;
         w->hits++;
         lru_unlink(w, e);
         lru_front(w, e);
     }
+    return e;
+}
+
+en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t seg)
+{
+    pthread_mutex_lock(&w->mu);
+    en_wentry *e = hit(w, find(w, layer, kvh, seg));
     pthread_mutex_unlock(&w->mu);
     return e;
 }
@@ -126,16 +132,7 @@ en_wentry *en_window_get(en_window *w, uint32_t layer, uint32_t kvh, uint64_t se
 void en_window_get_many(en_window *w, uint32_t layer, uint32_t kvh, const int64_t *segs, size_t n, en_wentry **out)
 {
     pthread_mutex_lock(&w->mu);
-    for (size_t i = 0; i < n; i++) {
-        en_wentry *e = segs[i] < 0 ? NULL : find(w, layer, kvh, (uint64_t)segs[i]);
-        if (e) {
-            e->pins++;
-            w->hits++;
-            lru_unlink(w, e);
-            lru_front(w, e);
-        }
-        out[i] = e;
-    }
+    for (size_t i = 0; i < n; i++) out[i] = segs[i] < 0 ? NULL : hit(w, find(w, layer, kvh, (uint64_t)segs[i]));
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -159,15 +156,6 @@ en_wentry *en_window_put(en_window *w, en_wentry *e)
     evict(w);
     pthread_mutex_unlock(&w->mu);
     return e;
-}
-
-void en_window_unpin(en_window *w, en_wentry *e)
-{
-    if (!e) return;
-    pthread_mutex_lock(&w->mu);
-    e->pins--;
-    if (w->bytes > w->cap) evict(w);
-    pthread_mutex_unlock(&w->mu);
 }
 
 void en_window_unpin_many(en_window *w, en_wentry *const *e, size_t n)

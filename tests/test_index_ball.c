@@ -118,12 +118,7 @@ static void test_ball_kernels(void)
                     for (int i = 0; i < d; i++) { q[i] = 0.0f; q[d + i] *= 1e30f; }
                 eg_route_rows rw = { .n_rows = nr, .q = q, .scale = 0.1f };
                 float *out[3];
-                for (int w = 0; w < 3; w++) {
-                    out[w] = malloc(sizeof(float) * nr * nseg);
-                    eg_index_kernels(w == 0 ? 1 : w == 1 ? 2 : 0);   /* portable, AVX2, best */
-                    CHECK_OK(eg_router_score_all(t, &rw, out[w]));
-                }
-                eg_index_kernels(0);
+                CHECK_OK(tu_scores_every_kernel(t, &rw, nseg, out));
                 diff += memcmp(out[0], out[1], sizeof(float) * nr * nseg) != 0 ||
                         memcmp(out[0], out[2], sizeof(float) * nr * nseg) != 0;
                 for (int r = 0; r < nr; r++)

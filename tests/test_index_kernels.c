@@ -88,12 +88,7 @@ static void test_q8_big_sums(void)
                 }
             ix_ctx_free(&c);
             float *out[3];
-            for (int v = 0; v < 3; v++) {
-                out[v] = malloc(sizeof(float) * nr * nseg);
-                eg_index_kernels(v == 0 ? 1 : v == 1 ? 2 : 0);
-                CHECK_OK(eg_router_score_all(b.t, &rw, out[v]));
-            }
-            eg_index_kernels(0);
+            CHECK_OK(tu_scores_every_kernel(b.t, &rw, nseg, out));
             diff += memcmp(out[0], out[1], sizeof(float) * nr * nseg) != 0;
             diff += memcmp(out[0], out[2], sizeof(float) * nr * nseg) != 0;
             for (int r = 0; r < nr && !kind; r++)
@@ -217,12 +212,7 @@ static void test_q8_scores(void)
                 }
                 eg_route_rows rw = { .n_rows = nr, .q = q, .scale = 0.1f };
                 float *out[3];
-                for (int w = 0; w < 3; w++) {
-                    out[w] = malloc(sizeof(float) * nr * nseg);
-                    eg_index_kernels(w == 0 ? 1 : w == 1 ? 2 : 0);   /* portable, AVX2, best */
-                    CHECK_OK(eg_router_score_all(b.t, &rw, out[w]));
-                }
-                eg_index_kernels(0);
+                CHECK_OK(tu_scores_every_kernel(b.t, &rw, nseg, out));
                 if (memcmp(out[0], out[1], sizeof(float) * nr * nseg) || memcmp(out[0], out[2], sizeof(float) * nr * nseg))
                     diff++;
                 for (int r = 0; r < nr; r++)

@@ -85,3 +85,18 @@ const char *tu_shared_data(void)
         if (stat(cands[i], &st) == 0 && S_ISDIR(st.st_mode)) return cands[i];
     return NULL;
 }
+
+int tu_scores_every_kernel(const eg_route_table *t, const eg_route_rows *rows, size_t segments, float *out[3])
+{
+    int rc = 0;
+    for (int w = 0; w < 3; w++) {
+        out[w] = calloc((size_t)rows->n_rows * (segments ? segments : 1), sizeof(float));
+        if (!out[w]) rc = -1;
+    }
+    for (int w = 0; w < 3 && !rc; w++) {
+        eg_index_kernels(w == 0 ? 1 : w == 1 ? 2 : 0);   /* portable, AVX2, best */
+        rc = eg_router_score_all(t, rows, out[w]);
+    }
+    eg_index_kernels(0);
+    return rc;
+}

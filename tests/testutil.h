@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stddef.h>
+#include "index.h"
 
 extern int tu_case_failed;
 extern int tu_passed, tu_failed;
@@ -46,4 +47,10 @@ float tu_randn(uint64_t *state);      /* standard normal */
 int tu_slow(void);
 /* Directory of ../shared/data if present (NULL otherwise). */
 const char *tu_shared_data(void);
+/* out[w] = eg_router_score_all of t for rows on kernel set w: 0 portable,
+ * 1 AVX2, 2 the best here (calloc'd, rows->n_rows * segments floats each,
+ * zero where an error stopped the scoring; the caller frees all three, NULL
+ * where out of memory); the best set is chosen again after. Returns 0, or
+ * the first error. */
+int tu_scores_every_kernel(const eg_route_table *t, const eg_route_rows *rows, size_t segments, float *out[3]);
 #endif
