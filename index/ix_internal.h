@@ -47,7 +47,10 @@ static inline size_t ix_hidx(size_t s, size_t c, size_t width)
 void ix_score_rows_h(const uint16_t *tab, size_t s0, size_t s1, size_t width, const float *qp, int nr,
                      float *out, size_t ld, int clamp);
 /* sum of exp(u[i]) for u[i] <= 0 (-inf allowed), summed in double. Each
- * term's relative error is at most IX_EXP_REL; terms below -87 count as 0,
+ * term's relative error is at most IX_EXP_REL (the vector exp's reduction
+ * and degree-6 polynomial: 2.2e-7 measured, test_sum_exp_accuracy; the
+ * AVX-512 exp-sum's f32 partial sums of 8 terms a lane: 7 2^-24 more,
+ * 4.2e-7); terms below -87 count as 0,
  * which callers make negligible by taking u relative to its max. */
 #define IX_EXP_REL 4e-6
 double ix_sum_exp(const float *u, size_t n);
