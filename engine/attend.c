@@ -132,7 +132,7 @@ static int dense_visit(void *arg, uint64_t seg, const eg_encoded_block *b)
     size_t j = seg - f->s0, S = b->n_tokens;
     if (f->direct && b->codec == EG_CODEC_Q8) {
         const call_ctx *c = f->c;
-        en_tile K = { EG_CODEC_Q8, b->keys, b->klen }, V = { EG_CODEC_Q8, b->values, b->vlen };
+        en_tile K = { EG_CODEC_Q8, b->keys, b->klen, NULL, 0 }, V = { EG_CODEC_Q8, b->values, b->vlen, NULL, 0 };
         return en_attn_block(&f->b->st, f->b->qt, b->dim_k, &K, &V, b->n_tokens, (int64_t)(seg * S), f->b->vis,
                              c->scale, f->b->sc, f->seg_lse ? f->seg_lse + seg : NULL, c->v.S, c->v.n_sealed);
     }
@@ -312,33 +312,34 @@ static int pin(call_ctx *c, task_buf *b, uint32_t kvh, uint64_t seg, en_wentry *
     return rc;
 }
 
-static void prefetch_bytes(const void *p, size_t n)
-{
-    for (size_t i = 0; p && i < n; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
-}
-
-/* Pin segment seg for the next attend_seg and start loading its tiles into
- * the cache: a routed segment's tiles are cold (the table scan ran
- * before), and its page-in and the loads of its lines then overlap the
- * current segment's arithmetic instead of stalling the next one. */
+/* Pin segment seg for the next attend_seg (which has the kernels load its
+ * tiles while they compute the current one: a routed segment's tiles are
+ * cold, the table scan ran before). */
 static int pin_ahead(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg)
 {
     en_wentry *e;
     int rc = pin(c, b, kvh, (uint64_t)seg, &e);
-    if (rc) return rc;
-    b->ahead = e;
-    prefetch_bytes(e->kb ? (const void *)e->kb : (const void *)e->k,
-                   e->kb ? e->klen : (size_t)c->v.S * c->v.dk * sizeof(float));
-    prefetch_bytes(e->vb ? (const void *)e->vb : (const void *)e->v,
-                   e->vb ? e->vlen : (size_t)c->v.S * c->v.dv * sizeof(float));
-    return 0;
+    if (!rc) b->ahead = e;
+    return rc;
+}
+
+/* The bytes of entry e that the next attend_seg reads first. */
+static void entry_bytes(const call_ctx *c, const en_wentry *e, int kind, const void **p, size_t *len)
+{
+    if (kind == EG_KIND_K) {
+        *p = e->kb ? (const void *)e->kb : (const void *)e->k;
+        *len = e->kb ? e->klen : (size_t)c->v.S * c->v.dk * sizeof(float);
+    } else {
+        *p = e->vb ? (const void *)e->vb : (const void *)e->v;
+        *len = e->vb ? e->vlen : (size_t)c->v.S * c->v.dv * sizeof(float);
+    }
 }
 
 /* Attend one sealed segment with queries q into st (values only when st
  * accumulates them): pinned from the window (or by pin_ahead), q8 tiles
  * read as stored by the tile kernels (a few rows), other stored tiles
  * decoded into the task's scratch. next >= 0: pin_ahead that segment
- * first. */
+ * first, and load its tiles while this one's are computed. */
 static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_attn_state *st, const float *q,
                       int64_t next)
 {
@@ -350,6 +351,10 @@ static int attend_seg(call_ctx *c, task_buf *b, uint32_t kvh, int64_t seg, en_at
     b->ahead = NULL;
     if (!rc && next >= 0) rc = pin_ahead(c, b, kvh, next);
     if (!rc) rc = en_wentry_tiles(c->s, e, b->sk, b->sv, st->nr <= EN_TILE_ROWS, &K, st->acc ? &V : NULL);
+    if (!rc && b->ahead) {
+        entry_bytes(c, b->ahead, EG_KIND_K, &K.ahead, &K.ahead_len);
+        if (st->acc) entry_bytes(c, b->ahead, EG_KIND_V, &V.ahead, &V.ahead_len);
+    }
     if (!rc) rc = en_attn_block(st, q, c->v.dk, &K, &V, c->v.S, seg * (int64_t)c->v.S, b->vis, c->scale, b->sc, NULL, c->v.S, 0);
     return rc;
 }

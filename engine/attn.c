@@ -17,7 +17,7 @@ int en_attn_block(en_attn_state *st, const float *q, uint32_t dk, const en_tile 
      * place (q8 as stored, no decoded copy); sgemm would first copy it into
      * its packed layout. */
     if (nr <= EN_TILE_ROWS)
-        rc = eg_tile_dot(K->codec, K->p, K->len, n, dk, q, (uint32_t)nr, scale, sc);
+        rc = eg_tile_dot_ahead(K->codec, K->p, K->len, n, dk, q, (uint32_t)nr, scale, sc, K->ahead, K->ahead_len);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, (int)n, (int)dk, scale, q, (int)dk, K->p,
                     (int)dk, 0.0f, sc, (int)n);
@@ -51,7 +51,7 @@ int en_attn_block(en_attn_state *st, const float *q, uint32_t dk, const en_tile 
         }
     }
     if (st->acc && any && nr <= EN_TILE_ROWS)
-        rc = eg_tile_axpy(V->codec, V->p, V->len, n, st->dv, sc, (uint32_t)nr, st->acc);
+        rc = eg_tile_axpy_ahead(V->codec, V->p, V->len, n, st->dv, sc, (uint32_t)nr, st->acc, V->ahead, V->ahead_len);
     else if (st->acc && any)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, (int)st->dv, (int)n, 1.0f, sc,
                     (int)n, V->p, (int)st->dv, 1.0f, st->acc, (int)st->dv);
@@ -60,7 +60,7 @@ int en_attn_block(en_attn_state *st, const float *q, uint32_t dk, const en_tile 
 
 en_tile en_f32_tile(const float *p, uint32_t n, uint32_t d)
 {
-    return (en_tile){ EG_CODEC_F32, p, (size_t)n * d * sizeof(float) };
+    return (en_tile){ EG_CODEC_F32, p, (size_t)n * d * sizeof(float), NULL, 0 };
 }
 
 double en_state_lse(const en_attn_state *st, int r)

@@ -212,8 +212,10 @@ int en_page_in(en_sess *s, uint32_t layer, uint32_t kvh, uint64_t seg, en_wentry
  * entry's own decoded arrays, else decoded into sk / sv (S*dk, S*dv
  * floats of the caller's scratch, which stay in cache). */
 /* One block's rows as the attention kernels read them: f32 (EG_CODEC_F32,
- * len = 4 S d) or a q8 tile as stored (eg_tile_dot, eg_tile_axpy). */
-typedef struct { int codec; const void *p; size_t len; } en_tile;
+ * len = 4 S d) or a q8 tile as stored (eg_tile_dot, eg_tile_axpy); ahead:
+ * bytes to load into the cache while the kernels read this tile (the next
+ * segment's, eg_tile_dot_ahead), or NULL. */
+typedef struct { int codec; const void *p; size_t len; const void *ahead; size_t ahead_len; } en_tile;
 /* The entry's key and value tiles (V may be NULL): f32 where the entry
  * keeps them so, the q8 bytes as stored when raw_q8, else decoded into
  * sk [S][dk] / sv [S][dv]. */

@@ -266,15 +266,15 @@ static int one_tile(const en_wentry *e, int kind, uint32_t S, uint32_t d, const 
                     size_t len, float *dst, int raw_q8, en_tile *t)
 {
     if (f32) {
-        *t = (en_tile){ EG_CODEC_F32, f32, (size_t)S * d * sizeof(float) };
+        *t = (en_tile){ EG_CODEC_F32, f32, (size_t)S * d * sizeof(float), NULL, 0 };
         return 0;
     }
     if (raw_q8 && e->codec == EG_CODEC_Q8) {
-        *t = (en_tile){ EG_CODEC_Q8, enc, len };
+        *t = (en_tile){ EG_CODEC_Q8, enc, len, NULL, 0 };
         return 0;
     }
     int rc = eg_codec_decode(e->codec, kind, enc, len, S, d, dst);
-    if (!rc) *t = (en_tile){ EG_CODEC_F32, dst, (size_t)S * d * sizeof(float) };
+    if (!rc) *t = (en_tile){ EG_CODEC_F32, dst, (size_t)S * d * sizeof(float), NULL, 0 };
     return rc;
 }
 

@@ -20,6 +20,7 @@
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -37,7 +38,16 @@ typedef struct {
     const unsigned char *sc;     /* q8: scales f32 [n][ng] (unaligned) */
     const int8_t *codes;         /* q8: [n][d] */
     uint32_t n, d, ng;
+    const char *ahead;           /* lines to prefetch meanwhile (or NULL) */
+    size_t ahead_lines;
 } tile;
+
+/* Prefetch lines [*at, *at + k) of t's ahead range (those that exist). */
+static inline void ahead_step(const tile *t, size_t *at, size_t k)
+{
+    for (size_t e = *at + k < t->ahead_lines ? *at + k : t->ahead_lines; *at < e; ++*at)
+        __builtin_prefetch(t->ahead + *at * 64, 0, 3);
+}
 
 static inline float scale_at(const unsigned char *sc, size_t i)
 {
@@ -134,8 +144,10 @@ static inline __mmask16 lanes_below(uint32_t d, uint32_t c0)
     T_AVX512 static void NAME##_##R(const tile *tp, const float *restrict q, float alpha, float *restrict out) \
     {                                                                                                  \
         TILE_VARS                                                                                      \
+        size_t pf_at = 0, pf_k = (tp->ahead_lines + (n + 3) / 4 - 1) / ((n + 3) / 4);                  \
         for (uint32_t t0 = 0; t0 < n; t0 += 4) {                                                       \
             uint32_t nk = n - t0 < 4 ? n - t0 : 4;                                                     \
+            ahead_step(tp, &pf_at, pf_k);                                                              \
             __m512 a[4][R];                                                                            \
             _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)                                        \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) a[k][r] = _mm512_setzero_ps();     \
@@ -163,6 +175,7 @@ static inline __mmask16 lanes_below(uint32_t d, uint32_t c0)
     T_AVX512 static void NAME##_##R(const tile *tp, const float *restrict p, float *restrict acc)      \
     {                                                                                                  \
         TILE_VARS                                                                                      \
+        size_t steps = (size_t)n * ((d + 63) / 64), pf_at = 0, pf_k = (tp->ahead_lines + steps - 1) / steps; \
         for (uint32_t c0 = 0; c0 < d; c0 += 64) {                                                      \
             __mmask16 m[4];                                                                            \
             _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) m[j] = lanes_below(d, c0 + 16 * j); \
@@ -171,6 +184,7 @@ static inline __mmask16 lanes_below(uint32_t d, uint32_t c0)
                 _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++)                               \
                     a[j][r] = _mm512_maskz_loadu_ps(m[j], acc + (size_t)r * d + c0 + 16 * j);          \
             for (uint32_t t = 0; t < n; t++) {                                                         \
+                ahead_step(tp, &pf_at, pf_k);                                                          \
                 __m512 x[4];                                                                           \
                 _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) x[j] = LOADX(t, c0 + 16 * j, m[j]); \
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {                                  \
@@ -476,8 +490,33 @@ static int tile_open(int codec, const void *src, size_t len, uint32_t n, uint32_
     return 0;
 }
 
+/* Give t the ahead range; kernels other than AVX-512's take it all now. */
+static void ahead_set(tile *t, const void *ahead, size_t ahead_len)
+{
+    uintptr_t a = (uintptr_t)ahead;
+    t->ahead = ahead && ahead_len ? (const char *)(a & ~(uintptr_t)63) : NULL;   /* whole lines */
+    t->ahead_lines = t->ahead ? (a + ahead_len + 63) / 64 - a / 64 : 0;
+#ifdef TA_X86
+    if (t_cur == &t_avx512) return;
+#endif
+    size_t at = 0;
+    ahead_step(t, &at, t->ahead_lines);
+}
+
 int eg_tile_dot(int codec, const void *src, size_t len, uint32_t n, uint32_t d, const float *q, uint32_t nr,
                 float alpha, float *out)
+{
+    return eg_tile_dot_ahead(codec, src, len, n, d, q, nr, alpha, out, NULL, 0);
+}
+
+int eg_tile_axpy(int codec, const void *src, size_t len, uint32_t n, uint32_t d, const float *p, uint32_t nr,
+                 float *acc)
+{
+    return eg_tile_axpy_ahead(codec, src, len, n, d, p, nr, acc, NULL, 0);
+}
+
+int eg_tile_dot_ahead(int codec, const void *src, size_t len, uint32_t n, uint32_t d, const float *q, uint32_t nr,
+                      float alpha, float *out, const void *ahead, size_t ahead_len)
 {
     if (!q || !out || nr == 0) return eg_mem_fail(EG_EINVAL, "tile dot: NULL queries or output, or no rows");
     tile t;
@@ -485,6 +524,7 @@ int eg_tile_dot(int codec, const void *src, size_t len, uint32_t n, uint32_t d, 
     pthread_once(&t_once, t_init);   /* before tile_open, which reads the level (a race ThreadSanitizer found) */
     int rc = tile_open(codec, src, len, n, d, &t, &own);
     if (rc < 0) return rc;
+    ahead_set(&t, ahead, ahead_len);
     t_cur->dot(&t, q, nr, alpha, out);
     free(own);
     return 0;
@@ -515,8 +555,8 @@ int eg_tile_softmax(float *x, uint32_t n, float m_floor, float *m, double *sum)
     return 0;
 }
 
-int eg_tile_axpy(int codec, const void *src, size_t len, uint32_t n, uint32_t d, const float *p, uint32_t nr,
-                 float *acc)
+int eg_tile_axpy_ahead(int codec, const void *src, size_t len, uint32_t n, uint32_t d, const float *p, uint32_t nr,
+                       float *acc, const void *ahead, size_t ahead_len)
 {
     if (!p || !acc || nr == 0) return eg_mem_fail(EG_EINVAL, "tile axpy: NULL weights or accumulator, or no rows");
     tile t;
@@ -524,6 +564,7 @@ int eg_tile_axpy(int codec, const void *src, size_t len, uint32_t n, uint32_t d,
     pthread_once(&t_once, t_init);
     int rc = tile_open(codec, src, len, n, d, &t, &own);
     if (rc < 0) return rc;
+    ahead_set(&t, ahead, ahead_len);
     t_cur->axpy(&t, p, nr, acc);
     free(own);
     return 0;

@@ -1,7 +1,8 @@
 /* test_tile_attn.c: eg_tile_dot and eg_tile_axpy (memory/tile_attn.c):
  * a q8 tile and the f32 rows of its decode give the same bits on every
  * kernel version, both are within float rounding of a plain double loop,
- * and bad tiles are refused; eg_tile_softmax against exp in double. */
+ * and bad tiles are refused; the _ahead versions give the same bits;
+ * eg_tile_softmax against exp in double. */
 #include "memory.h"
 #include "testutil.h"
 #include <float.h>
@@ -152,6 +153,59 @@ static void test_tile_bad_input(void)
     free(x2);
 }
 
+/* eg_tile_dot_ahead and eg_tile_axpy_ahead give eg_tile_dot's and
+ * eg_tile_axpy's bits on every kernel version, whatever they load meanwhile:
+ * the next tile, a range not on a line boundary and of odd length, one
+ * longer than the products' steps (so several lines a step), none; and
+ * refuse bad tiles as they do. */
+static void test_tile_ahead(void)
+{
+    static const uint32_t ns[] = {1, 7, 64}, ds[] = {5, 64, 128, 200}, nrs[] = {1, 4, 6};
+    uint64_t rs = 17;
+    long cases = 0, differ = 0;
+    for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+        for (size_t di = 0; di < sizeof ds / sizeof *ds; di++)
+            for (size_t ri = 0; ri < sizeof nrs / sizeof *nrs; ri++) {
+                uint32_t n = ns[ni], d = ds[di], nr = nrs[ri];
+                size_t len;
+                REQUIRE(eg_codec_size(EG_CODEC_Q8, EG_KIND_K, n, d, &len) == 0);
+                float *x = malloc(sizeof(float) * n * d), *q = malloc(sizeof(float) * nr * d);
+                float *p = malloc(sizeof(float) * nr * n), *o[2], *a[2];
+                unsigned char *tile = malloc(len), *next = malloc(3 * len + 100);
+                make_rows(x, n, d, &rs, 0);
+                for (size_t i = 0; i < (size_t)nr * d; i++) q[i] = tu_randn(&rs);
+                for (size_t i = 0; i < (size_t)nr * n; i++) p[i] = tu_randf(&rs);
+                memset(next, 7, 3 * len + 100);
+                REQUIRE(eg_codec_encode(EG_CODEC_Q8, EG_KIND_K, x, n, d, tile, len) == 0);
+                for (int k = 0; k < 2; k++) {
+                    o[k] = malloc(sizeof(float) * nr * n);
+                    a[k] = calloc((size_t)nr * d, sizeof(float));
+                }
+                const void *ah[4] = { next, next + 3, next, NULL };
+                const size_t al[4] = { len, len + 37, 3 * len + 99, 64 };
+                for (int w = 0; w < 3; w++) {
+                    eg_tile_kernels(w == 0 ? 0 : w);
+                    CHECK_OK(eg_tile_dot(EG_CODEC_Q8, tile, len, n, d, q, nr, 0.3f, o[0]));
+                    memset(a[0], 0, sizeof(float) * nr * d);
+                    CHECK_OK(eg_tile_axpy(EG_CODEC_Q8, tile, len, n, d, p, nr, a[0]));
+                    for (int h = 0; h < 4; h++) {
+                        CHECK_OK(eg_tile_dot_ahead(EG_CODEC_Q8, tile, len, n, d, q, nr, 0.3f, o[1], ah[h], al[h]));
+                        memset(a[1], 0, sizeof(float) * nr * d);
+                        CHECK_OK(eg_tile_axpy_ahead(EG_CODEC_Q8, tile, len, n, d, p, nr, a[1], ah[h], al[h]));
+                        differ += !same_bits(o[0], o[1], (size_t)nr * n) + !same_bits(a[0], a[1], (size_t)nr * d);
+                        cases += 2;
+                    }
+                    CHECK(eg_tile_dot_ahead(EG_CODEC_Q8, tile, len - 1, n, d, q, nr, 0.3f, o[1], next, len) == EG_ECORRUPT);
+                    CHECK(eg_tile_axpy_ahead(EG_CODEC_Q4, tile, len, n, d, p, nr, a[1], next, len) == EG_ECODEC);
+                }
+                eg_tile_kernels(0);
+                for (int k = 0; k < 2; k++) { free(o[k]); free(a[k]); }
+                free(x); free(q); free(p); free(tile); free(next);
+            }
+    printf("  %ld products with a range loaded meanwhile, %ld differ from the plain ones\n", cases, differ);
+    CHECK(differ == 0);
+}
+
 /* eg_tile_softmax on every kernel version against a double loop: the max
  * (the floor's when it is larger), each weight within 2e-7 of exp (0 or
  * a subnormal below e^-87), the sum within 1e-6; a row with an infinite
@@ -218,6 +272,7 @@ int main(void)
 {
     TEST_RUN(test_tile_kernels_agree);
     TEST_RUN(test_tile_bad_input);
+    TEST_RUN(test_tile_ahead);
     TEST_RUN(test_tile_softmax);
     TEST_END();
 }
