@@ -261,16 +261,18 @@ int ix_q8_rows(ix_ctx *c)
         const float *qp = c->qp + r * w;
         int16_t *q = c->qq + r * nc;
         double u[2 * EG_IX_DIM_MAX], amax = 0;
-        for (size_t i = 0; i < w; i++) u[i] = (double)qp[i] * t->q8wf[i % d];   /* exact (powers of two) */
+        for (size_t h = 0; h < w; h += d)   /* channel i of each half: no i % d a value */
+            for (size_t i = 0; i < d; i++) u[h + i] = (double)qp[h + i] * t->q8wf[i];   /* exact (powers of two) */
         for (size_t i = 0; i < w; i++) amax = fabs(u[i]) > amax ? fabs(u[i]) : amax;
         int e = amax > 0 ? exp_for(amax, QMAX) : EXP_MIN;
         c->qinf[r] = e > EXP_MAX;   /* |q| beyond 2^45: scores are +inf (still bounds) */
         e = e < EXP_MIN ? EXP_MIN : e > EXP_MAX ? EXP_MAX : e;
         double inv = ldexp(1.0, -e);
-        for (size_t i = 0; i < w && !c->qinf[r]; i++) {
-            double x = u[i] * inv;                         /* exact; |x| <= QMAX */
-            q[i] = (int16_t)(x >= 0 ? (long)(x + 0.5) : -(long)(0.5 - x));   /* |x - q| <= 1/2 */
-        }
+        if (!c->qinf[r])
+            for (size_t i = 0; i < w; i++) {
+                double x = u[i] * inv;                     /* exact; |x| <= QMAX */
+                q[i] = (int16_t)(x >= 0 ? (long)(x + 0.5) : -(long)(0.5 - x));   /* |x - q| <= 1/2 */
+            }
         c->qt[2 * r] = ldexpf(1.0f, e - 1);   /* t / 2: the score's factor */
         c->qt[2 * r + 1] = ldexpf(1.0f, e);   /* t: the hierarchy's margin */
     }
