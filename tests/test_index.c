@@ -269,6 +269,62 @@ static void test_table_reserve(void)
     free(k);
 }
 
+/* Tables whose int8 codes pass 2 MB (where they move to 2 MB-aligned
+ * memory asking for huge pages, table.c) keep every segment through each
+ * growth: appended in pieces (several moves, each copying what was there)
+ * they score as one built at once, on every kernel choice, quest and
+ * ball; and the same after a snapshot round trip. */
+static void test_table_growth_huge(void)
+{
+    const int d = 256, S = 16;
+    const size_t n = 4700;   /* quest: 512 code bytes a segment, 2 MB at 4096 */
+    float *base = make_keys(PAT_NORMAL, 64 * S, d, 93), *k = malloc(sizeof(float) * S * d);
+    float q[3 * 256];
+    make_queries(q, 3, d, 5, 1.0f);
+    eg_route_rows rows = { .n_rows = 3, .q = q, .scale = 0.1f };
+    for (int kind = 0; kind < 2; kind++) {
+        eg_router_kind rk = kind ? EG_ROUTER_BALL : EG_ROUTER_QUEST;
+        size_t m = kind ? 2 * n : n;   /* ball: 256 code bytes a segment */
+        eg_summary_spec sp = { rk, d, S, NULL, 0 };
+        size_t sb;
+        REQUIRE(eg_summary_bytes(&sp, &sb) == 0);
+        uint8_t *sum = malloc(sb * m);
+        for (size_t i = 0; i < m; i++) {   /* 64 blocks of keys, each segment scaled and shifted its own way */
+            const float *b0 = base + (i % 64) * S * d;
+            for (int j = 0; j < S * d; j++) k[j] = b0[j] * (1.0f + 0.001f * (float)(i % 997)) + 0.01f * (float)(i / 64 % 50);
+            CHECK_OK(eg_summary_compute(&sp, k, sum + i * sb, sb));
+        }
+        eg_route_table *a, *b, *c = NULL;
+        REQUIRE(eg_route_table_create(&sp, &a) == 0 && eg_route_table_create(&sp, &b) == 0);
+        CHECK_OK(eg_route_table_append(a, sum, m, NULL));
+        for (size_t i = 0; i < m; i += 613) CHECK_OK(eg_route_table_append(b, sum + i * sb, i + 613 < m ? 613 : m - i, NULL));
+        void *snap = NULL;
+        size_t snap_len = 0;
+        CHECK_OK(eg_route_table_save(b, &snap, &snap_len));
+        CHECK_OK(eg_route_table_load(&sp, snap, snap_len, &c));
+        REQUIRE(c != NULL);
+        float *out[3][3];
+        int same = 1;
+        const eg_route_table *tabs[3] = { a, b, c };
+        for (int i = 0; i < 3; i++) CHECK_OK(tu_scores_every_kernel(tabs[i], &rows, m, out[i]));
+        for (int i = 1; i < 3; i++)
+            for (int w = 0; w < 3; w++) same &= memcmp(out[0][w], out[i][w], sizeof(float) * 3 * m) == 0;
+        for (int w = 1; w < 3; w++) same &= memcmp(out[0][0], out[0][w], sizeof(float) * 3 * m) == 0;
+        CHECK(same);
+        printf("  %s: %zu segments in pieces of 613, past 2 MB of codes, score as built at once: %s\n",
+               eg_router_name(rk), m, same ? "yes" : "no");
+        for (int i = 0; i < 3; i++)
+            for (int w = 0; w < 3; w++) free(out[i][w]);
+        eg_route_table_free(a);
+        eg_route_table_free(b);
+        eg_route_table_free(c);
+        free(snap);
+        free(sum);
+    }
+    free(k);
+    free(base);
+}
+
 /* A quest table over keys of pattern pat (n segments, every segment
  * tagged s % 3): *keys and *tags are malloc'd for the caller. */
 static eg_route_table *tagged_quest(int pat, size_t n, int d, int S, uint64_t seed, float **keys, uint32_t **tags)
@@ -820,6 +876,7 @@ int main(void)
     g_bound = EG_ROUTER_QUEST;
     TEST_RUN(test_table_save_load);
     TEST_RUN(test_table_reserve);
+    TEST_RUN(test_table_growth_huge);
     TEST_RUN(test_indexer_reference);
     TEST_RUN(test_forced_tags_causal_oracle);
     TEST_RUN(test_bad_input);
