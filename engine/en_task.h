@@ -47,7 +47,7 @@ typedef struct task_buf {
     en_attn_state st, tr;              /* attention (true or remapped), lse at true positions */
     en_wentry **pinned;
     size_t n_pinned, cap_pinned;
-    en_wentry *ahead;               /* pinned and prefetched for the next attend_seg, or NULL */
+    en_wentry *ahead;               /* pinned for the next attend_seg (its tiles loaded meanwhile), or NULL */
     /* Entries of the selection pinned in one batch (en_task_routed), which
      * pin takes in order: pre[i] for pre_seg[i], NULL where not in the
      * window (paged in then). Also in pinned. */
